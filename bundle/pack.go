@@ -18,7 +18,20 @@ var skipDirs = map[string]bool{".git": true, ".hg": true, ".svn": true}
 // symlinks, with paths relative to dir. Version-control folders are left out.
 func Pack(dir string, w io.Writer) error {
 	gz := gzip.NewWriter(w)
-	tw := tar.NewWriter(gz)
+	err := WriteTar(dir, gz, func(rel string, isDir bool) bool {
+		return isDir && skipDirs[filepath.Base(rel)]
+	})
+	if err != nil {
+		return err
+	}
+	return gz.Close()
+}
+
+// WriteTar writes dir as an uncompressed tar to w, leaving out what skip
+// says (rel is slash-separated and relative to dir). A skipped directory is
+// left out whole.
+func WriteTar(dir string, w io.Writer, skip func(rel string, isDir bool) bool) error {
+	tw := tar.NewWriter(w)
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -27,8 +40,11 @@ func Pack(dir string, w io.Writer) error {
 		if err != nil || rel == "." {
 			return err
 		}
-		if d.IsDir() && skipDirs[d.Name()] {
-			return filepath.SkipDir
+		if skip != nil && skip(filepath.ToSlash(rel), d.IsDir()) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
 		}
 		info, err := d.Info()
 		if err != nil {
@@ -70,8 +86,5 @@ func Pack(dir string, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := tw.Close(); err != nil {
-		return err
-	}
-	return gz.Close()
+	return tw.Close()
 }

@@ -1,0 +1,409 @@
+// Package runtime builds images and runs application containers on the
+// host's Docker engine, through the official Docker Go client. Every
+// container and image it makes carries labels that say which agent and app
+// own it, so that an agent can find its own again after a restart.
+package runtime
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/api/types/build"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/client"
+	"github.com/docker/docker/pkg/jsonmessage"
+	"github.com/docker/docker/pkg/stdcopy"
+	"github.com/docker/go-connections/nat"
+	"github.com/moby/patternmatcher"
+	"github.com/moby/patternmatcher/ignorefile"
+
+	"github.com/sprout-paas/sprout/bundle"
+)
+
+// Labels Sprout puts on what it creates.
+const (
+	LabelAgent = "io.sprout.agent"
+	LabelApp   = "io.sprout.app"
+	LabelLabel = "io.sprout.label"
+)
+
+// ErrNoEngine means the Docker engine could not be reached.
+var ErrNoEngine = errors.New("cannot reach the Docker engine")
+
+// ErrBuildFailed means the engine reported an error while building.
+var ErrBuildFailed = errors.New("image build failed")
+
+// ErrImageMissing means an image is neither on the host nor pullable.
+var ErrImageMissing = errors.New("image not available")
+
+// Docker is a connection to one Docker engine.
+type Docker struct {
+	c *client.Client
+}
+
+// New connects to the engine named by DOCKER_HOST (or the default socket)
+// and checks that it answers.
+func New(ctx context.Context) (*Docker, error) {
+	c, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoEngine, err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := c.Ping(pctx); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("%w at %s: %v (start it with scripts/ensure-docker.sh, or `systemctl start docker`)", ErrNoEngine, c.DaemonHost(), err)
+	}
+	return &Docker{c: c}, nil
+}
+
+// Close releases the connection.
+func (d *Docker) Close() error { return d.c.Close() }
+
+// Build builds the image for the context in dir, tags it and returns its
+// ID. The engine's output is written to out as it comes. The Dockerfile's
+// .dockerignore is honoured.
+func (d *Docker) Build(ctx context.Context, dir, tag string, labels map[string]string, out io.Writer) (string, error) {
+	skip, err := dockerignore(dir)
+	if err != nil {
+		return "", err
+	}
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(bundle.WriteTar(dir, pw, skip)) }()
+	defer pr.Close()
+
+	resp, err := d.c.ImageBuild(ctx, pr, build.ImageBuildOptions{
+		Tags:        []string{tag},
+		Labels:      labels,
+		Dockerfile:  "Dockerfile",
+		Remove:      true,
+		ForceRemove: true,
+	})
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrBuildFailed, err)
+	}
+	defer resp.Body.Close()
+	if err := jsonmessage.DisplayJSONMessagesStream(resp.Body, out, 0, false, nil); err != nil {
+		var jerr *jsonmessage.JSONError
+		if errors.As(err, &jerr) {
+			return "", fmt.Errorf("%w: %s", ErrBuildFailed, strings.TrimSpace(jerr.Message))
+		}
+		return "", fmt.Errorf("%w: %v", ErrBuildFailed, err)
+	}
+	info, err := d.Image(ctx, tag)
+	if err != nil {
+		return "", err
+	}
+	return info.ID, nil
+}
+
+// dockerignore reads dir/.dockerignore into a skip function for the build
+// context. The Dockerfile and .dockerignore are always sent, as docker does.
+func dockerignore(dir string) (func(string, bool) bool, error) {
+	f, err := os.Open(filepath.Join(dir, ".dockerignore"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	patterns, err := ignorefile.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf(".dockerignore: %w", err)
+	}
+	pm, err := patternmatcher.New(patterns)
+	if err != nil {
+		return nil, fmt.Errorf(".dockerignore: %w", err)
+	}
+	return func(rel string, isDir bool) bool {
+		if rel == "Dockerfile" || rel == ".dockerignore" {
+			return false
+		}
+		skip, err := pm.MatchesOrParentMatches(rel)
+		// A directory with exclusions inside must still be walked.
+		if isDir && pm.Exclusions() {
+			return false
+		}
+		return err == nil && skip
+	}, nil
+}
+
+// ImageInfo is what Sprout needs to know about an image.
+type ImageInfo struct {
+	ID string
+	// ExposedPort is the lowest TCP port the image exposes, or 0.
+	ExposedPort int
+	// HasHealthcheck is true when the image declares a HEALTHCHECK.
+	HasHealthcheck bool
+}
+
+// Image inspects an image by reference or ID.
+func (d *Docker) Image(ctx context.Context, ref string) (ImageInfo, error) {
+	ins, err := d.c.ImageInspect(ctx, ref)
+	if err != nil {
+		if client.IsErrNotFound(err) {
+			return ImageInfo{}, fmt.Errorf("%w: %s is not on this host", ErrImageMissing, ref)
+		}
+		return ImageInfo{}, err
+	}
+	info := ImageInfo{ID: ins.ID}
+	if ins.Config != nil {
+		for p := range ins.Config.ExposedPorts {
+			port, proto, _ := strings.Cut(p, "/")
+			n, err := strconv.Atoi(port)
+			if err == nil && (proto == "" || proto == "tcp") && (info.ExposedPort == 0 || n < info.ExposedPort) {
+				info.ExposedPort = n
+			}
+		}
+		hc := ins.Config.Healthcheck
+		info.HasHealthcheck = hc != nil && len(hc.Test) > 0 && hc.Test[0] != "NONE"
+	}
+	return info, nil
+}
+
+// EnsureImage makes ref available on the host: it uses a local image when
+// there is one, else pulls it. out hears which.
+func (d *Docker) EnsureImage(ctx context.Context, ref string, out io.Writer) error {
+	if _, err := d.Image(ctx, ref); err == nil {
+		fmt.Fprintf(out, "using local image %s\n", ref)
+		return nil
+	}
+	fmt.Fprintf(out, "image %s is not on this host; pulling it\n", ref)
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	rc, err := d.c.ImagePull(pctx, ref, image.PullOptions{})
+	if err == nil {
+		err = jsonmessage.DisplayJSONMessagesStream(rc, out, 0, false, nil)
+		rc.Close()
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %s is not on this host and could not be pulled: %v (build or `docker load` it on the host, or fix the name)", ErrImageMissing, ref, err)
+	}
+	return nil
+}
+
+// Tag gives an image another name.
+func (d *Docker) Tag(ctx context.Context, src, dst string) error {
+	return d.c.ImageTag(ctx, src, dst)
+}
+
+// RemoveImage removes an image reference; a missing one is not an error.
+func (d *Docker) RemoveImage(ctx context.Context, ref string) error {
+	_, err := d.c.ImageRemove(ctx, ref, image.RemoveOptions{PruneChildren: true})
+	if err != nil && !client.IsErrNotFound(err) {
+		return err
+	}
+	return nil
+}
+
+// ContainerSpec says how to run one application container.
+type ContainerSpec struct {
+	Name          string
+	Image         string
+	Env           []string
+	ContainerPort int
+	Labels        map[string]string
+	// StopGrace is how long the app gets between SIGTERM and SIGKILL.
+	StopGrace time.Duration
+	// LogMaxSize and LogMaxFiles bound the json-file log ("10m", "3").
+	LogMaxSize  string
+	LogMaxFiles string
+}
+
+// Container is a running (or adopted) application container.
+type Container struct {
+	ID     string
+	Name   string
+	Image  string
+	Labels map[string]string
+	// Addr is where the proxy and health checks reach the app: the
+	// container's bridge address and port, which skips docker-proxy.
+	Addr string
+	// HostPort is the loopback port the engine published for the app.
+	HostPort int
+	Running  bool
+	Created  time.Time
+}
+
+// Run creates and starts a container. On any failure it leaves nothing
+// behind.
+func (d *Docker) Run(ctx context.Context, spec ContainerSpec) (*Container, error) {
+	port := nat.Port(fmt.Sprintf("%d/tcp", spec.ContainerPort))
+	grace := int(spec.StopGrace.Seconds())
+	cfg := &container.Config{
+		Image:        spec.Image,
+		Env:          spec.Env,
+		Labels:       spec.Labels,
+		ExposedPorts: nat.PortSet{port: {}},
+		StopTimeout:  &grace,
+	}
+	logCfg := map[string]string{"max-size": orDefault(spec.LogMaxSize, "10m"), "max-file": orDefault(spec.LogMaxFiles, "3")}
+	hc := &container.HostConfig{
+		PortBindings:  nat.PortMap{port: {{HostIP: "127.0.0.1", HostPort: ""}}},
+		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyUnlessStopped},
+		LogConfig:     container.LogConfig{Type: "json-file", Config: logCfg},
+	}
+	created, err := d.c.ContainerCreate(ctx, cfg, hc, nil, nil, spec.Name)
+	if err != nil {
+		return nil, fmt.Errorf("create container: %w", err)
+	}
+	if err := d.c.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
+		d.Remove(context.WithoutCancel(ctx), created.ID)
+		return nil, fmt.Errorf("start container: %w", err)
+	}
+	c, err := d.Container(ctx, created.ID)
+	if err != nil {
+		d.Remove(context.WithoutCancel(ctx), created.ID)
+		return nil, err
+	}
+	return c, nil
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// Container inspects one container and says where its app listens.
+func (d *Docker) Container(ctx context.Context, id string) (*Container, error) {
+	ins, err := d.c.ContainerInspect(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	c := &Container{ID: ins.ID, Name: strings.TrimPrefix(ins.Name, "/"), Image: ins.Config.Image, Labels: ins.Config.Labels}
+	c.Created, _ = time.Parse(time.RFC3339Nano, ins.Created)
+	if ins.State != nil {
+		c.Running = ins.State.Running
+	}
+	var containerPort string
+	if ins.NetworkSettings != nil {
+		for p, bindings := range ins.NetworkSettings.Ports {
+			if p.Proto() != "tcp" {
+				continue
+			}
+			containerPort = p.Port()
+			for _, b := range bindings {
+				if n, err := strconv.Atoi(b.HostPort); err == nil {
+					c.HostPort = n
+				}
+			}
+		}
+		ip := ins.NetworkSettings.IPAddress
+		for _, n := range ins.NetworkSettings.Networks {
+			if ip == "" && n != nil {
+				ip = n.IPAddress
+			}
+		}
+		if ip != "" && containerPort != "" {
+			c.Addr = net.JoinHostPort(ip, containerPort)
+		} else if c.HostPort != 0 {
+			c.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(c.HostPort))
+		}
+	}
+	return c, nil
+}
+
+// State is a container's life as the engine sees it.
+type State struct {
+	Running      bool
+	Restarting   bool
+	ExitCode     int
+	OOMKilled    bool
+	RestartCount int
+	// Health is the Docker HEALTHCHECK status ("starting", "healthy",
+	// "unhealthy"), or "" when the image has none.
+	Health    string
+	StartedAt time.Time
+	Error     string
+}
+
+// State inspects a container's state.
+func (d *Docker) State(ctx context.Context, id string) (State, error) {
+	ins, err := d.c.ContainerInspect(ctx, id)
+	if err != nil {
+		return State{}, err
+	}
+	s := State{RestartCount: ins.RestartCount}
+	if st := ins.State; st != nil {
+		s.Running, s.Restarting, s.ExitCode, s.OOMKilled, s.Error = st.Running, st.Restarting, st.ExitCode, st.OOMKilled, st.Error
+		s.StartedAt, _ = time.Parse(time.RFC3339Nano, st.StartedAt)
+		if st.Health != nil {
+			s.Health = string(st.Health.Status)
+		}
+	}
+	return s, nil
+}
+
+// Logs returns the last tail lines the container wrote to stdout and stderr.
+func (d *Docker) Logs(ctx context.Context, id string, tail int) (string, error) {
+	rc, err := d.c.ContainerLogs(ctx, id, container.LogsOptions{ShowStdout: true, ShowStderr: true, Tail: strconv.Itoa(tail)})
+	if err != nil {
+		return "", err
+	}
+	defer rc.Close()
+	var buf bytes.Buffer
+	if _, err := stdcopy.StdCopy(&buf, &buf, io.LimitReader(rc, 1<<20)); err != nil {
+		return buf.String(), err
+	}
+	return buf.String(), nil
+}
+
+// Stop sends SIGTERM and, after grace, SIGKILL. A container that is
+// already gone counts as stopped.
+func (d *Docker) Stop(ctx context.Context, id string, grace time.Duration) error {
+	secs := int(grace.Seconds())
+	err := d.c.ContainerStop(ctx, id, container.StopOptions{Timeout: &secs})
+	if err != nil && !client.IsErrNotFound(err) {
+		return err
+	}
+	return nil
+}
+
+// Remove force-removes a container and its anonymous volumes. A container
+// that is already gone counts as removed.
+func (d *Docker) Remove(ctx context.Context, id string) error {
+	err := d.c.ContainerRemove(ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true})
+	if err != nil && !client.IsErrNotFound(err) && !strings.Contains(err.Error(), "is already in progress") {
+		return err
+	}
+	return nil
+}
+
+// List returns every container, running or not, that carries all the given
+// labels.
+func (d *Docker) List(ctx context.Context, labels map[string]string) ([]*Container, error) {
+	args := filters.NewArgs()
+	for k, v := range labels {
+		args.Add("label", k+"="+v)
+	}
+	list, err := d.c.ContainerList(ctx, container.ListOptions{All: true, Filters: args})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Container, 0, len(list))
+	for _, s := range list {
+		c, err := d.Container(ctx, s.ID)
+		if client.IsErrNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
