@@ -1,0 +1,267 @@
+// Package proxy is the agent's port-mapped reverse proxy. It listens on each
+// app's public port and forwards to the app's current set of targets
+// (containers). A deploy swaps that set atomically and then drains the old
+// one: requests in flight finish, new ones go to the new set, and none is
+// dropped.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Options tune the proxy. Zero values take the defaults.
+type Options struct {
+	// BindAddress is the address public ports listen on ("" means all).
+	BindAddress string
+	// MaxBodyBytes caps request bodies (413 beyond); 0 means no cap.
+	MaxBodyBytes int64
+	// UpstreamTimeout bounds the wait for an app's response headers (504
+	// beyond); 0 means no bound.
+	UpstreamTimeout time.Duration
+	// IdleTimeout closes client keep-alive connections idle this long.
+	IdleTimeout time.Duration
+	// AccessLog writes one structured line per request.
+	AccessLog bool
+}
+
+// Default option values.
+const (
+	DefaultIdleTimeout     = 120 * time.Second
+	DefaultUpstreamTimeout = 60 * time.Second
+	DefaultMaxBodyBytes    = 100 << 20
+)
+
+// ErrPortInUse means a public port is taken by another app or program.
+var ErrPortInUse = errors.New("port in use")
+
+// Proxy holds the services of every app on this host.
+type Proxy struct {
+	opts Options
+	log  *slog.Logger
+
+	mu       sync.Mutex // guards the maps; never held on the request path
+	services map[string]*Service
+	ports    map[int]*listener
+}
+
+type listener struct {
+	app    string
+	server *http.Server
+}
+
+// New returns a proxy with no apps.
+func New(opts Options, logger *slog.Logger) *Proxy {
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = DefaultIdleTimeout
+	}
+	return &Proxy{opts: opts, log: logger, services: map[string]*Service{}, ports: map[int]*listener{}}
+}
+
+func (p *Proxy) service(app string) *Service {
+	s, ok := p.services[app]
+	if !ok {
+		s = newService(app, p.opts, p.log)
+		p.services[app] = s
+	}
+	return s
+}
+
+// Listen opens port for app. Until the app has targets, requests get 503.
+// Listening again on a port the app already has is a no-op.
+func (p *Proxy) Listen(app string, port int) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if l, ok := p.ports[port]; ok {
+		if l.app == app {
+			return nil
+		}
+		return fmt.Errorf("%w: port %d already serves app %s (choose another with --port)", ErrPortInUse, port, l.app)
+	}
+	addr := net.JoinHostPort(p.opts.BindAddress, strconv.Itoa(port))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("%w: another program on this host listens on %s (stop it or choose another --port)", ErrPortInUse, addr)
+		}
+		if errors.Is(err, syscall.EACCES) {
+			return fmt.Errorf("cannot listen on %s: ports below 1024 need root or CAP_NET_BIND_SERVICE: %w", addr, err)
+		}
+		return fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	s := p.service(app)
+	srv := &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       p.opts.IdleTimeout,
+		ErrorLog:          s.errorLog,
+	}
+	p.ports[port] = &listener{app: app, server: srv}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			p.log.Error("proxy listener stopped", "app", app, "port", port, "error", err)
+		}
+	}()
+	p.log.Info("proxy listening", "app", app, "addr", ln.Addr().String())
+	return nil
+}
+
+// Close stops listening on port, letting requests in flight finish within
+// grace. It does not wait.
+func (p *Proxy) Close(port int, grace time.Duration) {
+	p.mu.Lock()
+	l, ok := p.ports[port]
+	delete(p.ports, port)
+	p.mu.Unlock()
+	if !ok {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), grace)
+		defer cancel()
+		if err := l.server.Shutdown(ctx); err != nil {
+			l.server.Close()
+		}
+	}()
+}
+
+// Ports returns the public ports of app.
+func (p *Proxy) Ports(app string) []int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []int
+	for port, l := range p.ports {
+		if l.app == app {
+			out = append(out, port)
+		}
+	}
+	return out
+}
+
+// Retired is a target set that a swap took out of service.
+type Retired struct {
+	targets []*Target
+}
+
+// Addrs lists the retired targets' addresses.
+func (r *Retired) Addrs() []string {
+	if r == nil {
+		return nil
+	}
+	out := make([]string, len(r.targets))
+	for i, t := range r.targets {
+		out[i] = t.addr
+	}
+	return out
+}
+
+// Drain waits for the retired targets' requests to finish, up to timeout
+// (streamGrace for websockets and event streams), then cuts the rest.
+// When Drain returns, no request reaches the retired containers any more.
+func (r *Retired) Drain(ctx context.Context, timeout, streamGrace time.Duration) DrainStats {
+	var total DrainStats
+	if r == nil {
+		return total
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for _, t := range r.targets {
+		wg.Go(func() {
+			st := t.drain(ctx, timeout, streamGrace)
+			mu.Lock()
+			total.Cut += st.Cut
+			total.Waited = max(total.Waited, st.Waited)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return total
+}
+
+// Swap routes app to the targets at addrs, at once, and returns the set it
+// replaced for the caller to drain. Addresses already in the set keep their
+// target (and its connections).
+func (p *Proxy) Swap(app string, addrs []string) *Retired {
+	p.mu.Lock()
+	s := p.service(app)
+	p.mu.Unlock()
+
+	old := s.targets.Load()
+	keep := map[string]*Target{}
+	if old != nil {
+		for _, t := range *old {
+			keep[t.addr] = t
+		}
+	}
+	next := make([]*Target, 0, len(addrs))
+	for _, a := range addrs {
+		if t, ok := keep[a]; ok {
+			next = append(next, t)
+			delete(keep, a)
+			continue
+		}
+		next = append(next, newTarget(a, s))
+	}
+	s.targets.Store(&next)
+	r := &Retired{}
+	for _, t := range keep {
+		r.targets = append(r.targets, t)
+	}
+	return r
+}
+
+// Targets returns the addresses app is routed to now.
+func (p *Proxy) Targets(app string) []string {
+	p.mu.Lock()
+	s, ok := p.services[app]
+	p.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	set := s.targets.Load()
+	if set == nil {
+		return nil
+	}
+	return (&Retired{targets: *set}).Addrs()
+}
+
+// Remove stops routing app: its ports close and its targets are retired
+// for the caller to drain.
+func (p *Proxy) Remove(app string, grace time.Duration) *Retired {
+	r := p.Swap(app, nil)
+	for _, port := range p.Ports(app) {
+		p.Close(port, grace)
+	}
+	p.mu.Lock()
+	delete(p.services, app)
+	p.mu.Unlock()
+	return r
+}
+
+// Shutdown closes every listener, letting requests finish within ctx.
+func (p *Proxy) Shutdown(ctx context.Context) {
+	p.mu.Lock()
+	ls := make([]*listener, 0, len(p.ports))
+	for port, l := range p.ports {
+		ls = append(ls, l)
+		delete(p.ports, port)
+	}
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, l := range ls {
+		wg.Go(func() {
+			if err := l.server.Shutdown(ctx); err != nil {
+				l.server.Close()
+			}
+		})
+	}
+	wg.Wait()
+}

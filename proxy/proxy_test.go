@@ -1,0 +1,367 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sprout-paas/sprout/internal/loadgen"
+)
+
+// backend starts an httptest server answering with its name.
+func backend(t *testing.T, name string, h http.HandlerFunc) *httptest.Server {
+	t.Helper()
+	if h == nil {
+		h = func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			fmt.Fprint(w, name)
+		}
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func addrOf(srv *httptest.Server) string { return strings.TrimPrefix(srv.URL, "http://") }
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startProxy returns a proxy listening for app "web" on a loopback port.
+func startProxy(t *testing.T, opts Options, logOut io.Writer) (*Proxy, string) {
+	t.Helper()
+	if logOut == nil {
+		logOut = io.Discard
+	}
+	opts.BindAddress = "127.0.0.1"
+	p := New(opts, slog.New(slog.NewJSONHandler(logOut, nil)))
+	port := freePort(t)
+	if err := p.Listen("web", port); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		p.Shutdown(ctx)
+	})
+	return p, fmt.Sprintf("http://127.0.0.1:%d", port)
+}
+
+func get(t *testing.T, url string, hdr map[string]string) (int, string, http.Header) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	for k, v := range hdr {
+		if k == "Host" {
+			req.Host = v
+			continue
+		}
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
+}
+
+func TestForwardsWithHeaders(t *testing.T) {
+	var got http.Header
+	var host string
+	be := backend(t, "a", func(w http.ResponseWriter, r *http.Request) {
+		got, host = r.Header.Clone(), r.Host
+		fmt.Fprint(w, "hello")
+	})
+	p, url := startProxy(t, Options{}, nil)
+	p.Swap("web", []string{addrOf(be)})
+	code, body, _ := get(t, url+"/x?y=1", map[string]string{"Host": "shop.example.com", "X-Forwarded-For": "203.0.113.9"})
+	if code != 200 || body != "hello" {
+		t.Fatalf("got %d %q", code, body)
+	}
+	if host != "shop.example.com" {
+		t.Errorf("Host = %q, want it kept", host)
+	}
+	if xff := got.Get("X-Forwarded-For"); xff != "203.0.113.9, 127.0.0.1" {
+		t.Errorf("X-Forwarded-For = %q", xff)
+	}
+	if got.Get("X-Forwarded-Proto") != "http" || got.Get("X-Forwarded-Host") != "shop.example.com" {
+		t.Errorf("forwarded headers = %v", got)
+	}
+}
+
+func TestErrorMapping(t *testing.T) {
+	slow := backend(t, "slow", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(2 * time.Second):
+		case <-r.Context().Done():
+		}
+	})
+	dead := backend(t, "dead", nil)
+	deadAddr := addrOf(dead)
+	dead.Close()
+
+	t.Run("no target is 503", func(t *testing.T) {
+		_, url := startProxy(t, Options{}, nil)
+		code, body, hdr := get(t, url, nil)
+		if code != 503 || !strings.Contains(body, "no version") || hdr.Get("Retry-After") == "" {
+			t.Errorf("got %d %q", code, body)
+		}
+	})
+	t.Run("refused is 502", func(t *testing.T) {
+		p, url := startProxy(t, Options{}, nil)
+		p.Swap("web", []string{deadAddr})
+		if code, _, _ := get(t, url, nil); code != 502 {
+			t.Errorf("got %d", code)
+		}
+	})
+	t.Run("slow is 504", func(t *testing.T) {
+		p, url := startProxy(t, Options{UpstreamTimeout: 100 * time.Millisecond}, nil)
+		p.Swap("web", []string{addrOf(slow)})
+		if code, _, _ := get(t, url, nil); code != 504 {
+			t.Errorf("got %d", code)
+		}
+	})
+	t.Run("big body is 413", func(t *testing.T) {
+		p, url := startProxy(t, Options{MaxBodyBytes: 1000}, nil)
+		p.Swap("web", []string{addrOf(backend(t, "a", nil))})
+		resp, err := http.Post(url, "text/plain", bytes.NewReader(make([]byte, 2000)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 413 {
+			t.Errorf("declared length: got %d", resp.StatusCode)
+		}
+		// A chunked body has no declared length: the limit trips while
+		// streaming it to the app.
+		pr, pw := io.Pipe()
+		go func() { pw.Write(make([]byte, 5000)); pw.Close() }()
+		resp, err = http.Post(url, "text/plain", pr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 413 {
+			t.Errorf("chunked: got %d", resp.StatusCode)
+		}
+	})
+	t.Run("port taken by another app", func(t *testing.T) {
+		p, url := startProxy(t, Options{}, nil)
+		port := url[strings.LastIndex(url, ":")+1:]
+		var n int
+		fmt.Sscan(port, &n)
+		if err := p.Listen("other", n); err == nil || !strings.Contains(err.Error(), "already serves app web") {
+			t.Errorf("err = %v", err)
+		}
+	})
+}
+
+func TestAccessLogIsStructured(t *testing.T) {
+	var buf syncBuffer
+	p, url := startProxy(t, Options{AccessLog: true}, &buf)
+	p.Swap("web", []string{addrOf(backend(t, "a", nil))})
+	get(t, url+"/path", nil)
+	var line map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "request" {
+			line = m
+		}
+	}
+	if line == nil {
+		t.Fatalf("no request line in %q", buf.String())
+	}
+	if line["app"] != "web" || line["path"] != "/path" || line["status"] != float64(200) || line["bytes"] != float64(1) || line["method"] != "GET" {
+		t.Errorf("access log line = %v", line)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestDrainLetsInFlightRequestsFinish(t *testing.T) {
+	started := make(chan struct{})
+	slow := backend(t, "old", func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		time.Sleep(300 * time.Millisecond)
+		fmt.Fprint(w, "old-done")
+	})
+	p, url := startProxy(t, Options{}, nil)
+	p.Swap("web", []string{addrOf(slow)})
+	done := make(chan string, 1)
+	go func() { _, body, _ := get(t, url, nil); done <- body }()
+	<-started
+	retired := p.Swap("web", []string{addrOf(backend(t, "new", nil))})
+	if _, body, _ := get(t, url, nil); body != "new" {
+		t.Errorf("after swap got %q", body)
+	}
+	st := retired.Drain(context.Background(), 5*time.Second, time.Second)
+	if st.Cut != 0 || st.Waited < 200*time.Millisecond {
+		t.Errorf("drain = %+v, want it to wait for the slow request", st)
+	}
+	if body := <-done; body != "old-done" {
+		t.Errorf("in-flight request got %q", body)
+	}
+}
+
+func TestDrainCutsStreamsAfterGrace(t *testing.T) {
+	sse := backend(t, "sse", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for {
+			if _, err := fmt.Fprint(w, "data: tick\n\n"); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	})
+	p, url := startProxy(t, Options{}, nil)
+	p.Swap("web", []string{addrOf(sse)})
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	// Events arrive unbuffered, one at a time.
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil || line != "data: tick\n" {
+		t.Fatalf("first event = %q, %v", line, err)
+	}
+	retired := p.Swap("web", []string{addrOf(backend(t, "new", nil))})
+	st := retired.Drain(context.Background(), 10*time.Second, 150*time.Millisecond)
+	if st.Cut != 1 || st.Waited > 3*time.Second {
+		t.Errorf("drain = %+v, want the stream cut after its grace", st)
+	}
+	if _, err := io.Copy(io.Discard, resp.Body); err == nil {
+		// The stream ends; an error or a clean EOF are both an end.
+		t.Log("stream ended cleanly")
+	}
+}
+
+func TestWebsocketUpgradePassesThrough(t *testing.T) {
+	// A raw upgrade: the backend switches protocols and echoes bytes.
+	be := backend(t, "ws", func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "websocket" {
+			w.WriteHeader(400)
+			return
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		io.Copy(conn, brw)
+	})
+	p, url := startProxy(t, Options{}, nil)
+	p.Swap("web", []string{addrOf(be)})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprint(conn, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	fmt.Fprint(conn, "ping\n")
+	conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if line, err := br.ReadString('\n'); err != nil || line != "ping\n" {
+		t.Fatalf("echo = %q, %v", line, err)
+	}
+	retired := p.Swap("web", nil)
+	if st := retired.Drain(context.Background(), 5*time.Second, 100*time.Millisecond); st.Cut != 1 {
+		t.Errorf("drain = %+v, want the websocket cut", st)
+	}
+	if _, err := br.ReadString('\n'); err == nil {
+		t.Error("websocket still open after drain")
+	}
+}
+
+// TestSwapUnderLoadDropsNothing swaps between backends 100 times while a
+// non-retrying client sends POSTs on keep-alive connections; after each
+// drain the retired backend is shut down, as the agent stops a container.
+func TestSwapUnderLoadDropsNothing(t *testing.T) {
+	const swaps = 100
+	p, url := startProxy(t, Options{}, nil)
+	var servers []*httptest.Server
+	mk := func(i int) *httptest.Server {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			fmt.Fprintf(w, "v%d", i)
+		}))
+		servers = append(servers, srv)
+		return srv
+	}
+	defer func() {
+		for _, s := range servers {
+			s.Close()
+		}
+	}()
+	cur := mk(0)
+	p.Swap("web", []string{addrOf(cur)})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	res := make(chan loadgen.Result, 1)
+	go func() { res <- loadgen.Run(ctx, loadgen.Options{URL: url, Workers: 16, Duration: time.Minute}) }()
+
+	var sent atomic.Int64
+	for i := 1; i <= swaps; i++ {
+		next := mk(i)
+		retired := p.Swap("web", []string{addrOf(next)})
+		retired.Drain(context.Background(), 5*time.Second, time.Second)
+		cur.Close() // the old container stops
+		cur = next
+		sent.Add(1)
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	r := <-res
+	t.Logf("%d swaps: %s", sent.Load(), r)
+	if r.Failed != 0 || r.OK < 1000 {
+		t.Fatalf("%d swaps: %s", swaps, r)
+	}
+}

@@ -1,0 +1,170 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+)
+
+// Service routes one app's public port(s) to its current set of targets.
+// The set is swapped as one pointer; the request path takes no lock.
+type Service struct {
+	app      string
+	opts     Options
+	log      *slog.Logger
+	errorLog *log.Logger
+
+	targets atomic.Pointer[[]*Target]
+	next    atomic.Uint64
+}
+
+func newService(app string, opts Options, logger *slog.Logger) *Service {
+	s := &Service{app: app, opts: opts, log: logger.With("app", app)}
+	s.errorLog = slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)
+	return s
+}
+
+// pick returns a target that is not draining, counted as in flight, or
+// nil when the app has none.
+func (s *Service) pick() *Target {
+	for {
+		set := s.targets.Load()
+		if set == nil || len(*set) == 0 {
+			return nil
+		}
+		ts := *set
+		t := ts[0]
+		if len(ts) > 1 {
+			t = ts[s.next.Add(1)%uint64(len(ts))]
+		}
+		if t.acquire() {
+			return t
+		}
+		// t began draining after we loaded the set: a newer set is
+		// already installed, so load again.
+	}
+}
+
+type stateKey struct{}
+
+// requestState follows one request for the access log and the drain.
+type requestState struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+	stream bool
+}
+
+func (w *requestState) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *requestState) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.bytes += int64(n)
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach Flush and Hijack.
+func (w *requestState) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// ServeHTTP forwards one request to a target of the app.
+func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	st := &requestState{ResponseWriter: w}
+	target := ""
+	defer func() {
+		if s.opts.AccessLog {
+			s.accessLog(r, st, target, time.Since(start))
+		}
+	}()
+
+	if s.opts.MaxBodyBytes > 0 {
+		if r.ContentLength > s.opts.MaxBodyBytes {
+			s.writeError(st, r, http.StatusRequestEntityTooLarge, "request body too large")
+			return
+		}
+		r.Body = http.MaxBytesReader(st, r.Body, s.opts.MaxBodyBytes)
+	}
+	t := s.pick()
+	if t == nil {
+		s.writeError(st, r, http.StatusServiceUnavailable, "no version of this app is serving yet")
+		return
+	}
+	defer t.release(st)
+	target = t.addr
+
+	ctx, cancel := context.WithCancelCause(context.WithValue(r.Context(), stateKey{}, st))
+	stop := context.AfterFunc(t.ctx, func() { cancel(context.Cause(t.ctx)) })
+	defer stop()
+	defer cancel(nil)
+	t.rp.ServeHTTP(st, r.WithContext(ctx))
+}
+
+// StatusClientClosedRequest is logged when the client went away before the
+// response was written (nginx's 499).
+const StatusClientClosedRequest = 499
+
+// proxyError is the one place that turns an upstream failure into a status.
+func (s *Service) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	st, _ := r.Context().Value(stateKey{}).(*requestState)
+	var tooBig *http.MaxBytesError
+	var netErr net.Error
+	status, msg := http.StatusBadGateway, "the app could not be reached"
+	switch {
+	case errors.As(err, &tooBig):
+		status, msg = http.StatusRequestEntityTooLarge, "request body too large"
+	case errors.Is(context.Cause(r.Context()), errDrained):
+		status, msg = http.StatusServiceUnavailable, "the version serving this request was retired"
+	case errors.Is(err, context.Canceled):
+		status = StatusClientClosedRequest
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
+		status, msg = http.StatusGatewayTimeout, "the app took too long to answer"
+	}
+	if st != nil && status != StatusClientClosedRequest {
+		s.log.LogAttrs(r.Context(), slog.LevelWarn, "upstream error", slog.Int("status", status), slog.String("error", err.Error()))
+	}
+	if status == StatusClientClosedRequest {
+		if st != nil {
+			st.status = status
+		}
+		return
+	}
+	s.writeError(w, r, status, msg)
+}
+
+func (s *Service) writeError(w http.ResponseWriter, r *http.Request, status int, msg string) {
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	if status == http.StatusServiceUnavailable {
+		h.Set("Retry-After", "1")
+	}
+	w.WriteHeader(status)
+	fmt.Fprintf(w, "%d %s: %s (sprout, app %s)\n", status, http.StatusText(status), msg, s.app)
+}
+
+func (s *Service) accessLog(r *http.Request, st *requestState, target string, took time.Duration) {
+	s.log.LogAttrs(r.Context(), slog.LevelInfo, "request",
+		slog.String("method", r.Method),
+		slog.String("path", r.URL.Path),
+		slog.String("host", r.Host),
+		slog.Int("status", st.status),
+		slog.Int64("bytes", st.bytes),
+		slog.Float64("duration_ms", float64(took.Microseconds())/1000),
+		slog.String("remote", r.RemoteAddr),
+		slog.String("upstream", target),
+	)
+}

@@ -1,0 +1,159 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// errDrained is the cause given to requests cut off at the end of a drain.
+var errDrained = errors.New("the version serving this request was retired")
+
+// Target is one container the proxy forwards to. It counts its in-flight
+// requests so that it can be drained before the container stops.
+type Target struct {
+	addr      string
+	url       *url.URL
+	rp        *httputil.ReverseProxy
+	transport *http.Transport
+
+	inflight atomic.Int64
+	// streams counts in-flight requests that became websockets or event
+	// streams: they never end by themselves, so a drain cuts them sooner.
+	streams  atomic.Int64
+	draining atomic.Bool
+
+	// ctx is cancelled when a drain runs out of time; every request
+	// forwarded to this target is cancelled with it.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+}
+
+// bufferPool shares copy buffers between all targets.
+type bufferPool struct{ sync.Pool }
+
+func (p *bufferPool) Get() []byte  { return *(p.Pool.Get().(*[]byte)) }
+func (p *bufferPool) Put(b []byte) { p.Pool.Put(&b) }
+
+var buffers = &bufferPool{sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+
+func newTarget(addr string, s *Service) *Target {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	t := &Target{addr: addr, url: &url.URL{Scheme: "http", Host: addr}, ctx: ctx, cancel: cancel}
+	t.transport = &http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConnsPerHost:   1024,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: s.opts.UpstreamTimeout,
+		DisableCompression:    true,
+		ForceAttemptHTTP2:     false,
+	}
+	t.rp = &httputil.ReverseProxy{
+		Rewrite:        t.rewrite,
+		Transport:      t.transport,
+		BufferPool:     buffers,
+		ModifyResponse: t.modifyResponse,
+		ErrorHandler:   s.proxyError,
+		ErrorLog:       s.errorLog,
+	}
+	return t
+}
+
+// rewrite points the request at the container, keeping Host and adding
+// the X-Forwarded headers (X-Forwarded-For is appended to, as nginx does).
+func (t *Target) rewrite(pr *httputil.ProxyRequest) {
+	pr.SetURL(t.url)
+	pr.Out.Host = pr.In.Host
+	if xff, ok := pr.In.Header["X-Forwarded-For"]; ok {
+		pr.Out.Header["X-Forwarded-For"] = xff
+	}
+	pr.SetXForwarded()
+}
+
+// modifyResponse notes responses that will stay open: upgrades and
+// server-sent events.
+func (t *Target) modifyResponse(resp *http.Response) error {
+	if resp.StatusCode == http.StatusSwitchingProtocols || isEventStream(resp.Header.Get("Content-Type")) {
+		if st, ok := resp.Request.Context().Value(stateKey{}).(*requestState); ok && !st.stream {
+			st.stream = true
+			t.streams.Add(1)
+		}
+	}
+	return nil
+}
+
+func isEventStream(ct string) bool {
+	return len(ct) >= 17 && ct[:17] == "text/event-stream"
+}
+
+// acquire counts a request against t unless t is draining.
+func (t *Target) acquire() bool {
+	t.inflight.Add(1)
+	if t.draining.Load() {
+		t.inflight.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (t *Target) release(st *requestState) {
+	if st.stream {
+		t.streams.Add(-1)
+	}
+	t.inflight.Add(-1)
+}
+
+// DrainStats says how a drain ended.
+type DrainStats struct {
+	// Waited is how long the drain took.
+	Waited time.Duration
+	// Cut is how many requests were still in flight when the drain ran
+	// out of time and cancelled them.
+	Cut int64
+}
+
+// drain stops new requests reaching t, waits for those in flight, and
+// cancels what is left after timeout (or after streamGrace when only
+// websockets and streams are left).
+func (t *Target) drain(ctx context.Context, timeout, streamGrace time.Duration) DrainStats {
+	start := time.Now()
+	t.draining.Store(true)
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	var stats DrainStats
+	for {
+		n := t.inflight.Load()
+		if n == 0 {
+			break
+		}
+		elapsed := time.Since(start)
+		onlyStreams := n == t.streams.Load()
+		if elapsed >= timeout || (onlyStreams && elapsed >= streamGrace) || ctx.Err() != nil {
+			stats.Cut = n
+			t.cancel(errDrained)
+			// Cancelled requests unwind quickly; wait a little for them so
+			// the container is not stopped under their feet.
+			waitUntil(func() bool { return t.inflight.Load() == 0 }, time.Second)
+			break
+		}
+		<-tick.C
+	}
+	t.cancel(errDrained)
+	t.transport.CloseIdleConnections()
+	stats.Waited = time.Since(start)
+	return stats
+}
+
+func waitUntil(cond func() bool, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for !cond() && time.Now().Before(deadline) {
+		time.Sleep(2 * time.Millisecond)
+	}
+}
