@@ -1,0 +1,322 @@
+// Package store keeps the agent's state (apps, their versions and
+// environment, and a bounded event history) in a bbolt file in the data
+// dir, so that it survives restarts.
+package store
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/sprout-paas/sprout/health"
+)
+
+// ErrNotFound means the app or version does not exist.
+var ErrNotFound = errors.New("not found")
+
+// MaxEvents is how many events the store keeps; older ones are dropped.
+const MaxEvents = 10000
+
+var (
+	bucketMeta     = []byte("meta")
+	bucketApps     = []byte("apps")
+	bucketVersions = []byte("versions")
+	bucketEvents   = []byte("events")
+)
+
+// App is one application on this host and its settings.
+type App struct {
+	Name string `json:"name"`
+	// Port is the public port the proxy listens on.
+	Port int `json:"port"`
+	// ContainerPort overrides what the bundle says, when set.
+	ContainerPort int               `json:"container_port,omitempty"`
+	Health        health.Settings   `json:"health"`
+	Env           map[string]string `json:"env,omitempty"`
+	// Serving is the label of the version taking traffic, "" before the
+	// first successful deploy.
+	Serving     string    `json:"serving,omitempty"`
+	ContainerID string    `json:"container_id,omitempty"`
+	ServingAt   time.Time `json:"serving_at,omitzero"`
+	CreatedAt   time.Time `json:"created_at"`
+}
+
+// Version states.
+const (
+	StatusPending = "pending"
+	StatusServing = "serving"
+	StatusRetired = "retired"
+	StatusFailed  = "failed"
+)
+
+// Version is one deployable version of an app.
+type Version struct {
+	App   string `json:"app"`
+	Label string `json:"label"`
+	Seq   uint64 `json:"seq"`
+	// Status is one of the Status constants.
+	Status string `json:"status"`
+	// Source describes where the bundle came from (a file name).
+	Source string `json:"source,omitempty"`
+	// Kind is "dockerfile" or "image".
+	Kind string `json:"kind,omitempty"`
+	// Image is the tag Sprout gave the version's image.
+	Image          string `json:"image,omitempty"`
+	ImageID        string `json:"image_id,omitempty"`
+	ContainerPort  int    `json:"container_port,omitempty"`
+	HasHealthcheck bool   `json:"has_healthcheck,omitempty"`
+	// ImagePruned is set once the image was removed to save space.
+	ImagePruned bool `json:"image_pruned,omitempty"`
+	// FailedStep and Error say why a failed version failed.
+	FailedStep string    `json:"failed_step,omitempty"`
+	Error      string    `json:"error,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
+	// DeployedAt is when the version last started serving.
+	DeployedAt time.Time `json:"deployed_at,omitzero"`
+	// Steps holds how long each deploy step took, in milliseconds.
+	Steps map[string]int64 `json:"steps,omitempty"`
+}
+
+// Event is one line of an app's history.
+type Event struct {
+	Seq     uint64    `json:"seq"`
+	Time    time.Time `json:"time"`
+	App     string    `json:"app"`
+	Label   string    `json:"label,omitempty"`
+	Kind    string    `json:"kind"`
+	Message string    `json:"message"`
+}
+
+// Store is the agent's state file.
+type Store struct {
+	db        *bolt.DB
+	maxEvents uint64
+}
+
+// Open opens or creates the state file at path.
+func Open(path string) (*Store, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("state file %s is locked: another sprout agent uses this data dir", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open state file %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketMeta, bucketApps, bucketVersions, bucketEvents} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &Store{db: db, maxEvents: MaxEvents}, nil
+}
+
+// Close closes the file.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Size is the state file's size in bytes.
+func (s *Store) Size() int64 {
+	st, err := os.Stat(s.db.Path())
+	if err != nil {
+		return 0
+	}
+	return st.Size()
+}
+
+// Meta returns a value of the agent's own metadata, creating it with
+// init when it is missing.
+func (s *Store) Meta(key string, init func() string) (string, error) {
+	var v string
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketMeta)
+		if cur := b.Get([]byte(key)); cur != nil {
+			v = string(cur)
+			return nil
+		}
+		v = init()
+		return b.Put([]byte(key), []byte(v))
+	})
+	return v, err
+}
+
+func get[T any](b *bolt.Bucket, key string) (*T, error) {
+	raw := b.Get([]byte(key))
+	if raw == nil {
+		return nil, ErrNotFound
+	}
+	var v T
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return nil, fmt.Errorf("corrupt record %q: %w", key, err)
+	}
+	return &v, nil
+}
+
+func put(b *bolt.Bucket, key string, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(key), raw)
+}
+
+// App returns one app.
+func (s *Store) App(name string) (*App, error) {
+	var a *App
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		a, err = get[App](tx.Bucket(bucketApps), name)
+		return err
+	})
+	return a, err
+}
+
+// PutApp creates or replaces an app.
+func (s *Store) PutApp(a *App) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return put(tx.Bucket(bucketApps), a.Name, a) })
+}
+
+// Apps returns every app, by name.
+func (s *Store) Apps() ([]*App, error) {
+	var out []*App
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketApps).ForEach(func(k, _ []byte) error {
+			a, err := get[App](tx.Bucket(bucketApps), string(k))
+			if err == nil {
+				out = append(out, a)
+			}
+			return err
+		})
+	})
+	return out, err
+}
+
+// PutVersion creates or replaces a version; a new one gets the next
+// sequence number of its app.
+func (s *Store) PutVersion(v *Version) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.Bucket(bucketVersions).CreateBucketIfNotExists([]byte(v.App))
+		if err != nil {
+			return err
+		}
+		if v.Seq == 0 {
+			if v.Seq, err = b.NextSequence(); err != nil {
+				return err
+			}
+		}
+		return put(b, v.Label, v)
+	})
+}
+
+// Version returns one version of an app.
+func (s *Store) Version(app, label string) (*Version, error) {
+	var v *Version
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketVersions).Bucket([]byte(app))
+		if b == nil {
+			return ErrNotFound
+		}
+		var err error
+		v, err = get[Version](b, label)
+		return err
+	})
+	return v, err
+}
+
+// NextSeq is the sequence number the app's next version will get.
+func (s *Store) NextSeq(app string) uint64 {
+	var n uint64
+	s.db.View(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketVersions).Bucket([]byte(app)); b != nil {
+			n = b.Sequence()
+		}
+		return nil
+	})
+	return n + 1
+}
+
+// Versions returns an app's versions, newest first.
+func (s *Store) Versions(app string) ([]*Version, error) {
+	var out []*Version
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketVersions).Bucket([]byte(app))
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, _ []byte) error {
+			v, err := get[Version](b, string(k))
+			if err == nil {
+				out = append(out, v)
+			}
+			return err
+		})
+	})
+	slices.SortFunc(out, func(a, b *Version) int { return int(b.Seq) - int(a.Seq) })
+	return out, err
+}
+
+// AddEvent appends an event, dropping the oldest beyond MaxEvents.
+func (s *Store) AddEvent(e Event) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketEvents)
+		seq, err := b.NextSequence()
+		if err != nil {
+			return err
+		}
+		e.Seq = seq
+		raw, err := json.Marshal(e)
+		if err != nil {
+			return err
+		}
+		if err := b.Put(seqKey(seq), raw); err != nil {
+			return err
+		}
+		if seq > s.maxEvents {
+			c := b.Cursor()
+			for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) <= seq-s.maxEvents; k, _ = c.First() {
+				if err := c.Delete(); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// Events returns up to limit of the newest events, of one app when app is
+// not empty, oldest first.
+func (s *Store) Events(app string, limit int) ([]Event, error) {
+	var out []Event
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketEvents).Cursor()
+		for k, raw := c.Last(); k != nil && len(out) < limit; k, raw = c.Prev() {
+			var e Event
+			if err := json.Unmarshal(raw, &e); err != nil {
+				continue
+			}
+			if app == "" || e.App == app {
+				out = append(out, e)
+			}
+		}
+		return nil
+	})
+	slices.Reverse(out)
+	return out, err
+}
+
+func seqKey(n uint64) []byte {
+	k := make([]byte, 8)
+	binary.BigEndian.PutUint64(k, n)
+	return k
+}
