@@ -1,0 +1,283 @@
+// Package agent is the host daemon's engine: it deploys versions of apps
+// (unpack, build, start, wait healthy, swap, drain, retire, record), rolls
+// them back, changes their environment with the same swap, and on start
+// re-adopts the containers it owns. It reaches the container engine, the
+// proxy and the state store through small interfaces of its own.
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sprout-paas/sprout/bundle"
+	"github.com/sprout-paas/sprout/health"
+	"github.com/sprout-paas/sprout/proxy"
+	"github.com/sprout-paas/sprout/runtime"
+	"github.com/sprout-paas/sprout/store"
+)
+
+// Runtime is what the agent needs from the container engine.
+type Runtime interface {
+	Build(ctx context.Context, dir, tag string, labels map[string]string, out io.Writer) (string, error)
+	EnsureImage(ctx context.Context, ref string, out io.Writer) error
+	Image(ctx context.Context, ref string) (runtime.ImageInfo, error)
+	Tag(ctx context.Context, src, dst string) error
+	RemoveImage(ctx context.Context, ref string) error
+	Run(ctx context.Context, spec runtime.ContainerSpec) (*runtime.Container, error)
+	Container(ctx context.Context, id string) (*runtime.Container, error)
+	State(ctx context.Context, id string) (runtime.State, error)
+	Logs(ctx context.Context, id string, tail int) (string, error)
+	Stop(ctx context.Context, id string, grace time.Duration) error
+	Remove(ctx context.Context, id string) error
+	List(ctx context.Context, labels map[string]string) ([]*runtime.Container, error)
+}
+
+// Router is what the agent needs from the proxy.
+type Router interface {
+	Listen(app string, port int) error
+	Close(port int, grace time.Duration)
+	Swap(app string, addrs []string) *proxy.Retired
+	Targets(app string) []string
+}
+
+var (
+	_ Runtime = (*runtime.Docker)(nil)
+	_ Router  = (*proxy.Proxy)(nil)
+)
+
+// Config is the agent's configuration, filled once by the CLI layer.
+type Config struct {
+	// DataDir holds the state file, uploads and unpacked bundles.
+	DataDir string
+	// KeepVersions is how many images of earlier versions are kept for
+	// instant rollback, besides the serving one.
+	KeepVersions int
+	// DrainTimeout bounds how long a retired version's requests may run.
+	DrainTimeout time.Duration
+	// StreamGrace bounds websockets and event streams during a drain.
+	StreamGrace time.Duration
+	// StopGrace is the time between SIGTERM and SIGKILL for a container.
+	StopGrace time.Duration
+	// Bundle limits what one bundle may unpack to.
+	Bundle bundle.Limits
+	// MaxUploadBytes caps the size of an uploaded bundle archive.
+	MaxUploadBytes int64
+	// Health holds the defaults of every app's health settings.
+	Health health.Settings
+	// DefaultPort is an app's public port when its first deploy names none.
+	DefaultPort int
+	// LogMaxSize and LogMaxFiles bound each container's log.
+	LogMaxSize  string
+	LogMaxFiles string
+}
+
+// Defaults for Config.
+const (
+	DefaultKeepVersions   = 3
+	DefaultDrainTimeout   = 30 * time.Second
+	DefaultStreamGrace    = 5 * time.Second
+	DefaultStopGrace      = 10 * time.Second
+	DefaultMaxUploadBytes = 512 << 20
+	DefaultPort           = 80
+)
+
+func (c Config) withDefaults() Config {
+	if c.KeepVersions <= 0 {
+		c.KeepVersions = DefaultKeepVersions
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.StreamGrace <= 0 {
+		c.StreamGrace = DefaultStreamGrace
+	}
+	if c.StopGrace <= 0 {
+		c.StopGrace = DefaultStopGrace
+	}
+	if c.MaxUploadBytes <= 0 {
+		c.MaxUploadBytes = DefaultMaxUploadBytes
+	}
+	if c.DefaultPort <= 0 {
+		c.DefaultPort = DefaultPort
+	}
+	c.Health = c.Health.WithDefaults()
+	return c
+}
+
+// Errors the API turns into statuses and the CLI into advice.
+var (
+	// ErrBusy means another deploy of the app is running and the caller
+	// asked not to wait.
+	ErrBusy = errors.New("another deploy of this app is in progress")
+	// ErrInvalid means a request was malformed; the message says how.
+	ErrInvalid = errors.New("invalid request")
+	// ErrNotFound means the app or version does not exist.
+	ErrNotFound = store.ErrNotFound
+	// ErrConflict means the request clashes with existing state.
+	ErrConflict = errors.New("conflict")
+)
+
+// Progress hears what a long operation is doing, as it happens.
+type Progress interface {
+	// Step says that a named step begins.
+	Step(name string)
+	// Line reports one line of output of the current step.
+	Line(text string)
+}
+
+// Agent deploys and runs the apps of one host.
+type Agent struct {
+	cfg    Config
+	rt     Runtime
+	router Router
+	store  *store.Store
+	log    *slog.Logger
+	id     string
+
+	mu    sync.Mutex
+	locks map[string]chan struct{}
+}
+
+// New returns an agent. Call Start before serving requests.
+func New(cfg Config, rt Runtime, router Router, st *store.Store, logger *slog.Logger) (*Agent, error) {
+	cfg = cfg.withDefaults()
+	id, err := st.Meta("agent_id", func() string { return randomID(6) })
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range []string{uploadsDir(cfg), bundlesDir(cfg)} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	return &Agent{cfg: cfg, rt: rt, router: router, store: st, log: logger, id: id, locks: map[string]chan struct{}{}}, nil
+}
+
+// ID is this agent's identity, written on every container it owns.
+func (a *Agent) ID() string { return a.id }
+
+// Config returns the configuration in force, defaults filled.
+func (a *Agent) Config() Config { return a.cfg }
+
+func uploadsDir(c Config) string { return filepath.Join(c.DataDir, "uploads") }
+func bundlesDir(c Config) string { return filepath.Join(c.DataDir, "bundles") }
+
+// NewUpload returns a file in the data dir to receive an uploaded bundle.
+func (a *Agent) NewUpload() (*os.File, error) {
+	return os.CreateTemp(uploadsDir(a.cfg), "bundle-*")
+}
+
+// MaxUploadBytes is the largest bundle archive the agent accepts.
+func (a *Agent) MaxUploadBytes() int64 { return a.cfg.MaxUploadBytes }
+
+func randomID(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// lock serialises operations on one app. With noWait, a busy app is
+// refused with ErrBusy; otherwise the caller hears that it waits.
+func (a *Agent) lock(ctx context.Context, app string, noWait bool, p Progress) (func(), error) {
+	a.mu.Lock()
+	ch, ok := a.locks[app]
+	if !ok {
+		ch = make(chan struct{}, 1)
+		a.locks[app] = ch
+	}
+	a.mu.Unlock()
+	unlock := func() { <-ch }
+	select {
+	case ch <- struct{}{}:
+		return unlock, nil
+	default:
+	}
+	if noWait {
+		return nil, fmt.Errorf("%w: %s (wait for it, or drop --no-wait to queue behind it)", ErrBusy, app)
+	}
+	p.Line(fmt.Sprintf("another deploy of %s is in progress; waiting for it to finish", app))
+	select {
+	case ch <- struct{}{}:
+		return unlock, nil
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+var (
+	appNameRe = regexp.MustCompile(`^[a-z0-9]+([._-][a-z0-9]+)*$`)
+	labelRe   = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+)
+
+// ValidateAppName checks an app name: it becomes part of image names.
+func ValidateAppName(name string) error {
+	if len(name) > 63 || !appNameRe.MatchString(name) {
+		return fmt.Errorf("%w: app name %q: use lowercase letters, digits and single . _ - between them, at most 63 characters (set it with --app)", ErrInvalid, name)
+	}
+	return nil
+}
+
+// ValidateLabel checks a version label: it becomes an image tag.
+func ValidateLabel(label string) error {
+	if !labelRe.MatchString(label) {
+		return fmt.Errorf("%w: version label %q: use letters, digits, _ . - (not first), at most 128 characters", ErrInvalid, label)
+	}
+	return nil
+}
+
+// event records one line of an app's history and logs it.
+func (a *Agent) event(app, label, kind, format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	a.log.Info(msg, "app", app, "label", label, "event", kind)
+	if err := a.store.AddEvent(store.Event{Time: time.Now(), App: app, Label: label, Kind: kind, Message: msg}); err != nil {
+		a.log.Error("record event", "error", err)
+	}
+}
+
+// lineWriter turns written bytes into Progress lines.
+type lineWriter struct {
+	p   Progress
+	buf []byte
+}
+
+func (w *lineWriter) Write(b []byte) (int, error) {
+	w.buf = append(w.buf, b...)
+	for {
+		i := strings.IndexAny(string(w.buf), "\r\n")
+		if i < 0 {
+			break
+		}
+		if line := strings.TrimRight(string(w.buf[:i]), " "); line != "" {
+			w.p.Line(line)
+		}
+		w.buf = w.buf[i+1:]
+	}
+	return len(b), nil
+}
+
+func (w *lineWriter) Flush() {
+	if len(w.buf) > 0 {
+		w.p.Line(string(w.buf))
+		w.buf = nil
+	}
+}
+
+// logProgress reports progress to the agent's log, for work nobody watches.
+type logProgress struct {
+	log  *slog.Logger
+	step string
+}
+
+func (l *logProgress) Step(name string) { l.step = name }
+func (l *logProgress) Line(text string) { l.log.Info(text, "step", l.step) }

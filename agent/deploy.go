@@ -1,0 +1,516 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sprout-paas/sprout/bundle"
+	"github.com/sprout-paas/sprout/health"
+	"github.com/sprout-paas/sprout/platform"
+	"github.com/sprout-paas/sprout/runtime"
+	"github.com/sprout-paas/sprout/store"
+)
+
+// Deploy steps, named the same in progress, events and version records.
+const (
+	StepUnpack = "unpack"
+	StepBuild  = "build"
+	StepStart  = "start"
+	StepHealth = "health"
+	StepSwap   = "swap"
+	StepDrain  = "drain"
+	StepRetire = "retire"
+	StepRecord = "record"
+)
+
+// Settings are per-app settings a deploy may change. Nil fields keep the
+// app's current value.
+type Settings struct {
+	Port             *int
+	ContainerPort    *int
+	HealthPath       *string
+	HealthInterval   *time.Duration
+	HealthTimeout    *time.Duration
+	HealthyThreshold *int
+	HealthGrace      *time.Duration
+	HealthDeadline   *time.Duration
+}
+
+// apply returns app with the settings changed, validated.
+func (s Settings) apply(app store.App) (store.App, error) {
+	set := func(dst, src *int) {
+		if src != nil {
+			*dst = *src
+		}
+	}
+	setD := func(dst, src *time.Duration) {
+		if src != nil {
+			*dst = *src
+		}
+	}
+	set(&app.Port, s.Port)
+	set(&app.ContainerPort, s.ContainerPort)
+	if s.HealthPath != nil {
+		app.Health.Path = *s.HealthPath
+	}
+	setD(&app.Health.Interval, s.HealthInterval)
+	setD(&app.Health.Timeout, s.HealthTimeout)
+	set(&app.Health.HealthyThreshold, s.HealthyThreshold)
+	setD(&app.Health.Grace, s.HealthGrace)
+	setD(&app.Health.Deadline, s.HealthDeadline)
+	if app.Port < 1 || app.Port > 65535 {
+		return app, fmt.Errorf("%w: port %d must be between 1 and 65535", ErrInvalid, app.Port)
+	}
+	if app.ContainerPort < 0 || app.ContainerPort > 65535 {
+		return app, fmt.Errorf("%w: container port %d must be between 1 and 65535", ErrInvalid, app.ContainerPort)
+	}
+	if err := app.Health.Validate(); err != nil {
+		return app, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return app, nil
+}
+
+// DeployRequest asks for a new version of an app from a bundle on disk.
+type DeployRequest struct {
+	App   string
+	Label string
+	// BundlePath is an archive in the data dir; the agent removes it.
+	BundlePath string
+	// Source says where the bundle came from, for the record.
+	Source   string
+	Settings Settings
+	NoWait   bool
+}
+
+// StepError says which deploy step failed.
+type StepError struct {
+	Step string
+	Err  error
+}
+
+func (e *StepError) Error() string { return e.Step + ": " + e.Err.Error() }
+func (e *StepError) Unwrap() error { return e.Err }
+
+// ErrNoPort means nothing says which port the app listens on.
+var ErrNoPort = errors.New("the bundle does not say which port the app listens on: add EXPOSE 8080 to the Dockerfile, a Ports entry to Dockerrun.aws.json, or pass --container-port")
+
+// Deploy builds and runs a new version of an app and swaps it in. When any
+// step fails, the serving version keeps serving and the new one's leftovers
+// are removed; the version is recorded as failed with the step and reason.
+func (a *Agent) Deploy(ctx context.Context, req DeployRequest, p Progress) (*store.Version, error) {
+	defer os.Remove(req.BundlePath)
+	if err := ValidateAppName(req.App); err != nil {
+		return nil, err
+	}
+	if req.Label != "" {
+		if err := ValidateLabel(req.Label); err != nil {
+			return nil, err
+		}
+	}
+	unlock, err := a.lock(ctx, req.App, req.NoWait, p)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	app, err := a.appOrNew(req.App)
+	if err != nil {
+		return nil, err
+	}
+	next, err := req.Settings.apply(*app)
+	if err != nil {
+		return nil, err
+	}
+	label := req.Label
+	if label == "" {
+		label = "v" + strconv.FormatUint(a.store.NextSeq(req.App), 10)
+	}
+	if old, err := a.store.Version(req.App, label); err == nil && old.Status != store.StatusFailed {
+		return nil, fmt.Errorf("%w: %s already has a version %s (%s); choose another --label, or `sprout rollback --app %s --to %s` to serve it again", ErrConflict, req.App, label, old.Status, req.App, label)
+	}
+
+	v := &store.Version{App: req.App, Label: label, Status: store.StatusPending, Source: req.Source, CreatedAt: time.Now(), Steps: map[string]int64{}}
+	if err := a.store.PutVersion(v); err != nil {
+		return nil, err
+	}
+	a.event(req.App, label, "deploy", "deploy of %s started (from %s)", label, req.Source)
+	d := &deployment{a: a, app: &next, prev: app, v: v, p: p, start: time.Now(), steps: v.Steps}
+
+	err = d.prepare(ctx, req.BundlePath)
+	if err == nil {
+		err = d.rollout(ctx, next.Env)
+	}
+	if err != nil {
+		return v, d.fail(err)
+	}
+	a.event(req.App, label, "deploy", "%s is serving on port %d (deploy took %s)", label, next.Port, time.Since(d.start).Round(time.Millisecond))
+	return v, nil
+}
+
+func (a *Agent) appOrNew(name string) (*store.App, error) {
+	app, err := a.store.App(name)
+	if errors.Is(err, store.ErrNotFound) {
+		return &store.App{Name: name, Port: a.cfg.DefaultPort, CreatedAt: time.Now()}, nil
+	}
+	return app, err
+}
+
+// deployment carries one deploy (or rollout) from step to step.
+type deployment struct {
+	a    *Agent
+	app  *store.App // the app as it will be once this succeeds
+	prev *store.App // the app as it was
+	v    *store.Version
+	p    Progress
+
+	start    time.Time
+	steps    map[string]int64 // how long each step took, in milliseconds
+	step     string
+	stepAt   time.Time
+	builtTag string             // image tag made by this deploy, removed on failure
+	newPort  bool               // the public port was opened by this deploy
+	created  *runtime.Container // container started by this deploy
+	swapped  bool
+}
+
+func (d *deployment) begin(step string) {
+	d.end()
+	d.step, d.stepAt = step, time.Now()
+	d.p.Step(step)
+}
+
+func (d *deployment) end() {
+	if d.step != "" {
+		if d.steps == nil {
+			d.steps = map[string]int64{}
+		}
+		d.steps[d.step] = time.Since(d.stepAt).Milliseconds()
+	}
+	d.step = ""
+}
+
+func (d *deployment) linef(format string, args ...any) { d.p.Line(fmt.Sprintf(format, args...)) }
+
+// prepare unpacks the bundle and builds (or finds) its image.
+func (d *deployment) prepare(ctx context.Context, archive string) error {
+	a := d.a
+	d.begin(StepUnpack)
+	dir := filepath.Join(bundlesDir(a.cfg), d.app.Name+"-"+d.v.Label+"-"+randomID(3))
+	defer os.RemoveAll(dir)
+	res, err := bundle.UnpackFile(archive, dir, a.cfg.Bundle)
+	if err != nil {
+		return err
+	}
+	d.linef("unpacked %d files (%d bytes) from a %s archive", res.Files, res.Bytes, res.Format)
+	spec, err := platform.Inspect(res.Root)
+	if err != nil {
+		return err
+	}
+	for _, n := range spec.Notes {
+		d.linef("note: %s", n)
+	}
+	d.v.Kind = string(spec.Kind)
+	// Open a new public port now, so that a port clash fails the deploy
+	// before anything is built.
+	if d.app.Port != d.prev.Port || d.prev.Serving == "" {
+		if err := a.router.Listen(d.app.Name, d.app.Port); err != nil {
+			return err
+		}
+		d.newPort = true
+	}
+
+	d.begin(StepBuild)
+	tag := imageTag(d.app.Name, d.v.Label)
+	labels := map[string]string{runtime.LabelAgent: a.id, runtime.LabelApp: d.app.Name, runtime.LabelLabel: d.v.Label}
+	out := &lineWriter{p: d.p}
+	switch spec.Kind {
+	case platform.KindDockerfile:
+		d.linef("building image %s", tag)
+		_, err = a.rt.Build(ctx, res.Root, tag, labels, out)
+	case platform.KindImage:
+		if err = a.rt.EnsureImage(ctx, spec.Image, out); err == nil {
+			err = a.rt.Tag(ctx, spec.Image, tag)
+		}
+	}
+	out.Flush()
+	if err != nil {
+		return err
+	}
+	d.builtTag = tag
+	info, err := a.rt.Image(ctx, tag)
+	if err != nil {
+		return err
+	}
+	d.v.Image, d.v.ImageID, d.v.HasHealthcheck = tag, info.ID, info.HasHealthcheck
+	d.v.ContainerPort = firstNonZero(d.app.ContainerPort, spec.ContainerPort, info.ExposedPort)
+	if d.v.ContainerPort == 0 {
+		return ErrNoPort
+	}
+	d.linef("image %s ready (%s), app listens on container port %d", tag, shortID(info.ID), d.v.ContainerPort)
+	return a.store.PutVersion(d.v)
+}
+
+// rollout starts d.v's image with env, waits until it is healthy, swaps it
+// in, drains and retires the version that was serving, and records it.
+func (d *deployment) rollout(ctx context.Context, env map[string]string) error {
+	a := d.a
+	d.begin(StepStart)
+	c, err := a.rt.Run(ctx, runtime.ContainerSpec{
+		Name:          fmt.Sprintf("sprout-%s-%s-%s", d.app.Name, d.v.Label, randomID(3)),
+		Image:         d.v.Image,
+		Env:           containerEnv(env, d.app.Name, d.v.Label, d.v.ContainerPort),
+		ContainerPort: d.v.ContainerPort,
+		Labels:        map[string]string{runtime.LabelAgent: a.id, runtime.LabelApp: d.app.Name, runtime.LabelLabel: d.v.Label},
+		StopGrace:     a.cfg.StopGrace,
+		LogMaxSize:    a.cfg.LogMaxSize,
+		LogMaxFiles:   a.cfg.LogMaxFiles,
+	})
+	if err != nil {
+		return err
+	}
+	d.created = c
+	d.linef("started container %s (%s), app at %s, published on 127.0.0.1:%d", c.Name, shortID(c.ID), c.Addr, c.HostPort)
+
+	d.begin(StepHealth)
+	if err := d.waitHealthy(ctx, c); err != nil {
+		return err
+	}
+
+	// From here on the new version takes traffic: finish even if the
+	// client goes away.
+	ctx = context.WithoutCancel(ctx)
+	d.begin(StepSwap)
+	retired := a.router.Swap(d.app.Name, []string{c.Addr})
+	d.swapped = true
+	d.linef("traffic on port %d now goes to %s", d.app.Port, d.v.Label)
+
+	d.begin(StepDrain)
+	st := retired.Drain(ctx, a.cfg.DrainTimeout, a.cfg.StreamGrace)
+	if old := retired.Addrs(); len(old) > 0 {
+		d.linef("drained %s in %s (%d requests cut at the deadline)", strings.Join(old, ", "), st.Waited.Round(time.Millisecond), st.Cut)
+	}
+	if d.newPort && d.prev.Serving != "" && d.prev.Port != d.app.Port {
+		a.router.Close(d.prev.Port, a.cfg.DrainTimeout)
+		d.linef("closed the old public port %d", d.prev.Port)
+	}
+
+	d.begin(StepRetire)
+	if d.prev.ContainerID != "" && d.prev.ContainerID != c.ID {
+		if err := a.rt.Stop(ctx, d.prev.ContainerID, a.cfg.StopGrace); err != nil {
+			d.linef("warning: stopping the old container: %v", err)
+		}
+		if err := a.rt.Remove(ctx, d.prev.ContainerID); err != nil {
+			d.linef("warning: removing the old container: %v", err)
+		}
+		d.linef("stopped and removed the container of %s", d.prev.Serving)
+	}
+
+	d.begin(StepRecord)
+	d.end()
+	now := time.Now()
+	if d.prev.Serving != "" && d.prev.Serving != d.v.Label {
+		if old, err := a.store.Version(d.app.Name, d.prev.Serving); err == nil {
+			old.Status = store.StatusRetired
+			a.store.PutVersion(old)
+		}
+	}
+	d.v.Status, d.v.DeployedAt, d.v.FailedStep, d.v.Error = store.StatusServing, now, "", ""
+	if err := a.store.PutVersion(d.v); err != nil {
+		return err
+	}
+	d.app.Serving, d.app.ContainerID, d.app.ServingAt, d.app.Env = d.v.Label, c.ID, now, env
+	if err := a.store.PutApp(d.app); err != nil {
+		return err
+	}
+	a.pruneImages(ctx, d.app.Name, d.p)
+	return nil
+}
+
+// containerEnv lists env for the engine. It adds PORT (as Heroku and
+// Elastic Beanstalk do) unless the app sets it, and SPROUT_APP and
+// SPROUT_VERSION so the app can say which version it is.
+func containerEnv(env map[string]string, app, label string, port int) []string {
+	out := make([]string, 0, len(env)+3)
+	for _, k := range slices.Sorted(maps.Keys(env)) {
+		out = append(out, k+"="+env[k])
+	}
+	if _, ok := env["PORT"]; !ok {
+		out = append(out, "PORT="+strconv.Itoa(port))
+	}
+	return append(out, "SPROUT_APP="+app, "SPROUT_VERSION="+label)
+}
+
+// waitHealthy waits for c to pass its health check, streaming each result.
+func (d *deployment) waitHealthy(ctx context.Context, c *runtime.Container) error {
+	a := d.a
+	s := d.app.Health
+	var probe health.Prober
+	var what string
+	switch {
+	case s.Path != "":
+		probe, what = health.NewHTTP(c.Addr, s.Path), "GET "+s.Path+" answers 2xx/3xx"
+	case d.v.HasHealthcheck:
+		probe = health.Func(func(ctx context.Context) error {
+			st, err := a.rt.State(ctx, c.ID)
+			if err != nil {
+				return err
+			}
+			if st.Health != "healthy" {
+				return fmt.Errorf("the image's HEALTHCHECK says %s", st.Health)
+			}
+			return nil
+		})
+		what = "the image's HEALTHCHECK passes"
+	default:
+		probe, what = health.TCP{Addr: c.Addr}, fmt.Sprintf("port %d accepts connections", d.v.ContainerPort)
+	}
+	full := s.WithDefaults()
+	d.linef("waiting until %s %d times in a row (every %s, deadline %s)", what, full.HealthyThreshold, full.Interval, full.Deadline)
+	started := time.Now()
+	n := 0
+	alive := func(ctx context.Context) error {
+		st, err := a.rt.State(ctx, c.ID)
+		if err != nil {
+			return fmt.Errorf("the container is gone: %w", err)
+		}
+		switch {
+		case st.OOMKilled:
+			return errors.New("the container ran out of memory and was killed")
+		case st.RestartCount > 0:
+			return fmt.Errorf("the container keeps crashing: it exited with code %d and was restarted %d times", st.ExitCode, st.RestartCount)
+		case !st.Running:
+			return fmt.Errorf("the container exited with code %d", st.ExitCode)
+		}
+		return nil
+	}
+	err := health.Wait(ctx, probe, s, alive, func(r health.Result) {
+		n++
+		elapsed := time.Since(started).Round(100 * time.Millisecond)
+		if r.OK() {
+			d.linef("check %d passed (%s) after %s", n, r.Took.Round(time.Millisecond), elapsed)
+		} else {
+			d.linef("check %d failed after %s: %s", n, elapsed, r.Err)
+		}
+	})
+	if err == nil {
+		return nil
+	}
+	var we *health.WaitError
+	if errors.As(err, &we) {
+		var b strings.Builder
+		b.WriteString(we.Reason)
+		if len(we.Last) > 0 {
+			b.WriteString("\nlast health checks:")
+			for _, r := range we.Last {
+				b.WriteString("\n  " + r.String())
+			}
+		}
+		if logs, lerr := a.rt.Logs(context.WithoutCancel(ctx), c.ID, 20); lerr == nil && strings.TrimSpace(logs) != "" {
+			b.WriteString("\nlast lines of the container's log:\n")
+			for _, l := range strings.Split(strings.TrimRight(logs, "\n"), "\n") {
+				b.WriteString("  " + l + "\n")
+			}
+		}
+		return errors.New(strings.TrimRight(b.String(), "\n"))
+	}
+	return err
+}
+
+// fail undoes what this deploy created and records why it failed. The
+// version that was serving is never touched.
+func (d *deployment) fail(err error) error {
+	a := d.a
+	ctx := context.Background()
+	step := d.step
+	d.end()
+	if d.swapped {
+		// Past the swap the new version serves; a failure to record is
+		// reported but nothing is rolled back.
+		a.log.Error("deploy finished with an error after the swap", "app", d.app.Name, "error", err)
+		return &StepError{Step: step, Err: err}
+	}
+	if d.created != nil {
+		if rerr := a.rt.Remove(ctx, d.created.ID); rerr != nil {
+			a.log.Warn("remove failed container", "id", d.created.ID, "error", rerr)
+		}
+	}
+	if d.builtTag != "" {
+		a.rt.RemoveImage(ctx, d.builtTag)
+	}
+	if d.newPort {
+		if d.prev.Serving == "" {
+			a.router.Close(d.app.Port, time.Second)
+		} else if d.prev.Port != d.app.Port {
+			a.router.Close(d.app.Port, time.Second)
+		}
+	}
+	if errors.Is(err, context.Canceled) {
+		err = errors.New("the deploy was cancelled (the client went away)")
+	}
+	d.v.Status, d.v.FailedStep, d.v.Error = store.StatusFailed, step, err.Error()
+	a.store.PutVersion(d.v)
+	serving := "nothing was serving before"
+	if d.prev.Serving != "" {
+		serving = d.prev.Serving + " keeps serving"
+	}
+	a.event(d.app.Name, d.v.Label, "deploy-failed", "deploy of %s failed at %s; %s: %s", d.v.Label, step, serving, firstLine(err.Error()))
+	return &StepError{Step: step, Err: err}
+}
+
+// pruneImages removes the images of versions beyond the newest
+// KeepVersions that are not serving.
+func (a *Agent) pruneImages(ctx context.Context, app string, p Progress) {
+	versions, err := a.store.Versions(app)
+	if err != nil {
+		return
+	}
+	kept := 0
+	for _, v := range versions {
+		if v.Status == store.StatusFailed || v.ImagePruned || v.Image == "" || v.Status == store.StatusServing {
+			continue
+		}
+		if kept < a.cfg.KeepVersions {
+			kept++
+			continue
+		}
+		if err := a.rt.RemoveImage(ctx, v.Image); err != nil {
+			a.log.Warn("prune image", "image", v.Image, "error", err)
+			continue
+		}
+		v.ImagePruned = true
+		a.store.PutVersion(v)
+		p.Line(fmt.Sprintf("pruned the image of %s (keeping %d earlier versions for rollback)", v.Label, a.cfg.KeepVersions))
+	}
+}
+
+func imageTag(app, label string) string { return "sprout/" + app + ":" + label }
+
+func firstNonZero(xs ...int) int {
+	for _, x := range xs {
+		if x != 0 {
+			return x
+		}
+	}
+	return 0
+}
+
+func shortID(id string) string {
+	id = strings.TrimPrefix(id, "sha256:")
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
+}

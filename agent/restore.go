@@ -1,0 +1,112 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/sprout-paas/sprout/runtime"
+	"github.com/sprout-paas/sprout/store"
+)
+
+// Start rebuilds the agent's view of the host from its store and the
+// containers labelled as its own: serving containers are routed again
+// (restarted or recreated from their image when they are gone), containers
+// of interrupted deploys are removed, and versions left pending are
+// recorded as failed. It returns once every serving app has a route.
+func (a *Agent) Start(ctx context.Context) error {
+	owned, err := a.rt.List(ctx, map[string]string{runtime.LabelAgent: a.id})
+	if err != nil {
+		return fmt.Errorf("list this agent's containers: %w", err)
+	}
+	byID := map[string]*runtime.Container{}
+	for _, c := range owned {
+		byID[c.ID] = c
+	}
+	apps, err := a.store.Apps()
+	if err != nil {
+		return err
+	}
+	serving := map[string]bool{}
+	for _, app := range apps {
+		a.failPending(app.Name)
+		if app.Serving == "" {
+			continue
+		}
+		if err := a.router.Listen(app.Name, app.Port); err != nil {
+			a.event(app.Name, app.Serving, "restore", "cannot listen on port %d: %v", app.Port, err)
+			continue
+		}
+		c, ok := byID[app.ContainerID]
+		if ok && c.Running && c.Addr != "" {
+			serving[c.ID] = true
+			a.router.Swap(app.Name, []string{c.Addr})
+			a.event(app.Name, app.Serving, "restore", "re-adopted container %s of %s at %s", shortID(c.ID), app.Serving, c.Addr)
+			continue
+		}
+		if ok {
+			serving[c.ID] = true // replaced below, removed by the recovery
+		}
+		go a.recover(context.WithoutCancel(ctx), app.Name)
+	}
+	for _, c := range owned {
+		if serving[c.ID] {
+			continue
+		}
+		if err := a.rt.Remove(ctx, c.ID); err != nil {
+			a.log.Warn("remove orphan container", "id", shortID(c.ID), "error", err)
+			continue
+		}
+		a.event(c.Labels[runtime.LabelApp], c.Labels[runtime.LabelLabel], "restore", "removed container %s left by an interrupted deploy", c.Name)
+	}
+	// Unpacked bundles and uploads of interrupted deploys.
+	for _, dir := range []string{uploadsDir(a.cfg), bundlesDir(a.cfg)} {
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			os.RemoveAll(dir + "/" + e.Name())
+		}
+	}
+	return nil
+}
+
+// failPending records versions whose deploy the agent's stop interrupted.
+func (a *Agent) failPending(app string) {
+	versions, _ := a.store.Versions(app)
+	for _, v := range versions {
+		if v.Status != store.StatusPending {
+			continue
+		}
+		v.Status, v.FailedStep, v.Error = store.StatusFailed, "interrupted", "the agent stopped during this deploy; deploy it again"
+		a.store.PutVersion(v)
+		a.event(app, v.Label, "deploy-failed", "deploy of %s was interrupted by an agent restart", v.Label)
+	}
+}
+
+// recover brings back an app whose serving container is stopped or gone,
+// from the serving version's image, with the usual health-gated swap.
+func (a *Agent) recover(ctx context.Context, name string) {
+	p := &logProgress{log: a.log.With("app", name, "op", "recover")}
+	unlock, err := a.lock(ctx, name, false, p)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	app, err := a.store.App(name)
+	if err != nil || app.Serving == "" {
+		return
+	}
+	v, err := a.store.Version(name, app.Serving)
+	if err != nil {
+		a.log.Error("recover: serving version missing", "app", name, "error", err)
+		return
+	}
+	a.event(name, v.Label, "restore", "serving container %s is not running; starting %s again from its image", shortID(app.ContainerID), v.Label)
+	next := *app
+	d := &deployment{a: a, app: &next, prev: app, v: v, p: p, start: time.Now()}
+	if err := d.rollout(ctx, app.Env); err != nil {
+		d.failRollout(err)
+		return
+	}
+	a.event(name, v.Label, "restore", "%s is serving again", v.Label)
+}

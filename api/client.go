@@ -1,0 +1,201 @@
+package api
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"syscall"
+
+	"github.com/sprout-paas/sprout/store"
+)
+
+// ErrNoAgent means nothing answers on the socket.
+var ErrNoAgent = errors.New("no sprout agent answers")
+
+// Client talks to an agent over its unix socket.
+type Client struct {
+	socket string
+	http   *http.Client
+}
+
+// NewClient returns a client of the agent listening on socket.
+func NewClient(socket string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		DisableCompression: true,
+	}
+	return &Client{socket: socket, http: &http.Client{Transport: tr}}
+}
+
+func (c *Client) url(path string, q url.Values) string {
+	u := "http://sprout/" + Version + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	return u
+}
+
+func (c *Client) do(req *http.Request) (*http.Response, error) {
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("%w on %s: start it with `sprout agent`, or point --socket / SPROUT_SOCKET at its socket", ErrNoAgent, c.socket)
+		}
+		if errors.Is(err, os.ErrPermission) {
+			return nil, fmt.Errorf("cannot open the agent's socket %s: permission denied (run as the agent's user, e.g. with sudo)", c.socket)
+		}
+		return nil, err
+	}
+	if resp.StatusCode >= 400 {
+		defer resp.Body.Close()
+		var eb ErrorBody
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(b, &eb) != nil || eb.Error == "" {
+			eb.Error = fmt.Sprintf("the agent answered %s: %s", resp.Status, bytes.TrimSpace(b))
+		}
+		return nil, &StatusError{Code: resp.StatusCode, Message: eb.Error}
+	}
+	return resp, nil
+}
+
+// StatusError is an error the agent answered with.
+type StatusError struct {
+	Code    int
+	Message string
+}
+
+func (e *StatusError) Error() string { return e.Message }
+
+func (c *Client) get(ctx context.Context, path string, q url.Values, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url(path, q), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// Stream sends a request whose answer is a stream of Messages, calls on for
+// each one, and returns the last. A failed operation returns its error.
+func (c *Client) stream(ctx context.Context, path string, q url.Values, body io.Reader, on func(Message)) (*Message, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url(path, q), body)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		var m Message
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			return nil, fmt.Errorf("bad message from the agent: %w", err)
+		}
+		if m.Done {
+			if m.Error != "" {
+				return &m, &OpError{Step: m.Step, Message: m.Error}
+			}
+			return &m, nil
+		}
+		if on != nil {
+			on(m)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("the connection to the agent broke: %w", err)
+	}
+	return nil, errors.New("the agent closed the stream before the operation finished (see its log)")
+}
+
+// OpError is a streamed operation that failed at a step.
+type OpError struct {
+	Step    string
+	Message string
+}
+
+func (e *OpError) Error() string {
+	if e.Step == "" {
+		return e.Message
+	}
+	return e.Step + " failed: " + e.Message
+}
+
+// Agent describes the agent.
+func (c *Client) Agent(ctx context.Context) (AgentInfo, error) {
+	var out AgentInfo
+	return out, c.get(ctx, "/agent", nil, &out)
+}
+
+// Apps lists the apps on the host.
+func (c *Client) Apps(ctx context.Context) ([]AppStatus, error) {
+	var out []AppStatus
+	return out, c.get(ctx, "/apps", nil, &out)
+}
+
+// Status describes one app.
+func (c *Client) Status(ctx context.Context, app string) (AppStatus, error) {
+	var out AppStatus
+	return out, c.get(ctx, "/apps/"+url.PathEscape(app), nil, &out)
+}
+
+// Versions lists an app's versions, newest first.
+func (c *Client) Versions(ctx context.Context, app string) ([]store.Version, error) {
+	var out []store.Version
+	return out, c.get(ctx, "/apps/"+url.PathEscape(app)+"/versions", nil, &out)
+}
+
+// Env returns an app's environment, secrets masked unless show.
+func (c *Client) Env(ctx context.Context, app string, show bool) (Env, error) {
+	q := url.Values{}
+	if show {
+		q.Set("show_secrets", "1")
+	}
+	var out Env
+	return out, c.get(ctx, "/apps/"+url.PathEscape(app)+"/env", q, &out)
+}
+
+// Events lists recent events.
+func (c *Client) Events(ctx context.Context, app string, limit int) ([]store.Event, error) {
+	q := url.Values{"limit": {fmt.Sprint(limit)}}
+	if app != "" {
+		q.Set("app", app)
+	}
+	var out []store.Event
+	return out, c.get(ctx, "/events", q, &out)
+}
+
+// Deploy uploads a bundle archive and streams the deploy. q carries the
+// label, port and other settings (see the API server's parameters).
+func (c *Client) Deploy(ctx context.Context, app string, q url.Values, bundle io.Reader, on func(Message)) (*Message, error) {
+	return c.stream(ctx, "/apps/"+url.PathEscape(app)+"/deploy", q, bundle, on)
+}
+
+// Rollback serves an earlier version again.
+func (c *Client) Rollback(ctx context.Context, app string, req RollbackRequest, on func(Message)) (*Message, error) {
+	b, _ := json.Marshal(req)
+	return c.stream(ctx, "/apps/"+url.PathEscape(app)+"/rollback", nil, bytes.NewReader(b), on)
+}
+
+// SetEnv changes an app's environment and streams its rollout.
+func (c *Client) SetEnv(ctx context.Context, app string, req EnvChange, on func(Message)) (*Message, error) {
+	b, _ := json.Marshal(req)
+	return c.stream(ctx, "/apps/"+url.PathEscape(app)+"/env", nil, bytes.NewReader(b), on)
+}

@@ -1,0 +1,347 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sprout-paas/sprout/agent"
+	"github.com/sprout-paas/sprout/platform"
+	"github.com/sprout-paas/sprout/store"
+)
+
+// Server exposes an agent over HTTP.
+type Server struct {
+	agent   *agent.Agent
+	log     *slog.Logger
+	version string
+	mux     *http.ServeMux
+}
+
+// NewServer returns the API handler for ag.
+func NewServer(ag *agent.Agent, version string, logger *slog.Logger) *Server {
+	s := &Server{agent: ag, log: logger, version: version, mux: http.NewServeMux()}
+	p := "/" + Version
+	s.mux.HandleFunc("GET "+p+"/agent", s.info)
+	s.mux.HandleFunc("GET "+p+"/apps", s.apps)
+	s.mux.HandleFunc("GET "+p+"/apps/{app}", s.status)
+	s.mux.HandleFunc("GET "+p+"/apps/{app}/versions", s.versions)
+	s.mux.HandleFunc("POST "+p+"/apps/{app}/deploy", s.deploy)
+	s.mux.HandleFunc("POST "+p+"/apps/{app}/rollback", s.rollback)
+	s.mux.HandleFunc("GET "+p+"/apps/{app}/env", s.env)
+	s.mux.HandleFunc("POST "+p+"/apps/{app}/env", s.setenv)
+	s.mux.HandleFunc("GET "+p+"/events", s.events)
+	return s
+}
+
+// ServeHTTP routes a request.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// statusOf maps agent errors to HTTP statuses, in one place.
+func statusOf(err error) int {
+	switch {
+	case errors.Is(err, agent.ErrInvalid), errors.Is(err, platform.ErrInvalidEnv):
+		return http.StatusBadRequest
+	case errors.Is(err, store.ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, agent.ErrBusy), errors.Is(err, agent.ErrConflict):
+		return http.StatusConflict
+	}
+	return http.StatusInternalServerError
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	writeJSON(w, statusOf(err), ErrorBody{Error: err.Error()})
+}
+
+func (s *Server) info(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, 200, AgentInfo{ID: s.agent.ID(), Version: s.version, DataDir: s.agent.Config().DataDir})
+}
+
+func (s *Server) appStatus(ctx context.Context, app *store.App) AppStatus {
+	cs := s.agent.ContainerStatus(ctx, app)
+	st := AppStatus{
+		Name: app.Name, Port: app.Port, Serving: app.Serving, ServingSince: app.ServingAt,
+		ContainerID: cs.ID, Container: cs.State, HostPort: cs.HostPort, Restarts: cs.RestartCount,
+		StartedAt: cs.StartedAt, Targets: s.agent.Targets(app.Name), HealthConfig: app.Health.WithDefaults(),
+		EnvCount: len(app.Env), Health: "unknown",
+	}
+	if v, err := s.agent.Versions(app.Name); err == nil {
+		for _, x := range v {
+			if x.Label == app.Serving {
+				st.ContainerPort = x.ContainerPort
+			}
+		}
+	}
+	switch {
+	case app.Serving == "":
+		st.Health = "no version serving"
+	case cs.Health != "":
+		st.Health = cs.Health
+	case cs.State == "running" && len(st.Targets) > 0:
+		st.Health = "ok"
+	case cs.State != "running":
+		st.Health = "down"
+	}
+	if st.Targets == nil {
+		st.Targets = []string{}
+	}
+	return st
+}
+
+func (s *Server) apps(w http.ResponseWriter, r *http.Request) {
+	apps, err := s.agent.Apps()
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	out := make([]AppStatus, 0, len(apps))
+	for _, a := range apps {
+		out = append(out, s.appStatus(r.Context(), a))
+	}
+	writeJSON(w, 200, out)
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	app, err := s.agent.App(r.PathValue("app"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, 200, s.appStatus(r.Context(), app))
+}
+
+func (s *Server) versions(w http.ResponseWriter, r *http.Request) {
+	vs, err := s.agent.Versions(r.PathValue("app"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if vs == nil {
+		vs = []*store.Version{}
+	}
+	writeJSON(w, 200, vs)
+}
+
+func (s *Server) env(w http.ResponseWriter, r *http.Request) {
+	app, err := s.agent.App(r.PathValue("app"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	out := Env{Env: map[string]string{}}
+	show := r.URL.Query().Get("show_secrets") == "1"
+	for k, v := range app.Env {
+		if !show && platform.IsSecret(k) {
+			v = platform.Mask(v)
+			out.Masked = append(out.Masked, k)
+		}
+		out.Env[k] = v
+	}
+	slices.Sort(out.Masked)
+	writeJSON(w, 200, out)
+}
+
+func (s *Server) events(w http.ResponseWriter, r *http.Request) {
+	limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
+	if limit <= 0 || limit > store.MaxEvents {
+		limit = 100
+	}
+	evs, err := s.agent.Events(r.URL.Query().Get("app"), limit)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if evs == nil {
+		evs = []store.Event{}
+	}
+	writeJSON(w, 200, evs)
+}
+
+// stream sends Messages as NDJSON. The header goes out with the first
+// message, so an error before any progress still gets a real status.
+type stream struct {
+	w       http.ResponseWriter
+	mu      sync.Mutex
+	started bool
+	step    string
+}
+
+func (st *stream) send(m Message) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if !st.started {
+		st.w.Header().Set("Content-Type", "application/x-ndjson")
+		st.w.WriteHeader(http.StatusOK)
+		st.started = true
+	}
+	m.Time = time.Now()
+	b, _ := json.Marshal(m)
+	st.w.Write(append(b, '\n'))
+	http.NewResponseController(st.w).Flush()
+}
+
+// Step implements agent.Progress.
+func (st *stream) Step(name string) {
+	st.step = name
+	st.send(Message{Step: name})
+}
+
+// Line implements agent.Progress.
+func (st *stream) Line(text string) { st.send(Message{Step: st.step, Line: text}) }
+
+func (st *stream) finish(v *store.Version, err error) {
+	if err != nil && !st.started {
+		writeError(st.w, err)
+		return
+	}
+	m := Message{Done: true}
+	if err != nil {
+		m.Error = err.Error()
+		var se *agent.StepError
+		if errors.As(err, &se) {
+			m.Step, m.Error = se.Step, se.Err.Error()
+		}
+	} else {
+		m.Result = v
+	}
+	st.send(m)
+}
+
+func (s *Server) deploy(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	settings, err := parseSettings(q)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	path, err := s.receive(w, r)
+	if err != nil {
+		os.Remove(path)
+		writeJSON(w, http.StatusRequestEntityTooLarge, ErrorBody{Error: err.Error()})
+		return
+	}
+	st := &stream{w: w}
+	v, err := s.agent.Deploy(r.Context(), agent.DeployRequest{
+		App: r.PathValue("app"), Label: q.Get("label"), BundlePath: path,
+		Source: orDefault(q.Get("source"), "upload"), Settings: settings, NoWait: q.Get("no_wait") == "1",
+	}, st)
+	st.finish(v, err)
+}
+
+// receive stores the request body, a bundle archive, in the data dir.
+func (s *Server) receive(w http.ResponseWriter, r *http.Request) (string, error) {
+	f, err := s.agent.NewUpload()
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	max := s.agent.MaxUploadBytes()
+	_, err = io.Copy(f, http.MaxBytesReader(w, r.Body, max))
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		return f.Name(), fmt.Errorf("the bundle is larger than %d bytes (limit bundle.max_upload_bytes)", max)
+	}
+	if err != nil {
+		return f.Name(), fmt.Errorf("receiving the bundle: %w", err)
+	}
+	return f.Name(), f.Close()
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// parseSettings reads per-app settings from query parameters.
+func parseSettings(q map[string][]string) (agent.Settings, error) {
+	var s agent.Settings
+	var errs []string
+	get := func(k string) (string, bool) {
+		v, ok := q[k]
+		if !ok || len(v) == 0 {
+			return "", false
+		}
+		return v[0], true
+	}
+	intp := func(k string) *int {
+		v, ok := get(k)
+		if !ok {
+			return nil
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("%s=%q is not a whole number", k, v))
+			return nil
+		}
+		return &n
+	}
+	durp := func(k string) *time.Duration {
+		v, ok := get(k)
+		if !ok {
+			return nil
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("%s=%q is not a duration like 500ms or 2m", k, v))
+			return nil
+		}
+		return &d
+	}
+	s.Port = intp("port")
+	s.ContainerPort = intp("container_port")
+	if v, ok := get("health_path"); ok {
+		s.HealthPath = &v
+	}
+	s.HealthInterval = durp("health_interval")
+	s.HealthTimeout = durp("health_timeout")
+	s.HealthyThreshold = intp("healthy_threshold")
+	s.HealthGrace = durp("health_grace")
+	s.HealthDeadline = durp("health_deadline")
+	if len(errs) > 0 {
+		return s, fmt.Errorf("%w: %s", agent.ErrInvalid, strings.Join(errs, "; "))
+	}
+	return s, nil
+}
+
+func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
+	var req RollbackRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil && !errors.Is(err, io.EOF) {
+		writeError(w, fmt.Errorf("%w: %v", agent.ErrInvalid, err))
+		return
+	}
+	st := &stream{w: w}
+	v, err := s.agent.Rollback(r.Context(), r.PathValue("app"), req.To, req.NoWait, st)
+	st.finish(v, err)
+}
+
+func (s *Server) setenv(w http.ResponseWriter, r *http.Request) {
+	var req EnvChange
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		writeError(w, fmt.Errorf("%w: %v", agent.ErrInvalid, err))
+		return
+	}
+	st := &stream{w: w}
+	err := s.agent.SetEnv(r.Context(), r.PathValue("app"), req.Set, req.Unset, req.NoWait, st)
+	st.finish(nil, err)
+}

@@ -1,0 +1,81 @@
+// Package api is the small versioned HTTP/JSON API between the sprout CLI
+// and the agent, over the agent's unix socket: the types both sides share,
+// the server that exposes an agent, and the client the CLI uses. Long
+// operations stream newline-delimited JSON messages as they happen.
+package api
+
+import (
+	"time"
+
+	"github.com/sprout-paas/sprout/health"
+	"github.com/sprout-paas/sprout/store"
+)
+
+// Version is the API's version prefix.
+const Version = "v1"
+
+// Message is one line of a streamed operation. The last line of a stream
+// has Done set, and Error when the operation failed.
+type Message struct {
+	Time time.Time `json:"time"`
+	// Step names the step a line belongs to, or the step that begins when
+	// Line is empty.
+	Step string `json:"step,omitempty"`
+	Line string `json:"line,omitempty"`
+	// Done marks the last message.
+	Done bool `json:"done,omitempty"`
+	// Error says why the operation failed.
+	Error string `json:"error,omitempty"`
+	// Result is the version a successful deploy or rollback serves.
+	Result *store.Version `json:"result,omitempty"`
+}
+
+// AppStatus is what `sprout status` and `sprout apps` show of one app.
+type AppStatus struct {
+	Name          string          `json:"name"`
+	Port          int             `json:"port"`
+	Serving       string          `json:"serving,omitempty"`
+	ServingSince  time.Time       `json:"serving_since,omitzero"`
+	ContainerID   string          `json:"container_id,omitempty"`
+	ContainerPort int             `json:"container_port,omitempty"`
+	Container     string          `json:"container_state"`
+	Health        string          `json:"health"`
+	HostPort      int             `json:"host_port,omitempty"`
+	Targets       []string        `json:"targets"`
+	Restarts      int             `json:"restarts"`
+	StartedAt     time.Time       `json:"started_at,omitzero"`
+	HealthConfig  health.Settings `json:"health_settings"`
+	EnvCount      int             `json:"env_count"`
+}
+
+// Env is an app's environment as printenv shows it.
+type Env struct {
+	Env map[string]string `json:"env"`
+	// Masked lists the keys whose values were hidden.
+	Masked []string `json:"masked,omitempty"`
+}
+
+// EnvChange sets and removes environment properties.
+type EnvChange struct {
+	Set    map[string]string `json:"set,omitempty"`
+	Unset  []string          `json:"unset,omitempty"`
+	NoWait bool              `json:"no_wait,omitempty"`
+}
+
+// RollbackRequest names the version to serve again ("" for the previous).
+type RollbackRequest struct {
+	To     string `json:"to,omitempty"`
+	NoWait bool   `json:"no_wait,omitempty"`
+}
+
+// ErrorBody is the body of a failed non-streaming request.
+type ErrorBody struct {
+	Error string `json:"error"`
+}
+
+// AgentInfo describes the agent answering on the socket.
+type AgentInfo struct {
+	ID      string `json:"id"`
+	Version string `json:"version"`
+	DataDir string `json:"data_dir"`
+}

@@ -1,0 +1,119 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sprout-paas/sprout/agent"
+	"github.com/sprout-paas/sprout/api"
+	"github.com/sprout-paas/sprout/proxy"
+	"github.com/sprout-paas/sprout/runtime"
+	"github.com/sprout-paas/sprout/store"
+)
+
+func newAgentCommand(c *cli) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the host daemon in the foreground",
+		Long: `Run the agent: it owns this host's apps, their proxy ports and the API socket.
+
+Configuration comes from the config file, SPROUT_* environment variables and
+flags, in that order of precedence (see configs/agent.yaml).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := LoadAgentConfig(cmd.Flags())
+			if err != nil {
+				return err
+			}
+			return runAgent(cmd.Context(), c, cfg)
+		},
+	}
+	cmd.Flags().String("data-dir", "", "where the agent keeps all its state (env SPROUT_DATA_DIR; default /var/lib/sprout)")
+	cmd.Flags().String("log-level", "", "debug, info, warn or error (env SPROUT_LOG_LEVEL)")
+	return cmd
+}
+
+func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	var h slog.Handler = slog.NewJSONHandler(c.err, opts)
+	if cfg.LogFormat == "text" {
+		h = slog.NewTextHandler(c.err, opts)
+	}
+	log := slog.New(h)
+
+	if err := os.MkdirAll(cfg.Agent.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	st, err := store.Open(filepath.Join(cfg.Agent.DataDir, "state.db"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	docker, err := runtime.New(ctx)
+	if err != nil {
+		return err
+	}
+	defer docker.Close()
+	px := proxy.New(cfg.Proxy, log.With("component", "proxy"))
+	ag, err := agent.New(cfg.Agent, docker, px, st, log.With("component", "agent"))
+	if err != nil {
+		return err
+	}
+	ln, err := listenSocket(cfg.Socket)
+	if err != nil {
+		return err
+	}
+	if err := ag.Start(ctx); err != nil {
+		ln.Close()
+		return err
+	}
+	srv := &http.Server{Handler: api.NewServer(ag, Version, log.With("component", "api")), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		log.Info("shutting down: apps keep running; the proxy stops until the agent starts again")
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		px.Shutdown(sctx)
+	}()
+	log.Info("agent ready", "id", ag.ID(), "socket", cfg.Socket, "data_dir", cfg.Agent.DataDir, "version", Version)
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// listenSocket opens the API socket with owner-only permissions, replacing
+// a stale socket file but never a live agent's.
+func listenSocket(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("socket dir: %w", err)
+	}
+	if _, err := os.Stat(path); err == nil {
+		if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			conn.Close()
+			return nil, fmt.Errorf("another agent already listens on %s (stop it, or give this one another --socket and --data-dir)", path)
+		}
+		os.Remove(path)
+	}
+	old := umask(0o177)
+	ln, err := net.Listen("unix", path)
+	umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen on socket %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}

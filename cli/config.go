@@ -1,0 +1,242 @@
+package cli
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/docker/go-units"
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+
+	"github.com/sprout-paas/sprout/agent"
+	"github.com/sprout-paas/sprout/bundle"
+	"github.com/sprout-paas/sprout/health"
+	"github.com/sprout-paas/sprout/proxy"
+)
+
+// DefaultConfigFile is read when it exists and no --config is given.
+const DefaultConfigFile = "/etc/sprout/agent.yaml"
+
+// defaults is every configuration key with its default value. A key
+// missing here is refused in a config file.
+var defaults = map[string]any{
+	"data_dir":                 "/var/lib/sprout",
+	"socket":                   "/run/sprout/sprout.sock",
+	"log_level":                "info",
+	"log_format":               "json",
+	"proxy.bind_address":       "",
+	"proxy.max_body_bytes":     "100MiB",
+	"proxy.upstream_timeout":   "60s",
+	"proxy.idle_timeout":       "120s",
+	"proxy.access_log":         true,
+	"deploy.keep_versions":     agent.DefaultKeepVersions,
+	"deploy.drain_timeout":     "30s",
+	"deploy.stream_grace":      "5s",
+	"deploy.stop_grace":        "10s",
+	"deploy.default_port":      agent.DefaultPort,
+	"bundle.max_upload_bytes":  "512MiB",
+	"bundle.max_bytes":         "1GiB",
+	"bundle.max_files":         bundle.DefaultMaxFiles,
+	"bundle.max_ratio":         bundle.DefaultMaxRatio,
+	"health.interval":          "500ms",
+	"health.timeout":           "2s",
+	"health.healthy_threshold": health.DefaultHealthyThreshold,
+	"health.grace":             "0s",
+	"health.deadline":          "5m",
+	"container.log_max_size":   "10m",
+	"container.log_max_files":  3,
+}
+
+// AgentConfig is everything `sprout agent` needs, typed and checked.
+type AgentConfig struct {
+	Socket    string
+	LogLevel  slog.Level
+	LogFormat string
+	Agent     agent.Config
+	Proxy     proxy.Options
+}
+
+// newViper reads the configuration: defaults, then the file, then SPROUT_*
+// environment variables, then flags (highest).
+func newViper(flags *pflag.FlagSet) (*viper.Viper, error) {
+	v := viper.New()
+	for k, d := range defaults {
+		v.SetDefault(k, d)
+	}
+	v.SetEnvPrefix("SPROUT")
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
+	v.AutomaticEnv()
+	for flag, key := range map[string]string{"data-dir": "data_dir", "socket": "socket", "log-level": "log_level"} {
+		if f := flags.Lookup(flag); f != nil {
+			if err := v.BindPFlag(key, f); err != nil {
+				return nil, err
+			}
+		}
+	}
+	file, _ := flags.GetString("config")
+	if file == "" {
+		file = os.Getenv("SPROUT_CONFIG")
+	}
+	explicit := file != ""
+	if !explicit {
+		if _, err := os.Stat(DefaultConfigFile); err == nil {
+			file = DefaultConfigFile
+		}
+	}
+	if file == "" {
+		return v, nil
+	}
+	v.SetConfigFile(file)
+	if err := v.ReadInConfig(); err != nil {
+		return nil, fmt.Errorf("config file %s: %w", file, err)
+	}
+	// Refuse keys we do not know: a typo must not silently do nothing.
+	fileOnly := viper.New()
+	fileOnly.SetConfigFile(file)
+	if err := fileOnly.ReadInConfig(); err != nil {
+		return nil, fmt.Errorf("config file %s: %w", file, err)
+	}
+	for _, k := range fileOnly.AllKeys() {
+		if _, ok := defaults[k]; !ok {
+			known := slices.Sorted(func(yield func(string) bool) {
+				for k := range defaults {
+					if !yield(k) {
+						return
+					}
+				}
+			})
+			return nil, fmt.Errorf("config file %s: unknown key %q (known keys: %s)", file, k, strings.Join(known, ", "))
+		}
+	}
+	return v, nil
+}
+
+// configReader turns raw values into typed ones, collecting the first error
+// with the key that caused it.
+type configReader struct {
+	v   *viper.Viper
+	err error
+}
+
+func (r *configReader) fail(key, format string, args ...any) {
+	if r.err == nil {
+		r.err = fmt.Errorf("config %s: %s", key, fmt.Sprintf(format, args...))
+	}
+}
+
+func (r *configReader) str(key string) string { return strings.TrimSpace(r.v.GetString(key)) }
+
+func (r *configReader) duration(key string) time.Duration {
+	s := r.str(key)
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		r.fail(key, "%q is not a duration like 500ms, 30s or 5m", s)
+	}
+	return d
+}
+
+func (r *configReader) size(key string) int64 {
+	s := r.str(key)
+	n, err := units.RAMInBytes(s)
+	if err != nil || n < 0 {
+		r.fail(key, "%q is not a size like 512KiB, 100MiB or 1GiB", s)
+	}
+	return n
+}
+
+func (r *configReader) integer(key string, min, max int) int {
+	s := r.str(key)
+	n, err := strconv.Atoi(s)
+	if err != nil || n < min || n > max {
+		r.fail(key, "%q must be a whole number from %d to %d", s, min, max)
+	}
+	return n
+}
+
+func (r *configReader) boolean(key string) bool {
+	s := r.str(key)
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		r.fail(key, "%q must be true or false", s)
+	}
+	return b
+}
+
+// LoadAgentConfig reads and checks the agent's configuration.
+func LoadAgentConfig(flags *pflag.FlagSet) (*AgentConfig, error) {
+	v, err := newViper(flags)
+	if err != nil {
+		return nil, err
+	}
+	r := &configReader{v: v}
+	c := &AgentConfig{Socket: r.str("socket"), LogFormat: r.str("log_format")}
+	if err := c.LogLevel.UnmarshalText([]byte(r.str("log_level"))); err != nil {
+		r.fail("log_level", "%q must be debug, info, warn or error", r.str("log_level"))
+	}
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		r.fail("log_format", "%q must be json or text", c.LogFormat)
+	}
+	c.Proxy = proxy.Options{
+		BindAddress:     r.str("proxy.bind_address"),
+		MaxBodyBytes:    r.size("proxy.max_body_bytes"),
+		UpstreamTimeout: r.duration("proxy.upstream_timeout"),
+		IdleTimeout:     r.duration("proxy.idle_timeout"),
+		AccessLog:       r.boolean("proxy.access_log"),
+	}
+	c.Agent = agent.Config{
+		DataDir:        r.str("data_dir"),
+		KeepVersions:   r.integer("deploy.keep_versions", 1, 100),
+		DrainTimeout:   r.duration("deploy.drain_timeout"),
+		StreamGrace:    r.duration("deploy.stream_grace"),
+		StopGrace:      r.duration("deploy.stop_grace"),
+		DefaultPort:    r.integer("deploy.default_port", 1, 65535),
+		MaxUploadBytes: r.size("bundle.max_upload_bytes"),
+		Bundle: bundle.Limits{
+			MaxBytes: r.size("bundle.max_bytes"),
+			MaxFiles: r.integer("bundle.max_files", 1, 10_000_000),
+			MaxRatio: int64(r.integer("bundle.max_ratio", 2, 100_000)),
+		},
+		Health: health.Settings{
+			Interval:         r.duration("health.interval"),
+			Timeout:          r.duration("health.timeout"),
+			HealthyThreshold: r.integer("health.healthy_threshold", 1, 100),
+			Grace:            r.duration("health.grace"),
+			Deadline:         r.duration("health.deadline"),
+		},
+		LogMaxSize:  r.str("container.log_max_size"),
+		LogMaxFiles: strconv.Itoa(r.integer("container.log_max_files", 1, 100)),
+	}
+	if _, err := units.RAMInBytes(c.Agent.LogMaxSize); err != nil {
+		r.fail("container.log_max_size", "%q is not a size like 10m", c.Agent.LogMaxSize)
+	}
+	if c.Agent.DataDir == "" {
+		r.fail("data_dir", "must not be empty")
+	}
+	if c.Socket == "" {
+		r.fail("socket", "must not be empty")
+	}
+	if r.err == nil {
+		if err := c.Agent.Health.Validate(); err != nil {
+			r.fail("health", "%v", err)
+		}
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	return c, nil
+}
+
+// socketPath is where the CLI finds the agent: --socket, SPROUT_SOCKET,
+// the config file, or the default.
+func socketPath(flags *pflag.FlagSet) (string, error) {
+	v, err := newViper(flags)
+	if err != nil {
+		return "", err
+	}
+	return v.GetString("socket"), nil
+}

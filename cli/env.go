@@ -1,0 +1,80 @@
+package cli
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sprout-paas/sprout/api"
+	"github.com/sprout-paas/sprout/platform"
+)
+
+func newSetenvCommand(c *cli) *cobra.Command {
+	var app string
+	var noWait bool
+	cmd := &cobra.Command{
+		Use:   "setenv KEY=value [KEY= ...]",
+		Short: "Set or delete environment properties, rolled out with the same zero-downtime swap",
+		Long: `Set environment properties (KEY=value) or delete them (KEY=), as 'eb setenv' does.
+When the app is serving, a new container with the new environment must pass
+its health check before it takes traffic; if it does not, nothing changes.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if app == "" {
+				return fmt.Errorf("--app is required")
+			}
+			set, unset, err := platform.ParseAssignments(args)
+			if err != nil {
+				return err
+			}
+			client, err := c.client(cmd)
+			if err != nil {
+				return err
+			}
+			p := newPrinter(c.out)
+			if _, err := client.SetEnv(cmd.Context(), app, api.EnvChange{Set: set, Unset: unset, NoWait: noWait}, p.on); err != nil {
+				return fmt.Errorf("environment change of %s failed: %w%s", app, err, stillServing(cmd, client, app))
+			}
+			fmt.Fprintf(c.out, "%s environment of %s updated (%d set, %d deleted)\n", p.elapsed(), app, len(set), len(unset))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&app, "app", "", "the app")
+	cmd.Flags().BoolVar(&noWait, "no-wait", false, "fail instead of waiting when a deploy of the app is running")
+	return cmd
+}
+
+func newPrintenvCommand(c *cli) *cobra.Command {
+	var app string
+	var show bool
+	cmd := &cobra.Command{
+		Use:   "printenv",
+		Short: "Print an app's environment properties (secret-looking values masked)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if app == "" {
+				return fmt.Errorf("--app is required")
+			}
+			client, err := c.client(cmd)
+			if err != nil {
+				return err
+			}
+			env, err := client.Env(cmd.Context(), app, show)
+			if err != nil {
+				return err
+			}
+			for _, k := range slices.Sorted(maps.Keys(env.Env)) {
+				fmt.Fprintf(c.out, "%s=%s\n", k, env.Env[k])
+			}
+			if len(env.Masked) > 0 {
+				fmt.Fprintf(c.err, "(%d secret-looking values masked; --show-secrets prints them)\n", len(env.Masked))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&app, "app", "", "the app")
+	cmd.Flags().BoolVar(&show, "show-secrets", false, "print secret-looking values too")
+	return cmd
+}

@@ -1,0 +1,112 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sprout-paas/sprout/api"
+)
+
+// printer shows a streamed operation as it happens: a header per step and
+// its output lines indented, with the time since the command started.
+type printer struct {
+	out   io.Writer
+	start time.Time
+}
+
+func newPrinter(out io.Writer) *printer { return &printer{out: out, start: time.Now()} }
+
+func (p *printer) elapsed() string {
+	return fmt.Sprintf("[%5.1fs]", time.Since(p.start).Seconds())
+}
+
+func (p *printer) on(m api.Message) {
+	if m.Line == "" {
+		fmt.Fprintf(p.out, "%s ==> %s\n", p.elapsed(), m.Step)
+		return
+	}
+	fmt.Fprintf(p.out, "%s     %s\n", p.elapsed(), m.Line)
+}
+
+// stepOrder is the order deploy steps are listed in a summary.
+var stepOrder = []string{"unpack", "build", "start", "health", "swap", "drain", "retire", "record"}
+
+// summary lists step timings like "build 1.2s, health 0.5s".
+func summary(steps map[string]int64) string {
+	var parts []string
+	seen := map[string]bool{}
+	for _, s := range stepOrder {
+		if ms, ok := steps[s]; ok {
+			parts = append(parts, fmt.Sprintf("%s %s", s, fmtMillis(ms)))
+			seen[s] = true
+		}
+	}
+	for _, s := range slices.Sorted(maps.Keys(steps)) {
+		if !seen[s] {
+			parts = append(parts, fmt.Sprintf("%s %s", s, fmtMillis(steps[s])))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+func fmtMillis(ms int64) string {
+	if ms < 1000 {
+		return fmt.Sprintf("%dms", ms)
+	}
+	return fmt.Sprintf("%.1fs", float64(ms)/1000)
+}
+
+// done says which version serves after a deploy or rollback.
+func (p *printer) done(cmd *cobra.Command, client *api.Client, last *api.Message) error {
+	v := last.Result
+	if v == nil {
+		return nil
+	}
+	st, err := client.Status(cmd.Context(), v.App)
+	if err != nil {
+		return err
+	}
+	took := time.Since(p.start).Round(100 * time.Millisecond)
+	fmt.Fprintf(p.out, "%s %s %s is serving on port %d (%s", p.elapsed(), v.App, v.Label, st.Port, took)
+	if len(v.Steps) > 0 {
+		fmt.Fprintf(p.out, ": %s", summary(v.Steps))
+	}
+	fmt.Fprintln(p.out, ")")
+	return nil
+}
+
+// stillServing says what keeps serving after a failed operation, for the
+// end of its error message.
+func stillServing(cmd *cobra.Command, client *api.Client, app string) string {
+	st, err := client.Status(cmd.Context(), app)
+	switch {
+	case err != nil:
+		return ""
+	case st.Serving == "":
+		return "\nnothing was serving before; nothing changed"
+	}
+	return fmt.Sprintf("\n%s keeps serving on port %d, untouched", st.Serving, st.Port)
+}
+
+// ago says how long ago t was, briefly.
+func ago(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	d := time.Since(t)
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds ago", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm ago", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh%02dm ago", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return t.Local().Format("2006-01-02 15:04")
+}

@@ -1,0 +1,40 @@
+package cli
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sprout-paas/sprout/api"
+)
+
+func newRollbackCommand(c *cli) *cobra.Command {
+	var app string
+	req := api.RollbackRequest{}
+	cmd := &cobra.Command{
+		Use:   "rollback",
+		Short: "Serve an earlier version again, from its kept image, with the same zero-downtime swap",
+		Example: `  sprout rollback --app web          # back to the version that served before
+  sprout rollback --app web --to v1`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if app == "" {
+				return fmt.Errorf("--app is required")
+			}
+			client, err := c.client(cmd)
+			if err != nil {
+				return err
+			}
+			p := newPrinter(c.out)
+			last, err := client.Rollback(cmd.Context(), app, req, p.on)
+			if err != nil {
+				return fmt.Errorf("rollback of %s failed: %w%s", app, err, stillServing(cmd, client, app))
+			}
+			return p.done(cmd, client, last)
+		},
+	}
+	cmd.Flags().StringVar(&app, "app", "", "the app")
+	cmd.Flags().StringVar(&req.To, "to", "", "label to serve (default: the version that served before the current one)")
+	cmd.Flags().BoolVar(&req.NoWait, "no-wait", false, "fail instead of waiting when a deploy of the app is running")
+	return cmd
+}

@@ -1,0 +1,82 @@
+// Package cli is the sprout command line: one file per command, each with
+// an options struct, a constructor for its cobra command and a run
+// function. Only this package reads configuration (through viper).
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sprout-paas/sprout/api"
+)
+
+// Version is the binary's version, set at build time.
+var Version = "dev"
+
+// cli is what every command reaches the outside world through.
+type cli struct {
+	out, err io.Writer
+	root     *cobra.Command
+}
+
+// client returns an API client for the agent the flags point at.
+func (c *cli) client(cmd *cobra.Command) (*api.Client, error) {
+	sock, err := socketPath(cmd.Flags())
+	if err != nil {
+		return nil, err
+	}
+	return api.NewClient(sock), nil
+}
+
+// NewRootCommand builds the sprout command tree.
+func NewRootCommand(out, errOut io.Writer) *cobra.Command {
+	c := &cli{out: out, err: errOut}
+	root := &cobra.Command{
+		Use:   "sprout",
+		Short: "Sprout deploys web apps on your own hosts with zero-downtime swaps",
+		Long: `Sprout builds an application bundle (a Dockerfile or a Dockerrun.aws.json) on this
+host's Docker engine, runs it behind its own reverse proxy, and replaces versions
+with health-checked, zero-downtime swaps that roll back by themselves.
+
+Run 'sprout agent' on the host, then 'sprout deploy app.zip'.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       Version,
+	}
+	root.SetOut(out)
+	root.SetErr(errOut)
+	pf := root.PersistentFlags()
+	pf.String("socket", "", "the agent's unix socket (env SPROUT_SOCKET; default /run/sprout/sprout.sock)")
+	pf.String("config", "", "agent config file (env SPROUT_CONFIG; default /etc/sprout/agent.yaml when it exists)")
+	c.root = root
+	root.AddCommand(
+		newAgentCommand(c),
+		newDeployCommand(c),
+		newStatusCommand(c),
+		newAppsCommand(c),
+		newVersionsCommand(c),
+		newRollbackCommand(c),
+		newSetenvCommand(c),
+		newPrintenvCommand(c),
+		newEventsCommand(c),
+	)
+	return root
+}
+
+// Execute runs the CLI and returns the process exit code.
+func Execute() int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := NewRootCommand(os.Stdout, os.Stderr)
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,133 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sprout-paas/sprout/api"
+)
+
+type statusOptions struct {
+	app  string
+	json bool
+}
+
+func newStatusCommand(c *cli) *cobra.Command {
+	o := &statusOptions{}
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show what an app serves: label, container, port, health, since when",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			client, err := c.client(cmd)
+			if err != nil {
+				return err
+			}
+			var apps []api.AppStatus
+			if o.app != "" {
+				st, err := client.Status(cmd.Context(), o.app)
+				if err != nil {
+					return err
+				}
+				apps = []api.AppStatus{st}
+			} else if apps, err = client.Apps(cmd.Context()); err != nil {
+				return err
+			}
+			if o.json {
+				return writeJSON(c.out, apps)
+			}
+			if len(apps) == 0 {
+				fmt.Fprintln(c.out, "no apps on this host yet; deploy one with `sprout deploy app.zip`")
+			}
+			for i, st := range apps {
+				if i > 0 {
+					fmt.Fprintln(c.out)
+				}
+				printStatus(c.out, st)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&o.app, "app", "", "one app (default: every app)")
+	cmd.Flags().BoolVar(&o.json, "json", false, "print JSON")
+	return cmd
+}
+
+func printStatus(out io.Writer, st api.AppStatus) {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	serving := st.Serving
+	if serving == "" {
+		serving = "nothing yet"
+	}
+	fmt.Fprintf(tw, "app:\t%s\n", st.Name)
+	fmt.Fprintf(tw, "serving:\t%s (since %s)\n", serving, ago(st.ServingSince))
+	fmt.Fprintf(tw, "port:\t%d\n", st.Port)
+	fmt.Fprintf(tw, "health:\t%s\n", st.Health)
+	if st.ContainerID != "" {
+		fmt.Fprintf(tw, "container:\t%s, %s, started %s, %d restarts\n", shortID(st.ContainerID), st.Container, ago(st.StartedAt), st.Restarts)
+		fmt.Fprintf(tw, "app listens on:\tcontainer port %d, debug port 127.0.0.1:%d\n", st.ContainerPort, st.HostPort)
+	}
+	fmt.Fprintf(tw, "proxy targets:\t%v\n", st.Targets)
+	h := st.HealthConfig
+	check := "TCP connect"
+	if h.Path != "" {
+		check = "GET " + h.Path
+	}
+	fmt.Fprintf(tw, "health check:\t%s every %s, %d in a row, timeout %s, grace %s, deadline %s\n", check, h.Interval, h.HealthyThreshold, h.Timeout, h.Grace, h.Deadline)
+	fmt.Fprintf(tw, "environment:\t%d properties (sprout printenv --app %s)\n", st.EnvCount, st.Name)
+	tw.Flush()
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+func writeJSON(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newAppsCommand(c *cli) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "apps",
+		Short: "List every app on this host",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			client, err := c.client(cmd)
+			if err != nil {
+				return err
+			}
+			apps, err := client.Apps(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(c.out, apps)
+			}
+			tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "APP\tPORT\tSERVING\tHEALTH\tCONTAINER\tSINCE")
+			for _, a := range apps {
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", a.Name, a.Port, orDash(a.Serving), a.Health, a.Container, ago(a.ServingSince))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
