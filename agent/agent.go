@@ -35,6 +35,7 @@ type Runtime interface {
 	Tag(ctx context.Context, src, dst string) error
 	RemoveImage(ctx context.Context, ref string) error
 	Run(ctx context.Context, spec runtime.ContainerSpec) (*runtime.Container, error)
+	KeepRunning(ctx context.Context, id string) error
 	Container(ctx context.Context, id string) (*runtime.Container, error)
 	State(ctx context.Context, id string) (runtime.State, error)
 	Logs(ctx context.Context, id string, tail int) (string, error)

@@ -285,9 +285,13 @@ func (d *deployment) rollout(ctx context.Context, env map[string]string) error {
 	}
 
 	// From here on the new version takes traffic: finish even if the
-	// client goes away.
+	// client goes away. Only now may the engine restart it: a crash
+	// before this point must fail the deploy, not be hidden by a restart.
 	ctx = context.WithoutCancel(ctx)
 	d.begin(StepSwap)
+	if err := a.rt.KeepRunning(ctx, c.ID); err != nil {
+		return err
+	}
 	retired := a.router.Swap(d.app.Name, []string{c.Addr})
 	d.swapped = true
 	d.linef("traffic on port %d now goes to %s", d.app.Port, d.v.Label)
@@ -351,7 +355,7 @@ func containerEnv(env map[string]string, app, label string, port int) []string {
 // waitHealthy waits for c to pass its health check, streaming each result.
 func (d *deployment) waitHealthy(ctx context.Context, c *runtime.Container) error {
 	a := d.a
-	s := d.app.Health
+	s := a.HealthSettings(d.app)
 	var probe health.Prober
 	var what string
 	switch {
@@ -372,8 +376,7 @@ func (d *deployment) waitHealthy(ctx context.Context, c *runtime.Container) erro
 	default:
 		probe, what = health.TCP{Addr: c.Addr}, fmt.Sprintf("port %d accepts connections", d.v.ContainerPort)
 	}
-	full := s.WithDefaults()
-	d.linef("waiting until %s %d times in a row (every %s, deadline %s)", what, full.HealthyThreshold, full.Interval, full.Deadline)
+	d.linef("waiting until %s %d times in a row (every %s, deadline %s)", what, s.HealthyThreshold, s.Interval, s.Deadline)
 	started := time.Now()
 	n := 0
 	alive := func(ctx context.Context) error {

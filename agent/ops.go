@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/sprout-paas/sprout/health"
 	"github.com/sprout-paas/sprout/platform"
 	"github.com/sprout-paas/sprout/store"
 )
@@ -191,6 +192,12 @@ func (a *Agent) ContainerStatus(ctx context.Context, app *store.App) ContainerSt
 		}
 	}
 	return cs
+}
+
+// HealthSettings returns app's health settings, the agent's defaults
+// filling what the app does not set.
+func (a *Agent) HealthSettings(app *store.App) health.Settings {
+	return app.Health.Or(a.cfg.Health)
 }
 
 // Targets returns where the proxy sends app's traffic now.

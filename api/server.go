@@ -81,7 +81,7 @@ func (s *Server) appStatus(ctx context.Context, app *store.App) AppStatus {
 	st := AppStatus{
 		Name: app.Name, Port: app.Port, Serving: app.Serving, ServingSince: app.ServingAt,
 		ContainerID: cs.ID, Container: cs.State, HostPort: cs.HostPort, Restarts: cs.RestartCount,
-		StartedAt: cs.StartedAt, Targets: s.agent.Targets(app.Name), HealthConfig: app.Health.WithDefaults(),
+		StartedAt: cs.StartedAt, Targets: s.agent.Targets(app.Name), HealthConfig: s.agent.HealthSettings(app),
 		EnvCount: len(app.Env), Health: "unknown",
 	}
 	if v, err := s.agent.Versions(app.Name); err == nil {

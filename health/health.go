@@ -59,6 +59,30 @@ func (s Settings) WithDefaults() Settings {
 	return s
 }
 
+// Or fills the zero fields of s from defaults, then from the package's
+// defaults.
+func (s Settings) Or(defaults Settings) Settings {
+	if s.Path == "" {
+		s.Path = defaults.Path
+	}
+	if s.Interval <= 0 {
+		s.Interval = defaults.Interval
+	}
+	if s.Timeout <= 0 {
+		s.Timeout = defaults.Timeout
+	}
+	if s.HealthyThreshold <= 0 {
+		s.HealthyThreshold = defaults.HealthyThreshold
+	}
+	if s.Grace <= 0 {
+		s.Grace = defaults.Grace
+	}
+	if s.Deadline <= 0 {
+		s.Deadline = defaults.Deadline
+	}
+	return s.WithDefaults()
+}
+
 // Validate reports a setting that cannot work.
 func (s Settings) Validate() error {
 	switch {

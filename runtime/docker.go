@@ -252,7 +252,9 @@ func (d *Docker) Run(ctx context.Context, spec ContainerSpec) (*Container, error
 	logCfg := map[string]string{"max-size": orDefault(spec.LogMaxSize, "10m"), "max-file": orDefault(spec.LogMaxFiles, "3")}
 	hc := &container.HostConfig{
 		PortBindings:  nat.PortMap{port: {{HostIP: "127.0.0.1", HostPort: ""}}},
-		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyUnlessStopped},
+		// No restart until KeepRunning: a crash while the app is being
+		// checked must show as an exit, with its code.
+		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyDisabled},
 		LogConfig:     container.LogConfig{Type: "json-file", Config: logCfg},
 	}
 	created, err := d.c.ContainerCreate(ctx, cfg, hc, nil, nil, spec.Name)
@@ -269,6 +271,18 @@ func (d *Docker) Run(ctx context.Context, spec ContainerSpec) (*Container, error
 		return nil, err
 	}
 	return c, nil
+}
+
+// KeepRunning makes the engine restart the container whenever it stops,
+// unless Sprout stops it, including after a reboot of the host.
+func (d *Docker) KeepRunning(ctx context.Context, id string) error {
+	_, err := d.c.ContainerUpdate(ctx, id, container.UpdateConfig{
+		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyUnlessStopped},
+	})
+	if err != nil {
+		return fmt.Errorf("set the restart policy: %w", err)
+	}
+	return nil
 }
 
 func orDefault(s, def string) string {

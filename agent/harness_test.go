@@ -1,0 +1,196 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sprout-paas/sprout/agent"
+	"github.com/sprout-paas/sprout/api"
+	"github.com/sprout-paas/sprout/bundle"
+	"github.com/sprout-paas/sprout/health"
+	"github.com/sprout-paas/sprout/internal/testenv"
+	"github.com/sprout-paas/sprout/proxy"
+	"github.com/sprout-paas/sprout/runtime"
+	"github.com/sprout-paas/sprout/store"
+)
+
+// harness runs a real agent (real Docker engine, real proxy, real store)
+// behind its API on a unix socket, the way `sprout agent` does.
+type harness struct {
+	t       *testing.T
+	dataDir string
+	docker  *runtime.Docker
+	ag      *agent.Agent
+	px      *proxy.Proxy
+	st      *store.Store
+	client  *api.Client
+	stop    func()
+	logs    *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func testConfig(dataDir string) agent.Config {
+	return agent.Config{
+		DataDir:      dataDir,
+		DrainTimeout: 5 * time.Second,
+		StreamGrace:  time.Second,
+		StopGrace:    2 * time.Second,
+		Health:       health.Settings{Interval: 100 * time.Millisecond, Deadline: 20 * time.Second},
+	}
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	h := &harness{t: t, dataDir: t.TempDir(), docker: testenv.Docker(t), logs: &syncBuffer{}}
+	testenv.CleanupAgent(t, func() string { return h.ag.ID() })
+	h.start()
+	t.Cleanup(func() {
+		h.stop()
+		if t.Failed() {
+			t.Logf("agent log:\n%s", h.logs.String())
+		}
+	})
+	return h
+}
+
+// start runs an agent on h.dataDir, as `sprout agent` does at boot.
+func (h *harness) start() {
+	t := h.t
+	t.Helper()
+	st, err := store.Open(filepath.Join(h.dataDir, "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(h.logs, nil))
+	h.px = proxy.New(proxy.Options{BindAddress: "127.0.0.1", UpstreamTimeout: 30 * time.Second}, log)
+	h.ag, err = agent.New(testConfig(h.dataDir), h.docker, h.px, st, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.ag.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	h.st = st
+	sock := filepath.Join(h.dataDir, "sprout.sock")
+	os.Remove(sock)
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: api.NewServer(h.ag, "test", log)}
+	go srv.Serve(ln)
+	h.client = api.NewClient(sock)
+	h.stop = func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		h.px.Shutdown(ctx)
+		st.Close()
+	}
+}
+
+// restart stops the agent (its containers keep running) and starts a new
+// one on the same data dir.
+func (h *harness) restart() {
+	h.stop()
+	h.start()
+}
+
+// deploy packs dir and deploys it, returning the streamed lines too.
+func (h *harness) deploy(app, label, dir string, params map[string]string) (*api.Message, []string, error) {
+	h.t.Helper()
+	return h.deployWatching(app, label, dir, params, nil)
+}
+
+// deployWatching is deploy that also hands each message to watch.
+func (h *harness) deployWatching(app, label, dir string, params map[string]string, watch func(api.Message)) (*api.Message, []string, error) {
+	h.t.Helper()
+	packedMu.Lock()
+	packed, ok := packedBundles[dir]
+	if !ok {
+		var buf bytes.Buffer
+		if err := bundle.Pack(dir, &buf); err != nil {
+			h.t.Fatal(err)
+		}
+		packed = buf.Bytes()
+		packedBundles[dir] = packed
+	}
+	packedMu.Unlock()
+	buf := bytes.NewReader(packed)
+	q := url.Values{"label": {label}, "source": {"test"}}
+	for k, v := range params {
+		q.Set(k, v)
+	}
+	var lines []string
+	var mu sync.Mutex
+	last, err := h.client.Deploy(context.Background(), app, q, buf, func(m api.Message) {
+		mu.Lock()
+		defer mu.Unlock()
+		lines = append(lines, m.Step+": "+m.Line)
+		if watch != nil {
+			watch(m)
+		}
+	})
+	return last, lines, err
+}
+
+// packedBundles caches bundle archives by directory: packing is the
+// CLI's work, and repeating it would only slow the tests.
+var (
+	packedMu      sync.Mutex
+	packedBundles = map[string][]byte{}
+)
+
+// mustDeploy deploys and fails the test on error.
+func (h *harness) mustDeploy(app, label, dir string, params map[string]string) *api.Message {
+	h.t.Helper()
+	last, lines, err := h.deploy(app, label, dir, params)
+	if err != nil {
+		h.t.Fatalf("deploy %s %s: %v\n%s", app, label, err, strings.Join(lines, "\n"))
+	}
+	return last
+}
+
+// get fetches path from the app's public port.
+func get(t *testing.T, port int, path string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func portParam(port int) map[string]string {
+	return map[string]string{"port": fmt.Sprint(port)}
+}

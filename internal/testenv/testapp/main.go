@@ -1,0 +1,70 @@
+// Command testapp is the app Sprout's integration tests deploy. Its
+// behaviour is set through environment variables, so that one binary can
+// boot slowly, crash, fail its health check or answer slowly.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+func main() {
+	port := os.Getenv("PORT")
+	if len(os.Args) > 1 && os.Args[1] == "-check" {
+		// For a Dockerfile HEALTHCHECK: exit 0 when /healthz answers 200.
+		resp, err := http.Get("http://127.0.0.1:" + port + "/healthz")
+		if err != nil || resp.StatusCode != 200 {
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	if os.Getenv("APP_CRASH") != "" {
+		log.Print("crashing on purpose (APP_CRASH is set)")
+		os.Exit(3)
+	}
+	if d, err := time.ParseDuration(os.Getenv("APP_BOOT_DELAY")); err == nil {
+		log.Printf("booting slowly: %s", d)
+		time.Sleep(d)
+	}
+	version := os.Getenv("SPROUT_VERSION")
+	healthStatus, _ := strconv.Atoi(os.Getenv("APP_HEALTH"))
+	if healthStatus == 0 {
+		healthStatus = 200
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s %s", version, os.Getenv("GREETING"))
+	})
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(healthStatus)
+	})
+	mux.HandleFunc("/env", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, os.Getenv(r.URL.Query().Get("k")))
+	})
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+		fmt.Fprintf(w, "%s slow", version)
+	})
+	srv := &http.Server{Addr: ":" + port, Handler: mux}
+	go func() {
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGTERM)
+		<-sig
+		log.Print("SIGTERM: draining")
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}()
+	log.Printf("%s listening on :%s", version, port)
+	if err := srv.ListenAndServe(); err != http.ErrServerClosed {
+		log.Fatal(err)
+	}
+}
