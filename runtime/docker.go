@@ -251,7 +251,7 @@ func (d *Docker) Run(ctx context.Context, spec ContainerSpec) (*Container, error
 	}
 	logCfg := map[string]string{"max-size": orDefault(spec.LogMaxSize, "10m"), "max-file": orDefault(spec.LogMaxFiles, "3")}
 	hc := &container.HostConfig{
-		PortBindings:  nat.PortMap{port: {{HostIP: "127.0.0.1", HostPort: ""}}},
+		PortBindings: nat.PortMap{port: {{HostIP: "127.0.0.1", HostPort: ""}}},
 		// No restart until KeepRunning: a crash while the app is being
 		// checked must show as an exit, with its code.
 		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyDisabled},
