@@ -285,16 +285,17 @@ func (d *deployment) rollout(ctx context.Context, env map[string]string) error {
 	}
 
 	// From here on the new version takes traffic: finish even if the
-	// client goes away. Only now may the engine restart it: a crash
-	// before this point must fail the deploy, not be hidden by a restart.
+	// client goes away.
 	ctx = context.WithoutCancel(ctx)
 	d.begin(StepSwap)
-	if err := a.rt.KeepRunning(ctx, c.ID); err != nil {
-		return err
-	}
 	retired := a.router.Swap(d.app.Name, []string{c.Addr})
 	d.swapped = true
 	d.linef("traffic on port %d now goes to %s", d.app.Port, d.v.Label)
+	// Only now may the engine restart the container: a crash before the
+	// swap must fail the deploy, not be hidden by a restart.
+	if err := a.rt.KeepRunning(ctx, c.ID); err != nil {
+		d.linef("warning: %v; the engine will not restart %s if it crashes", err, d.v.Label)
+	}
 
 	d.begin(StepDrain)
 	st := retired.Drain(ctx, a.cfg.DrainTimeout, a.cfg.StreamGrace)

@@ -1,0 +1,50 @@
+# Sprout's build, demo, tests and benchmarks. `make demo` and `make test`
+# work on a fresh Debian host: they install and start a Docker engine when
+# none answers (as root).
+GO        ?= go
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X github.com/sprout-paas/sprout/cli.Version=$(VERSION)
+TEST_TIMEOUT ?= 18m
+
+.PHONY: all build tools example docker test unit lint demo bench fuzz clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/sprout ./cmd/sprout
+
+tools:
+	$(GO) build -o bin/hammer ./tools/hammer
+	$(GO) build -o bin/benchd ./tools/benchd
+
+# The example's binary is built on the host: images start FROM scratch.
+example:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o examples/hello/hello ./examples/hello
+
+docker:
+	@scripts/ensure-docker.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# Everything, against the real Docker engine, with the race detector.
+test: docker lint
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# Only what needs no engine.
+unit:
+	$(GO) test -race -count=1 ./bundle/... ./platform/... ./health/... ./proxy/... ./store/...
+
+demo: docker build tools example
+	@scripts/demo.sh
+
+bench: docker build tools example
+	$(GO) test -run '^$$' -bench . -benchmem ./proxy/
+	@scripts/bench.sh
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzUnpack -fuzztime 60s ./bundle/
+
+clean:
+	rm -rf bin .demo .bench examples/hello/hello
