@@ -1,0 +1,312 @@
+// Package e2e runs the real sprout binary, agent and CLI, against the real
+// Docker engine, as a user does.
+package e2e
+
+import (
+	"archive/zip"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sprout-paas/sprout/api"
+	"github.com/sprout-paas/sprout/internal/testenv"
+)
+
+// agentProc is a `sprout agent` process.
+type agentProc struct {
+	t       *testing.T
+	bin     string
+	env     []string
+	dataDir string
+	socket  string
+	cmd     *exec.Cmd
+	log     *bytes.Buffer
+	id      string
+}
+
+func startAgent(t *testing.T) *agentProc {
+	t.Helper()
+	testenv.Docker(t)
+	dir := t.TempDir()
+	a := &agentProc{t: t, bin: testenv.SproutBinary(t), dataDir: filepath.Join(dir, "data"), socket: filepath.Join(dir, "sprout.sock")}
+	a.env = append(os.Environ(),
+		"SPROUT_DATA_DIR="+a.dataDir, "SPROUT_SOCKET="+a.socket,
+		"SPROUT_HEALTH_INTERVAL=100ms", "SPROUT_DEPLOY_STOP_GRACE=2s", "SPROUT_PROXY_BIND_ADDRESS=127.0.0.1")
+	testenv.CleanupAgent(t, func() string { return a.id })
+	a.start()
+	t.Cleanup(func() {
+		a.kill(syscall.SIGTERM)
+		if t.Failed() {
+			t.Logf("agent log:\n%s", a.log)
+		}
+	})
+	return a
+}
+
+func (a *agentProc) start() {
+	a.t.Helper()
+	a.log = &bytes.Buffer{}
+	a.cmd = exec.Command(a.bin, "agent")
+	a.cmd.Env = a.env
+	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
+	if err := a.cmd.Start(); err != nil {
+		a.t.Fatal(err)
+	}
+	client := api.NewClient(a.socket)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		info, err := client.Agent(context.Background())
+		if err == nil {
+			a.id = info.ID
+			return
+		}
+		if time.Now().After(deadline) {
+			a.t.Fatalf("agent did not answer: %v\n%s", err, a.log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (a *agentProc) kill(sig syscall.Signal) {
+	if a.cmd == nil || a.cmd.Process == nil {
+		return
+	}
+	a.cmd.Process.Signal(sig)
+	a.cmd.Wait()
+	a.cmd = nil
+}
+
+// sprout runs the CLI against the agent and returns its output and exit code.
+func (a *agentProc) sprout(args ...string) (string, string, int) {
+	a.t.Helper()
+	cmd := exec.Command(a.bin, args...)
+	cmd.Env = a.env
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		a.t.Fatal(err)
+	}
+	return out.String(), errOut.String(), code
+}
+
+func (a *agentProc) mustSprout(args ...string) string {
+	a.t.Helper()
+	out, errOut, code := a.sprout(args...)
+	if code != 0 {
+		a.t.Fatalf("sprout %s: exit %d\n%s\n%s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
+func get(t *testing.T, port int) string {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// zipDir writes dir as a zip wrapped in one top-level folder, as
+// `zip -r app.zip app/` does.
+func zipDir(t *testing.T, dir string) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "app.zip")
+	f, _ := os.Create(out)
+	zw := zip.NewWriter(f)
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		info, _ := e.Info()
+		h, _ := zip.FileInfoHeader(info)
+		h.Name, h.Method = "app/"+e.Name(), zip.Deflate
+		w, _ := zw.CreateHeader(h)
+		b, _ := os.ReadFile(filepath.Join(dir, e.Name()))
+		w.Write(b)
+	}
+	zw.Close()
+	f.Close()
+	return out
+}
+
+func TestCLI(t *testing.T) {
+	a := startAgent(t)
+	port := testenv.FreePort(t)
+	app := testenv.Name("cli")
+	dir := testenv.Bundle(t, "")
+
+	out := a.mustSprout("deploy", zipDir(t, dir), "--app", app, "--label", "v1", "--port", fmt.Sprint(port), "--health-path", "/healthz")
+	for _, want := range []string{"==> unpack", "==> build", "==> health", "check 1 passed", "==> swap", app + " v1 is serving on port " + fmt.Sprint(port)} {
+		if !strings.Contains(out, want) {
+			t.Errorf("deploy output lacks %q:\n%s", want, out)
+		}
+	}
+	if body := get(t, port); body != "v1 " {
+		t.Errorf("GET = %q", body)
+	}
+	// A directory bundle, no --label: the label is v<N>.
+	out = a.mustSprout("deploy", dir, "--app", app)
+	if !strings.Contains(out, app+" v2 is serving") {
+		t.Errorf("second deploy:\n%s", out)
+	}
+
+	// A crashing version: exit 1, the reason, and what keeps serving.
+	bad := testenv.Bundle(t, "", "ENV APP_CRASH=1")
+	stdout, stderr, code := a.sprout("deploy", bad, "--app", app, "--label", "bad")
+	if code != 1 || !strings.Contains(stderr, "exited with code 3") || !strings.Contains(stderr, "crashing on purpose") || !strings.Contains(stderr, "v2 keeps serving on port") {
+		t.Errorf("failed deploy: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+
+	status := a.mustSprout("status", "--app", app, "--json")
+	var st []api.AppStatus
+	if err := json.Unmarshal([]byte(status), &st); err != nil || len(st) != 1 || st[0].Serving != "v2" || st[0].Port != port {
+		t.Errorf("status --json = %s (%v)", status, err)
+	}
+	if out := a.mustSprout("apps"); !strings.Contains(out, app) || !strings.Contains(out, "v2") {
+		t.Errorf("apps:\n%s", out)
+	}
+	versions := a.mustSprout("versions", "--app", app)
+	for _, want := range []string{"* v2", "serving", "bad", "failed at health", "v1", "retired"} {
+		if !strings.Contains(versions, want) {
+			t.Errorf("versions lacks %q:\n%s", want, versions)
+		}
+	}
+
+	a.mustSprout("setenv", "--app", app, "GREETING=hey", "DB_PASSWORD=hunter2")
+	if body := get(t, port); body != "v2 hey" {
+		t.Errorf("after setenv GET = %q", body)
+	}
+	if env := a.mustSprout("printenv", "--app", app); strings.Contains(env, "hunter2") || !strings.Contains(env, "GREETING=hey") {
+		t.Errorf("printenv:\n%s", env)
+	}
+	if env := a.mustSprout("printenv", "--app", app, "--show-secrets"); !strings.Contains(env, "DB_PASSWORD=hunter2") {
+		t.Errorf("printenv --show-secrets:\n%s", env)
+	}
+	if _, stderr, code := a.sprout("setenv", "--app", app, "NOEQUALS"); code == 0 || !strings.Contains(stderr, "KEY=value") {
+		t.Errorf("bad setenv: %d %s", code, stderr)
+	}
+
+	out = a.mustSprout("rollback", "--app", app)
+	if !strings.Contains(out, app+" v1 is serving") || get(t, port) != "v1 hey" {
+		t.Errorf("rollback:\n%s", out)
+	}
+	if events := a.mustSprout("events", "--app", app); !strings.Contains(events, "rolled back to v1") || !strings.Contains(events, "deploy of bad failed at health") {
+		t.Errorf("events:\n%s", events)
+	}
+
+	// The socket is owner-only.
+	if fi, err := os.Stat(a.socket); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("socket mode = %v, %v", fi.Mode(), err)
+	}
+}
+
+func TestCLIErrors(t *testing.T) {
+	bin := testenv.SproutBinary(t)
+	run := func(env []string, args ...string) (string, int) {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(os.Environ(), env...)
+		out, _ := cmd.CombinedOutput()
+		return string(out), cmd.ProcessState.ExitCode()
+	}
+	dir := t.TempDir()
+	out, code := run([]string{"SPROUT_DATA_DIR=" + dir, "SPROUT_SOCKET=" + dir + "/s.sock", "SPROUT_HEALTH_INTERVAL=soon"}, "agent")
+	if code == 0 || !strings.Contains(out, "health.interval") || !strings.Contains(out, `"soon"`) {
+		t.Errorf("bad config: exit %d: %s", code, out)
+	}
+	out, code = run([]string{"SPROUT_SOCKET=" + dir + "/none.sock"}, "apps")
+	if code == 0 || !strings.Contains(out, "no sprout agent answers") || !strings.Contains(out, "sprout agent") {
+		t.Errorf("no agent: exit %d: %s", code, out)
+	}
+	out, code = run(nil, "deploy", filepath.Join(dir, "missing.zip"))
+	if code == 0 || !strings.Contains(out, "missing.zip") {
+		t.Errorf("missing bundle: exit %d: %s", code, out)
+	}
+}
+
+// TestSIGKILLMidDeploy kills the agent while a new version waits for its
+// health check, starts it again, and expects the old version serving and
+// nothing left of the new one.
+func TestSIGKILLMidDeploy(t *testing.T) {
+	a := startAgent(t)
+	port := testenv.FreePort(t)
+	app := testenv.Name("kill")
+	a.mustSprout("deploy", testenv.Bundle(t, ""), "--app", app, "--label", "v1", "--port", fmt.Sprint(port))
+
+	slow := testenv.Bundle(t, "", "ENV APP_BOOT_DELAY=60s")
+	cmd := exec.Command(a.bin, "deploy", slow, "--app", app, "--label", "v2")
+	cmd.Env = a.env
+	pr, pw := io.Pipe()
+	cmd.Stdout = pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, pr, "==> health")
+	go io.Copy(io.Discard, pr)
+	if n := len(testenv.Containers(t, a.id)); n != 2 {
+		t.Fatalf("%d containers during the deploy, want 2", n)
+	}
+
+	a.kill(syscall.SIGKILL)
+	cmd.Wait()
+	pw.Close()
+	if cmd.ProcessState.ExitCode() == 0 {
+		t.Error("the CLI exited 0 although the agent died mid-deploy")
+	}
+	a.start()
+
+	if body := get(t, port); body != "v1 " {
+		t.Errorf("after restart GET = %q, want v1", body)
+	}
+	if n := len(testenv.Containers(t, a.id)); n != 1 {
+		t.Errorf("%d containers after restart, want only v1's", n)
+	}
+	versions := a.mustSprout("versions", "--app", app)
+	if !strings.Contains(versions, "* v1") || !strings.Contains(versions, "interrupted") {
+		t.Errorf("versions after restart:\n%s", versions)
+	}
+	// And the app deploys normally afterwards.
+	a.mustSprout("deploy", testenv.Bundle(t, ""), "--app", app, "--label", "v3")
+	if body := get(t, port); body != "v3 " {
+		t.Errorf("after the next deploy GET = %q", body)
+	}
+}
+
+func waitFor(t *testing.T, r io.Reader, s string) {
+	t.Helper()
+	found := make(chan struct{})
+	var buf bytes.Buffer
+	go func() {
+		b := make([]byte, 4096)
+		for {
+			n, err := r.Read(b)
+			buf.Write(b[:n])
+			if strings.Contains(buf.String(), s) {
+				close(found)
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	select {
+	case <-found:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("no %q in the output:\n%s", s, buf.String())
+	}
+}
