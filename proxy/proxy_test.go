@@ -37,7 +37,7 @@ func backend(t *testing.T, name string, h http.HandlerFunc) *httptest.Server {
 func addrOf(srv *httptest.Server) string { return strings.TrimPrefix(srv.URL, "http://") }
 
 // freePort returns a loopback port that was free a moment ago.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# bench.sh: measure Sprout against its targets (../shared/TARGETS.md), side
+# by side in one run, and print ratios.
+#
+#  1. throughput and p99 latency of the same container (tools/benchd, 100-byte
+#     answers) reached directly, through Sprout's proxy, and through nginx
+#     (Debian's, upstream keep-alive 64), in interleaved rounds of
+#     `wrk -t2 -c64`, with the proxies' CPU time per request;
+#  2. the agent's idle RSS with one app;
+#  3. redeploys of an already-built image, CLI start to serving;
+#  4. failed requests of a non-retrying client during consecutive swaps.
+#
+# Everything runs on loopback and the Docker bridge, bounded in time.
+# Knobs: BENCH_ROUNDS (3), BENCH_SECONDS (8), BENCH_SWAPS (20).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds="${BENCH_ROUNDS:-3}"
+secs="${BENCH_SECONDS:-8}"
+swaps="${BENCH_SWAPS:-20}"
+work="$PWD/.bench"
+port=18080
+nginx_port=18081
+export SPROUT_DATA_DIR="$work/data" SPROUT_SOCKET="$work/sprout.sock"
+sprout="$PWD/bin/sprout"
+
+need() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "installing $2 from Debian's packages" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null 2>&1 ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }
+  fi
+  command -v "$1" >/dev/null 2>&1
+}
+need wrk wrk || { echo "bench needs wrk (apt-get install wrk)" >&2; exit 1; }
+have_nginx=1
+need nginx nginx-light || { echo "nginx not installed: comparing with the app directly only" >&2; have_nginx=0; }
+
+rm -rf "$work"
+mkdir -p "$work/benchd"
+CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$work/benchd/benchd" ./tools/benchd
+printf 'FROM scratch\nCOPY benchd /benchd\nEXPOSE 8080\nENTRYPOINT ["/benchd"]\n' >"$work/benchd/Dockerfile"
+
+"$sprout" agent --log-level warn >"$work/agent.log" 2>&1 &
+agent_pid=$!
+cleanup() {
+  [ -n "${load_pid:-}" ] && kill "$load_pid" 2>/dev/null || true
+  [ -n "${nginx_pid:-}" ] && kill "$nginx_pid" 2>/dev/null || true
+  kill "$agent_pid" 2>/dev/null || true
+  wait "$agent_pid" 2>/dev/null || true
+  ids=$(docker ps -aq --filter label=io.sprout.app=bench)
+  [ -n "$ids" ] && docker rm -f $ids >/dev/null
+  true
+}
+trap cleanup EXIT
+for _ in $(seq 1 50); do [ -S "$SPROUT_SOCKET" ] && break; sleep 0.1; done
+
+"$sprout" deploy "$work/benchd" --app bench --label r0 --port "$port" --health-path / >"$work/deploy-r0.txt"
+backend=$("$sprout" status --app bench --json | grep -A1 '"targets"' | grep -oE '[0-9.]+:[0-9]+' | head -1)
+[ -n "$backend" ] || { echo "could not find the container's address" >&2; exit 1; }
+
+if [ "$have_nginx" = 1 ]; then
+  mkdir -p "$work/nginx/logs"
+  cat >"$work/nginx/nginx.conf" <<EOF
+worker_processes auto;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log $work/nginx/logs/access.log;
+  upstream app { server $backend; keepalive 64; }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+EOF
+  nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
+  nginx_pid=$!
+  sleep 0.5
+fi
+
+# cpu_ticks PID...: user+system clock ticks of the processes (and, for
+# nginx's master, its workers).
+cpu_ticks() {
+  local total=0 p
+  for p in "$@"; do
+    for q in $p $(pgrep -P "$p" 2>/dev/null); do
+      [ -r "/proc/$q/stat" ] || continue
+      total=$((total + $(awk '{print $14 + $15}' "/proc/$q/stat")))
+    done
+  done
+  echo "$total"
+}
+hz=$(getconf CLK_TCK)
+
+# run NAME URL PIDS: one wrk run; appends "rps p99_ms cpu_us_per_req" to $work/NAME.txt
+run() {
+  local name=$1 url=$2 pids=$3 before after out rps p99 reqs cpu
+  before=$(cpu_ticks $pids)
+  out=$(wrk -t2 -c64 -d"${secs}s" --latency "$url")
+  after=$(cpu_ticks $pids)
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  p99=$(awk '$1 == "99%" { v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v }' <<<"$out")
+  errs=$(awk '/Socket errors|Non-2xx/ {print}' <<<"$out")
+  cpu="-"
+  if [ -n "$pids" ]; then cpu=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }'); fi
+  echo "$rps $p99 $cpu" >>"$work/$name.txt"
+  [ -z "$errs" ] || echo "  $name: $errs" >&2
+}
+
+echo "== throughput: $rounds interleaved rounds of wrk -t2 -c64 -d${secs}s, backend $backend (container)"
+for r in $(seq 1 "$rounds"); do
+  run direct "http://$backend/" ""
+  run sprout "http://127.0.0.1:$port/" "$agent_pid"
+  [ "$have_nginx" = 1 ] && run nginx "http://127.0.0.1:$nginx_port/" "$nginx_pid"
+  echo "  round $r done"
+done
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+col() { awk -v c="$2" '{print $c}' "$work/$1.txt" | median; }
+printf '\n%-8s %12s %12s %18s\n' target "req/s" "p99 ms" "proxy CPU µs/req"
+for t in direct sprout nginx; do
+  [ -f "$work/$t.txt" ] || continue
+  printf '%-8s %12.0f %12.2f %18s\n' "$t" "$(col $t 1)" "$(col $t 2)" "$(awk '{print $3}' "$work/$t.txt" | sort -n | sed -n "$(( (rounds+1)/2 ))p")"
+done
+s=$(col sprout 1); d=$(col direct 1)
+awk -v s="$s" -v d="$d" 'BEGIN { printf "sprout / direct throughput: %.2f\n", s/d }'
+if [ "$have_nginx" = 1 ]; then
+  n=$(col nginx 1)
+  awk -v s="$s" -v n="$n" 'BEGIN { printf "sprout / nginx throughput:  %.2f (target: >= 1.00)\n", s/n }'
+fi
+
+sleep 2
+echo
+echo "== agent idle RSS with one app: $(awk '/VmRSS/ {printf "%.1f MB", $2/1024}' /proc/$agent_pid/status) (target <= 20 MB)"
+
+echo
+echo "== redeploys of the already-built image (CLI start -> serving)"
+for i in 1 2 3; do
+  start=$(date +%s%N)
+  "$sprout" deploy "$work/benchd" --app bench --label "re$i" >"$work/deploy-re$i.txt"
+  end=$(date +%s%N)
+  total=$(( (end - start) / 1000000 ))
+  health=$(sed -n 's/.*health \([0-9.]*\)\(m\?s\).*/\1 \2/p' "$work/deploy-re$i.txt" | awk '{ if ($2 == "s") print $1*1000; else print $1 }')
+  swap=$(sed -n 's/.*swap \([0-9]*\)ms.*/\1/p' "$work/deploy-re$i.txt")
+  echo "$total $health $swap" >>"$work/redeploy.txt"
+  printf '  re%d: %d ms in all, health wait %s ms, excluding it %d ms; swap step %s ms\n' "$i" "$total" "$health" "$((total - ${health%.*}))" "$swap"
+done
+awk '{ t[NR]=$1-$2 } END { n=asort(t); printf "  median excluding the app'"'"'s health wait: %d ms (target <= 2000 ms)\n", t[int((n+1)/2)] }' "$work/redeploy.txt"
+
+echo
+echo "== $swaps consecutive swaps under load (16 connections, POSTs, no retries)"
+bin/hammer -url "http://127.0.0.1:$port/" -workers 16 >"$work/swaps.txt" &
+load_pid=$!
+for i in $(seq 1 "$swaps"); do
+  "$sprout" deploy "$work/benchd" --app bench --label "s$i" >/dev/null
+done
+sleep 0.5
+kill -INT "$load_pid"
+wait "$load_pid" || true
+load_pid=
+head -1 "$work/swaps.txt"
