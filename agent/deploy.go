@@ -21,6 +21,7 @@ import (
 
 // Deploy steps, named the same in progress, events and version records.
 const (
+	StepListen = "listen"
 	StepUnpack = "unpack"
 	StepBuild  = "build"
 	StepStart  = "start"
@@ -202,6 +203,15 @@ func (d *deployment) linef(format string, args ...any) { d.p.Line(fmt.Sprintf(fo
 // prepare unpacks the bundle and builds (or finds) its image.
 func (d *deployment) prepare(ctx context.Context, archive string) error {
 	a := d.a
+	// Open a new public port first, so that a port clash fails the deploy
+	// before anything is unpacked or built.
+	if d.app.Port != d.prev.Port || d.prev.Serving == "" {
+		d.begin(StepListen)
+		if err := a.router.Listen(d.app.Name, d.app.Port); err != nil {
+			return err
+		}
+		d.newPort = true
+	}
 	d.begin(StepUnpack)
 	dir := filepath.Join(bundlesDir(a.cfg), d.app.Name+"-"+d.v.Label+"-"+randomID(3))
 	defer os.RemoveAll(dir)
@@ -218,14 +228,6 @@ func (d *deployment) prepare(ctx context.Context, archive string) error {
 		d.linef("note: %s", n)
 	}
 	d.v.Kind = string(spec.Kind)
-	// Open a new public port now, so that a port clash fails the deploy
-	// before anything is built.
-	if d.app.Port != d.prev.Port || d.prev.Serving == "" {
-		if err := a.router.Listen(d.app.Name, d.app.Port); err != nil {
-			return err
-		}
-		d.newPort = true
-	}
 
 	d.begin(StepBuild)
 	tag := imageTag(d.app.Name, d.v.Label)
@@ -291,11 +293,6 @@ func (d *deployment) rollout(ctx context.Context, env map[string]string) error {
 	retired := a.router.Swap(d.app.Name, []string{c.Addr})
 	d.swapped = true
 	d.linef("traffic on port %d now goes to %s", d.app.Port, d.v.Label)
-	// Only now may the engine restart the container: a crash before the
-	// swap must fail the deploy, not be hidden by a restart.
-	if err := a.rt.KeepRunning(ctx, c.ID); err != nil {
-		d.linef("warning: %v; the engine will not restart %s if it crashes", err, d.v.Label)
-	}
 
 	d.begin(StepDrain)
 	st := retired.Drain(ctx, a.cfg.DrainTimeout, a.cfg.StreamGrace)
@@ -308,6 +305,11 @@ func (d *deployment) rollout(ctx context.Context, env map[string]string) error {
 	}
 
 	d.begin(StepRetire)
+	// Only now may the engine restart the container: a crash before the
+	// swap must fail the deploy, not be hidden by a restart.
+	if err := a.rt.KeepRunning(ctx, c.ID); err != nil {
+		d.linef("warning: %v; the engine will not restart %s if it crashes", err, d.v.Label)
+	}
 	if d.prev.ContainerID != "" && d.prev.ContainerID != c.ID {
 		if err := a.rt.Stop(ctx, d.prev.ContainerID, a.cfg.StopGrace); err != nil {
 			d.linef("warning: stopping the old container: %v", err)

@@ -35,7 +35,7 @@ func (p *printer) on(m api.Message) {
 }
 
 // stepOrder is the order deploy steps are listed in a summary.
-var stepOrder = []string{"unpack", "build", "start", "health", "swap", "drain", "retire", "record"}
+var stepOrder = []string{"listen", "unpack", "build", "start", "health", "swap", "drain", "retire", "record"}
 
 // summary lists step timings like "build 1.2s, health 0.5s".
 func summary(steps map[string]int64) string {

@@ -87,6 +87,8 @@ EOF
   sleep 0.5
 fi
 
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
 # cpu_ticks PID...: user+system clock ticks of the processes (and, for
 # nginx's master, its workers).
 cpu_ticks() {
@@ -117,6 +119,9 @@ run() {
   [ -z "$errs" ] || echo "  $name: $errs" >&2
 }
 
+sleep 2
+echo "== agent idle RSS with one app: $(awk '/VmRSS/ {printf "%.1f MB", $2/1024}' /proc/$agent_pid/status) (target <= 20 MB)"
+echo
 echo "== throughput: $rounds interleaved rounds of wrk -t2 -c64 -d${secs}s, backend $backend (container)"
 for r in $(seq 1 "$rounds"); do
   run direct "http://$backend/" ""
@@ -125,7 +130,6 @@ for r in $(seq 1 "$rounds"); do
   echo "  round $r done"
 done
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 col() { awk -v c="$2" '{print $c}' "$work/$1.txt" | median; }
 printf '\n%-8s %12s %12s %18s\n' target "req/s" "p99 ms" "proxy CPU µs/req"
 for t in direct sprout nginx; do
@@ -139,9 +143,6 @@ if [ "$have_nginx" = 1 ]; then
   awk -v s="$s" -v n="$n" 'BEGIN { printf "sprout / nginx throughput:  %.2f (target: >= 1.00)\n", s/n }'
 fi
 
-sleep 2
-echo
-echo "== agent idle RSS with one app: $(awk '/VmRSS/ {printf "%.1f MB", $2/1024}' /proc/$agent_pid/status) (target <= 20 MB)"
 
 echo
 echo "== redeploys of the already-built image (CLI start -> serving)"
@@ -155,7 +156,7 @@ for i in 1 2 3; do
   echo "$total $health $swap" >>"$work/redeploy.txt"
   printf '  re%d: %d ms in all, health wait %s ms, excluding it %d ms; swap step %s ms\n' "$i" "$total" "$health" "$((total - ${health%.*}))" "$swap"
 done
-awk '{ t[NR]=$1-$2 } END { n=asort(t); printf "  median excluding the app'"'"'s health wait: %d ms (target <= 2000 ms)\n", t[int((n+1)/2)] }' "$work/redeploy.txt"
+echo "  median excluding the app's health wait: $(awk '{ print $1 - $2 }' "$work/redeploy.txt" | median) ms (target <= 2000 ms)"
 
 echo
 echo "== $swaps consecutive swaps under load (16 connections, POSTs, no retries)"
