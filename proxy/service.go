@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -51,11 +52,10 @@ func (s *Service) pick() *Target {
 	}
 }
 
-type stateKey struct{}
-
 // requestState follows one request for the access log and the drain.
 type requestState struct {
 	http.ResponseWriter
+	target *Target
 	status int
 	bytes  int64
 	stream bool
@@ -64,8 +64,29 @@ type requestState struct {
 func (w *requestState) WriteHeader(code int) {
 	if w.status == 0 {
 		w.status = code
+		if w.target != nil && code < 300 && isEventStream(w.Header().Get("Content-Type")) {
+			w.markStream()
+		}
 	}
 	w.ResponseWriter.WriteHeader(code)
+}
+
+// markStream counts the request as a long-lived stream of its target.
+func (w *requestState) markStream() {
+	if !w.stream {
+		w.stream = true
+		w.target.streams.Add(1)
+	}
+}
+
+// Hijack is how the reverse proxy takes over an upgraded connection
+// (websockets): the request becomes a stream.
+func (w *requestState) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if w.target != nil {
+		w.markStream()
+	}
+	w.status = http.StatusSwitchingProtocols
+	return http.NewResponseController(w.ResponseWriter).Hijack()
 }
 
 func (w *requestState) Write(b []byte) (int, error) {
@@ -103,14 +124,10 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.writeError(st, r, http.StatusServiceUnavailable, "no version of this app is serving yet")
 		return
 	}
+	st.target = t
 	defer t.release(st)
 	target = t.addr
-
-	ctx, cancel := context.WithCancelCause(context.WithValue(r.Context(), stateKey{}, st))
-	stop := context.AfterFunc(t.ctx, func() { cancel(context.Cause(t.ctx)) })
-	defer stop()
-	defer cancel(nil)
-	t.rp.ServeHTTP(st, r.WithContext(ctx))
+	t.rp.ServeHTTP(st, r)
 }
 
 // StatusClientClosedRequest is logged when the client went away before the
@@ -119,14 +136,14 @@ const StatusClientClosedRequest = 499
 
 // proxyError is the one place that turns an upstream failure into a status.
 func (s *Service) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	st, _ := r.Context().Value(stateKey{}).(*requestState)
+	st, _ := w.(*requestState)
 	var tooBig *http.MaxBytesError
 	var netErr net.Error
 	status, msg := http.StatusBadGateway, "the app could not be reached"
 	switch {
 	case errors.As(err, &tooBig):
 		status, msg = http.StatusRequestEntityTooLarge, "request body too large"
-	case errors.Is(context.Cause(r.Context()), errDrained):
+	case st != nil && st.target != nil && st.target.cut.Load():
 		status, msg = http.StatusServiceUnavailable, "the version serving this request was retired"
 	case errors.Is(err, context.Canceled):
 		status = StatusClientClosedRequest

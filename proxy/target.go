@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -12,27 +11,24 @@ import (
 	"time"
 )
 
-// errDrained is the cause given to requests cut off at the end of a drain.
-var errDrained = errors.New("the version serving this request was retired")
-
 // Target is one container the proxy forwards to. It counts its in-flight
-// requests so that it can be drained before the container stops.
+// requests so that it can be drained before the container stops, and
+// tracks its upstream connections so that a drain that runs out of time
+// can cut what is left.
 type Target struct {
 	addr      string
 	url       *url.URL
 	rp        *httputil.ReverseProxy
 	transport *http.Transport
+	conns     connTracker
 
 	inflight atomic.Int64
 	// streams counts in-flight requests that became websockets or event
 	// streams: they never end by themselves, so a drain cuts them sooner.
 	streams  atomic.Int64
 	draining atomic.Bool
-
-	// ctx is cancelled when a drain runs out of time; every request
-	// forwarded to this target is cancelled with it.
-	ctx    context.Context
-	cancel context.CancelCauseFunc
+	// cut is set when a drain ran out of time and closed the connections.
+	cut atomic.Bool
 }
 
 // bufferPool shares copy buffers between all targets.
@@ -44,11 +40,11 @@ func (p *bufferPool) Put(b []byte) { p.Pool.Put(&b) }
 var buffers = &bufferPool{sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
 
 func newTarget(addr string, s *Service) *Target {
-	ctx, cancel := context.WithCancelCause(context.Background())
-	t := &Target{addr: addr, url: &url.URL{Scheme: "http", Host: addr}, ctx: ctx, cancel: cancel}
+	t := &Target{addr: addr, url: &url.URL{Scheme: "http", Host: addr}}
+	t.conns.dialer = net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 	t.transport = &http.Transport{
 		Proxy:                 nil,
-		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:           t.conns.DialContext,
 		MaxIdleConnsPerHost:   1024,
 		IdleConnTimeout:       90 * time.Second,
 		ResponseHeaderTimeout: s.opts.UpstreamTimeout,
@@ -56,12 +52,11 @@ func newTarget(addr string, s *Service) *Target {
 		ForceAttemptHTTP2:     false,
 	}
 	t.rp = &httputil.ReverseProxy{
-		Rewrite:        t.rewrite,
-		Transport:      t.transport,
-		BufferPool:     buffers,
-		ModifyResponse: t.modifyResponse,
-		ErrorHandler:   s.proxyError,
-		ErrorLog:       s.errorLog,
+		Rewrite:      t.rewrite,
+		Transport:    t.transport,
+		BufferPool:   buffers,
+		ErrorHandler: s.proxyError,
+		ErrorLog:     s.errorLog,
 	}
 	return t
 }
@@ -75,18 +70,6 @@ func (t *Target) rewrite(pr *httputil.ProxyRequest) {
 		pr.Out.Header["X-Forwarded-For"] = xff
 	}
 	pr.SetXForwarded()
-}
-
-// modifyResponse notes responses that will stay open: upgrades and
-// server-sent events.
-func (t *Target) modifyResponse(resp *http.Response) error {
-	if resp.StatusCode == http.StatusSwitchingProtocols || isEventStream(resp.Header.Get("Content-Type")) {
-		if st, ok := resp.Request.Context().Value(stateKey{}).(*requestState); ok && !st.stream {
-			st.stream = true
-			t.streams.Add(1)
-		}
-	}
-	return nil
 }
 
 func isEventStream(ct string) bool {
@@ -115,12 +98,12 @@ type DrainStats struct {
 	// Waited is how long the drain took.
 	Waited time.Duration
 	// Cut is how many requests were still in flight when the drain ran
-	// out of time and cancelled them.
+	// out of time and their connections were closed.
 	Cut int64
 }
 
 // drain stops new requests reaching t, waits for those in flight, and
-// cancels what is left after timeout (or after streamGrace when only
+// cuts what is left after timeout (or after streamGrace when only
 // websockets and streams are left).
 func (t *Target) drain(ctx context.Context, timeout, streamGrace time.Duration) DrainStats {
 	start := time.Now()
@@ -137,15 +120,15 @@ func (t *Target) drain(ctx context.Context, timeout, streamGrace time.Duration) 
 		onlyStreams := n == t.streams.Load()
 		if elapsed >= timeout || (onlyStreams && elapsed >= streamGrace) || ctx.Err() != nil {
 			stats.Cut = n
-			t.cancel(errDrained)
-			// Cancelled requests unwind quickly; wait a little for them so
-			// the container is not stopped under their feet.
+			t.cut.Store(true)
+			t.conns.closeAll()
+			// Cut requests unwind quickly; wait a little for them so the
+			// container is not stopped under their feet.
 			waitUntil(func() bool { return t.inflight.Load() == 0 }, time.Second)
 			break
 		}
 		<-tick.C
 	}
-	t.cancel(errDrained)
 	t.transport.CloseIdleConnections()
 	stats.Waited = time.Since(start)
 	return stats
@@ -156,4 +139,55 @@ func waitUntil(cond func() bool, limit time.Duration) {
 	for !cond() && time.Now().Before(deadline) {
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// connTracker dials upstream connections and remembers them, so that all
+// of a target's connections, pooled or upgraded, can be closed at once.
+type connTracker struct {
+	dialer net.Dialer
+	mu     sync.Mutex
+	conns  map[*trackedConn]struct{}
+}
+
+// DialContext dials and tracks a connection.
+func (c *connTracker) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	conn, err := c.dialer.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	tc := &trackedConn{Conn: conn, tracker: c}
+	c.mu.Lock()
+	if c.conns == nil {
+		c.conns = map[*trackedConn]struct{}{}
+	}
+	c.conns[tc] = struct{}{}
+	c.mu.Unlock()
+	return tc, nil
+}
+
+func (c *connTracker) closeAll() {
+	c.mu.Lock()
+	conns := make([]*trackedConn, 0, len(c.conns))
+	for tc := range c.conns {
+		conns = append(conns, tc)
+	}
+	c.mu.Unlock()
+	for _, tc := range conns {
+		tc.Close()
+	}
+}
+
+type trackedConn struct {
+	net.Conn
+	tracker *connTracker
+	once    sync.Once
+}
+
+func (tc *trackedConn) Close() error {
+	tc.once.Do(func() {
+		tc.tracker.mu.Lock()
+		delete(tc.tracker.conns, tc)
+		tc.tracker.mu.Unlock()
+	})
+	return tc.Conn.Close()
 }
