@@ -191,26 +191,19 @@ func randomID(n int) string {
 // lock serialises operations on one app. With noWait, a busy app is
 // refused with ErrBusy; otherwise the caller hears that it waits.
 func (a *Agent) lock(ctx context.Context, app string, noWait bool, p Progress) (func(), error) {
-	a.mu.Lock()
-	ch, ok := a.locks[app]
-	if !ok {
-		ch = make(chan struct{}, 1)
-		a.locks[app] = ch
-	}
-	a.mu.Unlock()
-	unlock := func() { <-ch }
-	select {
-	case ch <- struct{}{}:
+	if unlock, ok := a.tryLock(app); ok {
 		return unlock, nil
-	default:
 	}
 	if noWait {
 		return nil, fmt.Errorf("%w: %s (wait for it, or drop --no-wait to queue behind it)", ErrBusy, app)
 	}
 	p.Line(fmt.Sprintf("another deploy of %s is in progress; waiting for it to finish", app))
+	a.mu.Lock()
+	ch := a.locks[app]
+	a.mu.Unlock()
 	select {
 	case ch <- struct{}{}:
-		return unlock, nil
+		return func() { <-ch }, nil
 	case <-ctx.Done():
 		return nil, context.Cause(ctx)
 	}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -421,5 +423,52 @@ func TestRestartReadoptsContainers(t *testing.T) {
 	}
 	if _, body := get(t, port, "/"); !strings.HasPrefix(body, "v1") {
 		t.Errorf("after recreate: %q", body)
+	}
+}
+
+// TestServingContainerIsFollowed crashes the serving container: the engine
+// restarts it (its restart policy is set once it serves), and the watcher
+// keeps the route on the container's current address.
+func TestServingContainerIsFollowed(t *testing.T) {
+	h := newHarness(t)
+	app, port := testenv.Name("follow"), testenv.FreePort(t)
+	h.mustDeploy(app, "v1", testenv.Bundle(t, ""), portParam(port))
+	st, _ := h.client.Status(context.Background(), app)
+
+	// A crash: the app's process dies (`docker kill` would count as a
+	// manual stop, which the engine does not undo).
+	pid, err := exec.Command("docker", "inspect", "-f", "{{.State.Pid}}", st.ContainerID).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("kill", "-9", strings.TrimSpace(string(pid))).CombinedOutput(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("kill the app's process: %v %s", err, out)
+		}
+		t.Skipf("cannot kill the app's process from the host (%v %s); this test needs root", err, out)
+	}
+	// A stale route, as after a restart on another address.
+	h.px.Swap(app, []string{"127.0.0.1:1"})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		cur, _ := h.client.Status(context.Background(), app)
+		if cur.Restarts >= 1 && cur.Container == "running" && len(cur.Targets) == 1 && cur.Targets[0] != "127.0.0.1:1" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not followed: %+v", cur)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if code, body := get(t, port, "/"); code != 200 || !strings.HasPrefix(body, "v1") {
+		t.Errorf("after the crash GET = %d %q", code, body)
+	}
+	evs, _ := h.client.Events(context.Background(), app, 10)
+	found := false
+	for _, e := range evs {
+		found = found || e.Kind == "restart"
+	}
+	if !found {
+		t.Errorf("no restart event in %+v", evs)
 	}
 }

@@ -99,6 +99,8 @@ func (h *harness) start() {
 		t.Fatal(err)
 	}
 	h.st = st
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	go h.ag.Watch(watchCtx)
 	sock := filepath.Join(h.dataDir, "sprout.sock")
 	os.Remove(sock)
 	ln, err := net.Listen("unix", sock)
@@ -111,6 +113,7 @@ func (h *harness) start() {
 	h.stop = func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
+		stopWatch()
 		srv.Shutdown(ctx)
 		h.px.Shutdown(ctx)
 		st.Close()

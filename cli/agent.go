@@ -44,9 +44,11 @@ flags, in that order of precedence (see configs/agent.yaml).`,
 
 func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
-	var h slog.Handler = slog.NewJSONHandler(c.err, opts)
+	logOut := newBufferedLog(c.err, 100*time.Millisecond)
+	defer logOut.Close()
+	var h slog.Handler = slog.NewJSONHandler(logOut, opts)
 	if cfg.LogFormat == "text" {
-		h = slog.NewTextHandler(c.err, opts)
+		h = slog.NewTextHandler(logOut, opts)
 	}
 	log := slog.New(h)
 
@@ -76,6 +78,7 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 		ln.Close()
 		return err
 	}
+	go ag.Watch(ctx)
 	srv := &http.Server{Handler: api.NewServer(ag, Version, log.With("component", "api")), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()

@@ -1,0 +1,76 @@
+package agent
+
+import (
+	"context"
+	"runtime/debug"
+	"time"
+)
+
+// WatchInterval is how often Watch looks at the serving containers.
+const WatchInterval = 2 * time.Second
+
+// Watch keeps the proxy pointed at each serving container while the agent
+// runs: when the engine restarts a crashed container, it may come back on
+// another address, and the route must follow it. It returns when ctx ends.
+func (a *Agent) Watch(ctx context.Context) {
+	defer func() {
+		if r := recover(); r != nil {
+			a.log.Error("watcher panicked; serving containers are no longer followed", "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	t := time.NewTicker(WatchInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			a.follow(ctx)
+		}
+	}
+}
+
+// follow re-routes apps whose serving container changed address. Apps in
+// the middle of a deploy are skipped: the deploy owns their route.
+func (a *Agent) follow(ctx context.Context) {
+	apps, err := a.store.Apps()
+	if err != nil {
+		return
+	}
+	for _, app := range apps {
+		if app.ContainerID == "" {
+			continue
+		}
+		unlock, ok := a.tryLock(app.Name)
+		if !ok {
+			continue
+		}
+		c, err := a.rt.Container(ctx, app.ContainerID)
+		if err == nil && c.Running && c.Addr != "" {
+			cur := a.router.Targets(app.Name)
+			if len(cur) != 1 || cur[0] != c.Addr {
+				retired := a.router.Swap(app.Name, []string{c.Addr})
+				retired.Drain(ctx, time.Second, time.Second)
+				a.event(app.Name, app.Serving, "restart", "container %s of %s came back at %s; traffic follows it", shortID(c.ID), app.Serving, c.Addr)
+			}
+		}
+		unlock()
+	}
+}
+
+// tryLock takes an app's lock only if it is free.
+func (a *Agent) tryLock(app string) (func(), bool) {
+	a.mu.Lock()
+	ch, ok := a.locks[app]
+	if !ok {
+		ch = make(chan struct{}, 1)
+		a.locks[app] = ch
+	}
+	a.mu.Unlock()
+	select {
+	case ch <- struct{}{}:
+		return func() { <-ch }, true
+	default:
+		return nil, false
+	}
+}
