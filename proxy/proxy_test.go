@@ -365,3 +365,135 @@ func TestSwapUnderLoadDropsNothing(t *testing.T) {
 		t.Fatalf("%d swaps: %s", swaps, r)
 	}
 }
+
+// TestHTTPSemantics checks what the fast path must get right beyond a
+// plain GET.
+func TestHTTPSemantics(t *testing.T) {
+	be := backend(t, "", func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/echo":
+			b, _ := io.ReadAll(r.Body)
+			fmt.Fprintf(w, "%s %d %v %s", r.Method, len(b), r.TransferEncoding, r.Header.Get("Expect"))
+		case "/nocontent":
+			w.WriteHeader(http.StatusNoContent)
+		case "/chunked":
+			for i := range 3 {
+				fmt.Fprintf(w, "part%d;", i)
+				w.(http.Flusher).Flush()
+			}
+		case "/hop":
+			w.Header().Set("Connection", "X-Secret")
+			w.Header().Set("X-Secret", "hop-by-hop")
+			fmt.Fprint(w, r.Header.Get("X-Private")+"|"+r.Header.Get("Keep-Alive"))
+		case "/die":
+			w.Header().Set("Content-Length", "1000")
+			w.Write([]byte("partial"))
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler)
+		default:
+			w.Header().Set("X-Head", "yes")
+			fmt.Fprint(w, "body")
+		}
+	})
+	p, url := startProxy(t, Options{}, nil)
+	p.Swap("web", []string{addrOf(be)})
+
+	t.Run("chunked request body", func(t *testing.T) {
+		pr, pw := io.Pipe()
+		go func() { pw.Write(make([]byte, 70000)); pw.Close() }()
+		resp, err := http.Post(url+"/echo", "application/octet-stream", pr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "POST 70000 [chunked] " {
+			t.Errorf("got %q", b)
+		}
+	})
+	t.Run("expect 100-continue", func(t *testing.T) {
+		req, _ := http.NewRequest(http.MethodPut, url+"/echo", strings.NewReader("hello"))
+		req.Header.Set("Expect", "100-continue")
+		tr := &http.Transport{ExpectContinueTimeout: 5 * time.Second}
+		defer tr.CloseIdleConnections()
+		start := time.Now()
+		resp, err := (&http.Client{Transport: tr}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "PUT 5 [] " || time.Since(start) > 3*time.Second {
+			t.Errorf("got %q after %s", b, time.Since(start))
+		}
+	})
+	t.Run("HEAD and 204", func(t *testing.T) {
+		resp, err := http.Head(url + "/")
+		if err != nil || resp.StatusCode != 200 || resp.Header.Get("X-Head") != "yes" {
+			t.Fatalf("HEAD: %v %v", resp, err)
+		}
+		resp.Body.Close()
+		if code, body, _ := get(t, url+"/nocontent", nil); code != 204 || body != "" {
+			t.Errorf("204: %d %q", code, body)
+		}
+		// The connection is still usable after both.
+		if code, body, _ := get(t, url+"/", nil); code != 200 || body != "body" {
+			t.Errorf("after HEAD: %d %q", code, body)
+		}
+	})
+	t.Run("unknown length streams through", func(t *testing.T) {
+		if code, body, _ := get(t, url+"/chunked", nil); code != 200 || body != "part0;part1;part2;" {
+			t.Errorf("got %d %q", code, body)
+		}
+	})
+	t.Run("hop-by-hop headers stay on their hop", func(t *testing.T) {
+		code, body, hdr := get(t, url+"/hop", map[string]string{"Connection": "X-Private", "X-Private": "x", "Keep-Alive": "timeout=5"})
+		if code != 200 || body != "|" || hdr.Get("X-Secret") != "" {
+			t.Errorf("got %d %q %v", code, body, hdr)
+		}
+	})
+	t.Run("an app dying mid-body cuts the client's response", func(t *testing.T) {
+		resp, err := http.Get(url + "/die")
+		if err != nil {
+			return // cut before the head went out: also a failure the client sees
+		}
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil {
+			t.Error("a truncated response read as complete")
+		}
+	})
+}
+
+// TestStaleUpstreamConnections reuses pooled connections that the app
+// closed while idle: no request may fail because of it.
+func TestStaleUpstreamConnections(t *testing.T) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		fmt.Fprint(w, "ok")
+	}))
+	srv.Config.IdleTimeout = 20 * time.Millisecond
+	srv.Start()
+	defer srv.Close()
+	p, url := startProxy(t, Options{}, nil)
+	p.Swap("web", []string{addrOf(srv)})
+	client := &http.Client{Transport: &http.Transport{}}
+	for i := range 30 {
+		var resp *http.Response
+		var err error
+		if i%2 == 0 {
+			resp, err = client.Get(url)
+		} else {
+			resp, err = client.Post(url, "text/plain", strings.NewReader("body"))
+		}
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != "ok" {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, b)
+		}
+		time.Sleep(40 * time.Millisecond)
+	}
+}

@@ -127,7 +127,13 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.target = t
 	defer t.release(st)
 	target = t.addr
-	t.rp.ServeHTTP(st, r)
+	if isUpgrade(r) {
+		t.rp.ServeHTTP(st, r)
+		return
+	}
+	if err := t.roundTrip(st, r, s.opts.UpstreamTimeout); err != nil {
+		s.proxyError(st, r, err)
+	}
 }
 
 // StatusClientClosedRequest is logged when the client went away before the
@@ -139,13 +145,14 @@ func (s *Service) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	st, _ := w.(*requestState)
 	var tooBig *http.MaxBytesError
 	var netErr net.Error
+	var clientErr *bodyError
 	status, msg := http.StatusBadGateway, "the app could not be reached"
 	switch {
 	case errors.As(err, &tooBig):
 		status, msg = http.StatusRequestEntityTooLarge, "request body too large"
 	case st != nil && st.target != nil && st.target.cut.Load():
 		status, msg = http.StatusServiceUnavailable, "the version serving this request was retired"
-	case errors.Is(err, context.Canceled):
+	case errors.Is(err, context.Canceled), errors.As(err, &clientErr):
 		status = StatusClientClosedRequest
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
 		status, msg = http.StatusGatewayTimeout, "the app took too long to answer"

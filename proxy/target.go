@@ -19,8 +19,9 @@ type Target struct {
 	addr      string
 	url       *url.URL
 	rp        *httputil.ReverseProxy
-	transport *http.Transport
+	transport *http.Transport // for upgrades, through rp
 	conns     connTracker
+	pool      upPool
 
 	inflight atomic.Int64
 	// streams counts in-flight requests that became websockets or event
