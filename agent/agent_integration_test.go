@@ -472,3 +472,73 @@ func TestServingContainerIsFollowed(t *testing.T) {
 		t.Errorf("no restart event in %+v", evs)
 	}
 }
+
+// TestDockerrunBundles deploys a Dockerrun.aws.json naming an image already
+// on the host, and one naming an image that cannot be had.
+func TestDockerrunBundles(t *testing.T) {
+	h := newHarness(t)
+	app, port := testenv.Name("dockerrun"), testenv.FreePort(t)
+	h.mustDeploy(app, "v1", testenv.Bundle(t, ""), portParam(port))
+
+	write := func(image string) string {
+		dir := t.TempDir()
+		run := fmt.Sprintf(`{"AWSEBDockerrunVersion": "1", "Image": {"Name": %q, "Update": "false"}, "Ports": [{"ContainerPort": 8080}]}`, image)
+		if err := os.WriteFile(dir+"/Dockerrun.aws.json", []byte(run), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	dir := write("sprout/" + app + ":v1")
+	_, lines, err := h.deploy(app, "v2", dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(lines, "\n"), "using local image sprout/"+app+":v1") {
+		t.Errorf("deploy did not say which image it used:\n%s", strings.Join(lines, "\n"))
+	}
+	if _, body := get(t, port, "/"); body != "v2 " {
+		t.Errorf("GET = %q", body)
+	}
+	_, _, err = h.deploy(app, "v3", write("127.0.0.1:1/nowhere/app:1"), nil)
+	if err == nil || !strings.Contains(err.Error(), "127.0.0.1:1/nowhere/app:1 is not on this host and could not be pulled") {
+		t.Errorf("missing image: %v", err)
+	}
+	if _, body := get(t, port, "/"); body != "v2 " {
+		t.Errorf("after the failed deploy GET = %q", body)
+	}
+	// Deleting the Dockerrun-based version's tag must not touch the image
+	// it was made from.
+	if _, err := h.docker.Image(context.Background(), "sprout/"+app+":v1"); err != nil {
+		t.Errorf("the named image is gone: %v", err)
+	}
+}
+
+// TestOldImagesArePruned keeps the images of the last three earlier
+// versions and prunes the rest, which can then no longer be rolled back to.
+func TestOldImagesArePruned(t *testing.T) {
+	h := newHarness(t)
+	app, port := testenv.Name("prune"), testenv.FreePort(t)
+	dir := testenv.Bundle(t, "")
+	for i := 1; i <= 5; i++ {
+		h.mustDeploy(app, fmt.Sprintf("v%d", i), dir, portParam(port))
+	}
+	ctx := context.Background()
+	vs, _ := h.client.Versions(ctx, app)
+	pruned := map[string]bool{}
+	for _, v := range vs {
+		pruned[v.Label] = v.ImagePruned
+		_, err := h.docker.Image(ctx, "sprout/"+app+":"+v.Label)
+		if (err == nil) == v.ImagePruned {
+			t.Errorf("%s: pruned=%v but image lookup says %v", v.Label, v.ImagePruned, err)
+		}
+	}
+	if !pruned["v1"] || pruned["v2"] || pruned["v3"] || pruned["v4"] || pruned["v5"] {
+		t.Errorf("pruned = %v, want only v1", pruned)
+	}
+	if _, err := h.client.Rollback(ctx, app, api.RollbackRequest{To: "v1"}, nil); err == nil || !strings.Contains(err.Error(), "pruned") {
+		t.Errorf("rollback to a pruned version: %v", err)
+	}
+	if _, err := h.client.Rollback(ctx, app, api.RollbackRequest{To: "v2"}, nil); err != nil {
+		t.Errorf("rollback to a kept version: %v", err)
+	}
+}
