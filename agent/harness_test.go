@@ -37,24 +37,7 @@ type harness struct {
 	st      *store.Store
 	client  *api.Client
 	stop    func()
-	logs    *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs    *testenv.SyncBuffer
 }
 
 func testConfig(dataDir string) agent.Config {
@@ -69,7 +52,7 @@ func testConfig(dataDir string) agent.Config {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	h := &harness{t: t, dataDir: t.TempDir(), docker: testenv.Docker(t), logs: &syncBuffer{}}
+	h := &harness{t: t, dataDir: t.TempDir(), docker: testenv.Docker(t), logs: &testenv.SyncBuffer{}}
 	testenv.CleanupAgent(t, func() string { return h.ag.ID() })
 	h.start()
 	t.Cleanup(func() {

@@ -22,9 +22,6 @@ When the app is serving, a new container with the new environment must pass
 its health check before it takes traffic; if it does not, nothing changes.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if app == "" {
-				return fmt.Errorf("--app is required")
-			}
 			set, unset, err := platform.ParseAssignments(args)
 			if err != nil {
 				return err
@@ -41,7 +38,8 @@ its health check before it takes traffic; if it does not, nothing changes.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&app, "app", "", "the app")
+	cmd.Flags().StringVar(&app, "app", "", "the app (required)")
+	cmd.MarkFlagRequired("app")
 	cmd.Flags().BoolVar(&noWait, "no-wait", false, "fail instead of waiting when a deploy of the app is running")
 	return cmd
 }
@@ -54,9 +52,6 @@ func newPrintenvCommand(c *cli) *cobra.Command {
 		Short: "Print an app's environment properties (secret-looking values masked)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if app == "" {
-				return fmt.Errorf("--app is required")
-			}
 			client, err := c.client(cmd)
 			if err != nil {
 				return err
@@ -74,7 +69,8 @@ func newPrintenvCommand(c *cli) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&app, "app", "", "the app")
+	cmd.Flags().StringVar(&app, "app", "", "the app (required)")
+	cmd.MarkFlagRequired("app")
 	cmd.Flags().BoolVar(&show, "show-secrets", false, "print secret-looking values too")
 	return cmd
 }

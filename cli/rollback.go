@@ -18,9 +18,6 @@ func newRollbackCommand(c *cli) *cobra.Command {
   sprout rollback --app web --to v1`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if app == "" {
-				return fmt.Errorf("--app is required")
-			}
 			client, err := c.client(cmd)
 			if err != nil {
 				return err
@@ -33,7 +30,8 @@ func newRollbackCommand(c *cli) *cobra.Command {
 			return p.done(cmd, client, last)
 		},
 	}
-	cmd.Flags().StringVar(&app, "app", "", "the app")
+	cmd.Flags().StringVar(&app, "app", "", "the app (required)")
+	cmd.MarkFlagRequired("app")
 	cmd.Flags().StringVar(&req.To, "to", "", "label to serve (default: the version that served before the current one)")
 	cmd.Flags().BoolVar(&req.NoWait, "no-wait", false, "fail instead of waiting when a deploy of the app is running")
 	return cmd

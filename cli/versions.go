@@ -15,9 +15,6 @@ func newVersionsCommand(c *cli) *cobra.Command {
 		Short: "List an app's versions: when deployed, which serves, which failed and why",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if app == "" {
-				return fmt.Errorf("--app is required")
-			}
 			client, err := c.client(cmd)
 			if err != nil {
 				return err
@@ -49,7 +46,8 @@ func newVersionsCommand(c *cli) *cobra.Command {
 			return tw.Flush()
 		},
 	}
-	cmd.Flags().StringVar(&app, "app", "", "the app")
+	cmd.Flags().StringVar(&app, "app", "", "the app (required)")
+	cmd.MarkFlagRequired("app")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (with each version's full error and step timings)")
 	return cmd
 }

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/sprout-paas/sprout/internal/testenv"
 )
 
 // benchBackend answers 100 bytes, as TARGETS.md's backend does.
@@ -59,7 +61,7 @@ func BenchmarkProxy(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			be := benchBackend(b)
 			p := New(Options{BindAddress: "127.0.0.1", AccessLog: accessLog}, slog.New(slog.NewJSONHandler(io.Discard, nil)))
-			ln := freePort(b)
+			ln := testenv.FreePort(b)
 			if err := p.Listen("bench", ln); err != nil {
 				b.Fatal(err)
 			}

@@ -12,12 +12,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/sprout-paas/sprout/internal/loadgen"
+	"github.com/sprout-paas/sprout/internal/testenv"
 )
 
 // backend starts an httptest server answering with its name.
@@ -36,17 +36,6 @@ func backend(t *testing.T, name string, h http.HandlerFunc) *httptest.Server {
 
 func addrOf(srv *httptest.Server) string { return strings.TrimPrefix(srv.URL, "http://") }
 
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // startProxy returns a proxy listening for app "web" on a loopback port.
 func startProxy(t *testing.T, opts Options, logOut io.Writer) (*Proxy, string) {
 	t.Helper()
@@ -55,7 +44,7 @@ func startProxy(t *testing.T, opts Options, logOut io.Writer) (*Proxy, string) {
 	}
 	opts.BindAddress = "127.0.0.1"
 	p := New(opts, slog.New(slog.NewJSONHandler(logOut, nil)))
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	if err := p.Listen("web", port); err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +167,7 @@ func TestErrorMapping(t *testing.T) {
 }
 
 func TestAccessLogIsStructured(t *testing.T) {
-	var buf syncBuffer
+	var buf testenv.SyncBuffer
 	p, url := startProxy(t, Options{AccessLog: true}, &buf)
 	p.Swap("web", []string{addrOf(backend(t, "a", nil))})
 	get(t, url+"/path", nil)
@@ -195,23 +184,6 @@ func TestAccessLogIsStructured(t *testing.T) {
 	if line["app"] != "web" || line["path"] != "/path" || line["status"] != float64(200) || line["bytes"] != float64(1) || line["method"] != "GET" {
 		t.Errorf("access log line = %v", line)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestDrainLetsInFlightRequestsFinish(t *testing.T) {

@@ -5,6 +5,7 @@
 package testenv
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -145,6 +146,25 @@ func CleanupAgent(t testing.TB, id func() string) {
 			exec.Command("docker", append([]string{"rmi", "-f"}, ids...)...).Run()
 		}
 	})
+}
+
+// SyncBuffer is a bytes.Buffer safe for concurrent writers, for capturing
+// logs in tests.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // Containers lists the IDs of containers (running or not) with the agent id.
