@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -53,9 +54,70 @@ type Proxy struct {
 	ports    map[int]*listener
 }
 
+// listener is one public port: the fast path accepts its connections and
+// hands the unusual ones to server.
 type listener struct {
-	app    string
-	server *http.Server
+	app     string
+	service *Service
+	ln      net.Listener
+	handoff *handoff
+	server  *http.Server
+	// conns maps each fast-path connection to whether a request is in
+	// flight on it.
+	conns   sync.Map
+	closing atomic.Bool
+}
+
+func (l *listener) acceptLoop(log *slog.Logger) {
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				log.Error("proxy listener stopped", "app", l.app, "error", err)
+			}
+			return
+		}
+		l.conns.Store(c, false)
+		go l.serveConn(c)
+	}
+}
+
+// shutdown stops accepting, closes idle connections, and waits for
+// requests in flight until ctx ends, then closes everything.
+func (l *listener) shutdown(ctx context.Context) {
+	l.closing.Store(true)
+	l.ln.Close()
+	done := make(chan struct{})
+	go func() {
+		if err := l.server.Shutdown(ctx); err != nil {
+			l.server.Close()
+		}
+		close(done)
+	}()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		active := 0
+		l.conns.Range(func(k, v any) bool {
+			if v.(bool) {
+				active++
+			} else {
+				k.(net.Conn).Close()
+			}
+			return true
+		})
+		if active == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			l.conns.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
+			<-done
+			return
+		case <-tick.C:
+		}
+	}
+	<-done
 }
 
 // New returns a proxy with no apps.
@@ -98,18 +160,16 @@ func (p *Proxy) Listen(app string, port int) error {
 		return fmt.Errorf("listen on %s: %w", addr, err)
 	}
 	s := p.service(app)
-	srv := &http.Server{
+	l := &listener{app: app, service: s, ln: ln, handoff: newHandoff(ln.Addr())}
+	l.server = &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: 30 * time.Second,
 		IdleTimeout:       p.opts.IdleTimeout,
 		ErrorLog:          s.errorLog,
 	}
-	p.ports[port] = &listener{app: app, server: srv}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			p.log.Error("proxy listener stopped", "app", app, "port", port, "error", err)
-		}
-	}()
+	p.ports[port] = l
+	go l.server.Serve(l.handoff)
+	go l.acceptLoop(p.log)
 	p.log.Info("proxy listening", "app", app, "addr", ln.Addr().String())
 	return nil
 }
@@ -127,9 +187,7 @@ func (p *Proxy) Close(port int, grace time.Duration) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), grace)
 		defer cancel()
-		if err := l.server.Shutdown(ctx); err != nil {
-			l.server.Close()
-		}
+		l.shutdown(ctx)
 	}()
 }
 
@@ -257,11 +315,7 @@ func (p *Proxy) Shutdown(ctx context.Context) {
 	p.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, l := range ls {
-		wg.Go(func() {
-			if err := l.server.Shutdown(ctx); err != nil {
-				l.server.Close()
-			}
-		})
+		wg.Go(func() { l.shutdown(ctx) })
 	}
 	wg.Wait()
 }

@@ -171,11 +171,14 @@ func TestAccessLogIsStructured(t *testing.T) {
 	p, url := startProxy(t, Options{AccessLog: true}, &buf)
 	p.Swap("web", []string{addrOf(backend(t, "a", nil))})
 	get(t, url+"/path", nil)
+	// The line is written once the response is out: wait for it.
 	var line map[string]any
-	for _, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
-		var m map[string]any
-		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "request" {
-			line = m
+	for deadline := time.Now().Add(2 * time.Second); line == nil && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		for _, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "request" {
+				line = m
+			}
 		}
 	}
 	if line == nil {
@@ -468,4 +471,89 @@ func TestStaleUpstreamConnections(t *testing.T) {
 		}
 		time.Sleep(40 * time.Millisecond)
 	}
+}
+
+// TestRawConnections speaks HTTP on a raw socket: pipelining and
+// Connection: close on the fast path, HTTP/1.0 handed to net/http.
+func TestRawConnections(t *testing.T) {
+	p, url := startProxy(t, Options{}, nil)
+	p.Swap("web", []string{addrOf(backend(t, "a", nil))})
+	addr := strings.TrimPrefix(url, "http://")
+	dial := func() (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		return c, bufio.NewReader(c)
+	}
+	read := func(br *bufio.Reader) (*http.Response, string) {
+		t.Helper()
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp, string(b)
+	}
+
+	c, br := dial()
+	fmt.Fprint(c, "GET /1 HTTP/1.1\r\nHost: x\r\n\r\nPOST /2 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	for i := range 3 {
+		resp, body := read(br)
+		if resp.StatusCode != 200 || body != "a" {
+			t.Fatalf("pipelined response %d: %d %q", i, resp.StatusCode, body)
+		}
+		if i == 2 && !resp.Close {
+			t.Error("Connection: close was not answered with close")
+		}
+	}
+	if _, err := br.ReadByte(); err == nil {
+		t.Error("connection still open after Connection: close")
+	}
+
+	c, br = dial()
+	fmt.Fprint(c, "GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+	resp, body := read(br)
+	if resp.StatusCode != 200 || body != "a" || resp.ProtoMinor != 0 {
+		t.Errorf("HTTP/1.0: %d %q %s", resp.StatusCode, body, resp.Proto)
+	}
+
+	c, br = dial()
+	fmt.Fprint(c, "GET / HTTP/1.1\r\n\r\n")
+	if resp, _ := read(br); resp.StatusCode != 400 {
+		t.Errorf("no Host: %d", resp.StatusCode)
+	}
+	c, br = dial()
+	fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab")
+	if resp, _ := read(br); resp.StatusCode != 400 {
+		t.Errorf("two Content-Lengths: %d", resp.StatusCode)
+	}
+}
+
+// FuzzParseHead checks that the fast path's parser never panics and never
+// forwards a header line that could split a request.
+func FuzzParseHead(f *testing.F) {
+	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\n"))
+	f.Add([]byte("POST /a?b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\n"))
+	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.2.3.4\r\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var h fastHead
+		if parseHead(b, &h) != nil {
+			return
+		}
+		if h.host == "" || h.contentLength < 0 || strings.ContainsAny(h.uri, " \r\n") {
+			t.Fatalf("accepted %q as %+v", b, h)
+		}
+		for _, line := range strings.Split(strings.TrimSuffix(string(h.fwd), "\r\n"), "\r\n") {
+			if line == "" {
+				continue
+			}
+			if strings.ContainsAny(line, "\r\n\x00") || !strings.Contains(line, ": ") {
+				t.Fatalf("forwards a bad line %q from %q", line, b)
+			}
+		}
+	})
 }

@@ -5,10 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -140,33 +142,45 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // response was written (nginx's 499).
 const StatusClientClosedRequest = 499
 
-// proxyError is the one place that turns an upstream failure into a status.
-func (s *Service) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	st, _ := w.(*requestState)
+// classify is the one place that turns an upstream failure into a status
+// and a message for the client.
+func classify(t *Target, err error) (int, string) {
 	var tooBig *http.MaxBytesError
 	var netErr net.Error
 	var clientErr *bodyError
-	status, msg := http.StatusBadGateway, "the app could not be reached"
 	switch {
 	case errors.As(err, &tooBig):
-		status, msg = http.StatusRequestEntityTooLarge, "request body too large"
-	case st != nil && st.target != nil && st.target.cut.Load():
-		status, msg = http.StatusServiceUnavailable, "the version serving this request was retired"
+		return http.StatusRequestEntityTooLarge, "request body too large"
+	case t != nil && t.cut.Load():
+		return http.StatusServiceUnavailable, "the version serving this request was retired"
 	case errors.Is(err, context.Canceled), errors.As(err, &clientErr):
-		status = StatusClientClosedRequest
+		return StatusClientClosedRequest, ""
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
-		status, msg = http.StatusGatewayTimeout, "the app took too long to answer"
+		return http.StatusGatewayTimeout, "the app took too long to answer"
 	}
-	if st != nil && status != StatusClientClosedRequest {
-		s.log.LogAttrs(r.Context(), slog.LevelWarn, "upstream error", slog.Int("status", status), slog.String("error", err.Error()))
+	return http.StatusBadGateway, "the app could not be reached"
+}
+
+// proxyError answers a request of the net/http path that failed upstream.
+func (s *Service) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	st, _ := w.(*requestState)
+	var t *Target
+	if st != nil {
+		t = st.target
 	}
+	status, msg := classify(t, err)
 	if status == StatusClientClosedRequest {
 		if st != nil {
 			st.status = status
 		}
 		return
 	}
+	s.log.LogAttrs(r.Context(), slog.LevelWarn, "upstream error", slog.Int("status", status), slog.String("error", err.Error()))
 	s.writeError(w, r, status, msg)
+}
+
+func errorBody(app string, status int, msg string) string {
+	return fmt.Sprintf("%d %s: %s (sprout, app %s)\n", status, http.StatusText(status), msg, app)
 }
 
 func (s *Service) writeError(w http.ResponseWriter, r *http.Request, status int, msg string) {
@@ -177,18 +191,26 @@ func (s *Service) writeError(w http.ResponseWriter, r *http.Request, status int,
 		h.Set("Retry-After", "1")
 	}
 	w.WriteHeader(status)
-	fmt.Fprintf(w, "%d %s: %s (sprout, app %s)\n", status, http.StatusText(status), msg, s.app)
+	io.WriteString(w, errorBody(s.app, status, msg))
 }
 
 func (s *Service) accessLog(r *http.Request, st *requestState, target string, took time.Duration) {
-	s.log.LogAttrs(r.Context(), slog.LevelInfo, "request",
-		slog.String("method", r.Method),
-		slog.String("path", r.URL.Path),
-		slog.String("host", r.Host),
-		slog.Int("status", st.status),
-		slog.Int64("bytes", st.bytes),
+	s.logRequest(r.Method, r.URL.Path, r.Host, r.RemoteAddr, st.status, st.bytes, target, took)
+}
+
+// logRequest writes one access-log line.
+func (s *Service) logRequest(method, path, host, remote string, status int, bytes int64, target string, took time.Duration) {
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		path = path[:i] // queries may carry secrets and unbounded values
+	}
+	s.log.LogAttrs(context.Background(), slog.LevelInfo, "request",
+		slog.String("method", method),
+		slog.String("path", path),
+		slog.String("host", host),
+		slog.Int("status", status),
+		slog.Int64("bytes", bytes),
 		slog.Float64("duration_ms", float64(took.Microseconds())/1000),
-		slog.String("remote", r.RemoteAddr),
+		slog.String("remote", remote),
 		slog.String("upstream", target),
 	)
 }

@@ -87,8 +87,11 @@ func (t *Target) acquire() bool {
 	return true
 }
 
-func (t *Target) release(st *requestState) {
-	if st.stream {
+func (t *Target) release(st *requestState) { t.releaseStream(st.stream) }
+
+// releaseStream ends a request, which was counted as a stream or not.
+func (t *Target) releaseStream(stream bool) {
+	if stream {
 		t.streams.Add(-1)
 	}
 	t.inflight.Add(-1)

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -103,8 +104,8 @@ func alive(uc *upConn) bool {
 var bufioReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
 var bufioWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
 
-func (t *Target) dial(r *http.Request) (*upConn, error) {
-	c, err := t.conns.DialContext(r.Context(), "tcp", t.addr)
+func (t *Target) dialConn() (*upConn, error) {
+	c, err := t.conns.DialContext(context.Background(), "tcp", t.addr)
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +182,7 @@ func (t *Target) roundTrip(w *requestState, r *http.Request, timeout time.Durati
 		reused := uc != nil
 		if uc == nil {
 			var err error
-			if uc, err = t.dial(r); err != nil {
+			if uc, err = t.dialConn(); err != nil {
 				return err
 			}
 		}
