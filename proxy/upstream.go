@@ -40,6 +40,10 @@ const maxIdlePerTarget = 512
 // idleTimeout is how long an idle upstream connection may be reused.
 const idleTimeout = 60 * time.Second
 
+// freshFor is how long after its last response a connection is reused
+// without checking that the app kept it open.
+const freshFor = 5 * time.Millisecond
+
 type upPool struct {
 	mu   sync.Mutex
 	idle []*upConn
@@ -51,7 +55,10 @@ func (p *upPool) get() *upConn {
 	for n := len(p.idle); n > 0; n = len(p.idle) {
 		uc := p.idle[n-1]
 		p.idle = p.idle[:n-1]
-		if time.Since(uc.idleAt) < idleTimeout && alive(uc) {
+		idle := time.Since(uc.idleAt)
+		// Under load a connection comes back within a few milliseconds,
+		// too soon for any keep-alive timeout: skip the peek's syscall.
+		if idle < freshFor || idle < idleTimeout && alive(uc) {
 			return uc
 		}
 		uc.conn.Close()
