@@ -30,7 +30,6 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	serving := map[string]bool{}
 	for _, app := range apps {
-		a.failPending(app.Name)
 		if app.Serving == "" {
 			continue
 		}
@@ -60,6 +59,10 @@ func (a *Agent) Start(ctx context.Context) error {
 		}
 		a.event(c.Labels[runtime.LabelApp], c.Labels[runtime.LabelLabel], "restore", "removed container %s left by an interrupted deploy", c.Name)
 	}
+	// With their containers gone, interrupted versions can lose their images.
+	for _, app := range apps {
+		a.failPending(ctx, app.Name)
+	}
 	// Unpacked bundles and uploads of interrupted deploys.
 	for _, dir := range []string{uploadsDir(a.cfg), bundlesDir(a.cfg)} {
 		entries, _ := os.ReadDir(dir)
@@ -70,12 +73,18 @@ func (a *Agent) Start(ctx context.Context) error {
 	return nil
 }
 
-// failPending records versions whose deploy the agent's stop interrupted.
-func (a *Agent) failPending(app string) {
+// failPending records versions whose deploy the agent's stop interrupted,
+// and removes the image tags they made.
+func (a *Agent) failPending(ctx context.Context, app string) {
 	versions, _ := a.store.Versions(app)
 	for _, v := range versions {
 		if v.Status != store.StatusPending {
 			continue
+		}
+		if v.Image != "" {
+			if err := a.rt.RemoveImage(ctx, v.Image); err != nil {
+				a.log.Warn("remove image of an interrupted deploy", "image", v.Image, "error", err)
+			}
 		}
 		v.Status, v.FailedStep, v.Error = store.StatusFailed, "interrupted", "the agent stopped during this deploy; deploy it again"
 		a.store.PutVersion(v)

@@ -11,11 +11,11 @@
 #  4. failed requests of a non-retrying client during consecutive swaps.
 #
 # Everything runs on loopback and the Docker bridge, bounded in time.
-# Knobs: BENCH_ROUNDS (3), BENCH_SECONDS (8), BENCH_SWAPS (20).
+# Knobs: BENCH_ROUNDS (5), BENCH_SECONDS (8), BENCH_SWAPS (20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rounds="${BENCH_ROUNDS:-3}"
+rounds="${BENCH_ROUNDS:-5}"
 secs="${BENCH_SECONDS:-8}"
 swaps="${BENCH_SWAPS:-20}"
 work="$PWD/.bench"
