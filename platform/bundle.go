@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -211,6 +212,16 @@ func ParseDockerrun(b []byte) (*Spec, error) {
 		return nil, invalid(DockerrunName, `Image.Name is missing; name the image to run, e.g. "Image": {"Name": "nginx:1.25"}`)
 	}
 	spec := &Spec{Kind: KindImage, Image: strings.TrimSpace(dr.Image.Name)}
+	var ignored []string
+	for name, set := range map[string]bool{"Volumes": len(dr.Volumes) > 0, "Logging": dr.Logging != "", "Entrypoint": len(dr.Entrypoint) > 0, "Command": len(dr.Command) > 0, "Authentication": len(dr.Authentication) > 0} {
+		if set {
+			ignored = append(ignored, name)
+		}
+	}
+	if len(ignored) > 0 {
+		slices.Sort(ignored)
+		spec.Notes = append(spec.Notes, fmt.Sprintf("Dockerrun.aws.json: %s not applied yet; the image's own settings are used", strings.Join(ignored, ", ")))
+	}
 	if len(dr.Ports) > 0 {
 		p, err := portValue(dr.Ports[0].ContainerPort)
 		if err != nil {

@@ -79,6 +79,16 @@ func TestParseDockerrun(t *testing.T) {
 	}
 }
 
+func TestDockerrunSaysWhatItIgnores(t *testing.T) {
+	spec, err := ParseDockerrun([]byte(`{"AWSEBDockerrunVersion": "1", "Image": {"Name": "x"}, "Volumes": [{"HostDirectory": "/a", "ContainerDirectory": "/b"}], "Command": "run"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(spec.Notes) != 1 || !strings.Contains(spec.Notes[0], "Command, Volumes not applied") {
+		t.Errorf("notes = %v", spec.Notes)
+	}
+}
+
 func TestInspectPrefersDockerfile(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, DockerfileName), []byte("FROM scratch\nEXPOSE 81\n"), 0o644)
