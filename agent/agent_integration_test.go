@@ -542,3 +542,25 @@ func TestOldImagesArePruned(t *testing.T) {
 		t.Errorf("rollback to a kept version: %v", err)
 	}
 }
+
+// TestFailedFirstDeploy leaves a record to look at and nothing listening.
+func TestFailedFirstDeploy(t *testing.T) {
+	h := newHarness(t)
+	app, port := testenv.Name("first"), testenv.FreePort(t)
+	if _, _, err := h.deploy(app, "v1", testenv.Bundle(t, "", "ENV APP_CRASH=1"), portParam(port)); err == nil {
+		t.Fatal("a crashing first deploy succeeded")
+	}
+	vs, err := h.client.Versions(context.Background(), app)
+	if err != nil || len(vs) != 1 || vs[0].Status != store.StatusFailed || vs[0].FailedStep != "health" {
+		t.Fatalf("versions after a failed first deploy = %+v, %v", vs, err)
+	}
+	time.Sleep(1500 * time.Millisecond) // the port closes with a short grace
+	if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+		c.Close()
+		t.Error("the public port still listens after a failed first deploy")
+	}
+	h.mustDeploy(app, "v2", testenv.Bundle(t, ""), nil)
+	if _, body := get(t, port, "/"); body != "v2 " {
+		t.Errorf("after a good deploy GET = %q (the port should have been kept)", body)
+	}
+}

@@ -138,6 +138,13 @@ func (a *Agent) Deploy(ctx context.Context, req DeployRequest, p Progress) (*sto
 		return nil, fmt.Errorf("%w: %s already has a version %s (%s); choose another --label, or `sprout rollback --app %s --to %s` to serve it again", ErrConflict, req.App, label, old.Status, req.App, label)
 	}
 
+	if app.Serving == "" {
+		// A new app exists from its first deploy on, so that a failed one
+		// can be looked at with `sprout versions`.
+		if err := a.store.PutApp(&next); err != nil {
+			return nil, err
+		}
+	}
 	v := &store.Version{App: req.App, Label: label, Status: store.StatusPending, Source: req.Source, CreatedAt: time.Now(), Steps: map[string]int64{}}
 	if err := a.store.PutVersion(v); err != nil {
 		return nil, err

@@ -160,11 +160,12 @@ func parseHead(b []byte, h *fastHead) error {
 			}
 			h.host = string(value)
 		case "content-length":
-			n, err := strconv.ParseInt(string(value), 10, 64)
-			if seenLength || err != nil || n < 0 {
+			// Digits only, as RFC 9110 says: no sign, no spaces inside.
+			n, err := strconv.ParseUint(string(value), 10, 62)
+			if seenLength || err != nil {
 				return errFallback
 			}
-			seenLength, h.contentLength = true, n
+			seenLength, h.contentLength = true, int64(n)
 		case "transfer-encoding", "expect", "upgrade":
 			return errFallback
 		case "connection":
