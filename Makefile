@@ -6,7 +6,7 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X github.com/sprout-paas/sprout/cli.Version=$(VERSION)
 TEST_TIMEOUT ?= 18m
 
-.PHONY: all build tools example docker test unit lint demo bench fuzz clean
+.PHONY: all build tools example docker testdeps test unit lint demo bench fuzz clean
 
 all: build
 
@@ -24,12 +24,15 @@ example:
 docker:
 	@scripts/ensure-docker.sh
 
+testdeps:
+	@scripts/ensure-test-deps.sh
+
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
 # Everything, against the real Docker engine, with the race detector.
-test: docker lint
+test: docker testdeps lint
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 # Only what needs no engine.

@@ -52,6 +52,24 @@ type Router interface {
 	Targets(app string) []string
 }
 
+// Metrics hears how deploys go; the agent's Prometheus metrics implement
+// it.
+type Metrics interface {
+	// DeployDone counts a finished operation (deploy, rollback, setenv,
+	// recover) by result (success or failed).
+	DeployDone(app, op, result string)
+	// Step records how long a deploy step took.
+	Step(app, step string, d time.Duration)
+	// Serving records the label an app serves.
+	Serving(app, label string)
+}
+
+type nopMetrics struct{}
+
+func (nopMetrics) DeployDone(string, string, string)  {}
+func (nopMetrics) Step(string, string, time.Duration) {}
+func (nopMetrics) Serving(string, string)             {}
+
 var (
 	_ Runtime = (*runtime.Docker)(nil)
 	_ Router  = (*proxy.Proxy)(nil)
@@ -139,19 +157,23 @@ type Progress interface {
 
 // Agent deploys and runs the apps of one host.
 type Agent struct {
-	cfg    Config
-	rt     Runtime
-	router Router
-	store  *store.Store
-	log    *slog.Logger
-	id     string
+	cfg     Config
+	rt      Runtime
+	router  Router
+	store   *store.Store
+	metrics Metrics
+	log     *slog.Logger
+	id      string
 
 	mu    sync.Mutex
 	locks map[string]chan struct{}
 }
 
-// New returns an agent. Call Start before serving requests.
-func New(cfg Config, rt Runtime, router Router, st *store.Store, logger *slog.Logger) (*Agent, error) {
+// New returns an agent. Call Start before serving requests. m may be nil.
+func New(cfg Config, rt Runtime, router Router, st *store.Store, m Metrics, logger *slog.Logger) (*Agent, error) {
+	if m == nil {
+		m = nopMetrics{}
+	}
 	cfg = cfg.withDefaults()
 	id, err := st.Meta("agent_id", func() string { return randomID(6) })
 	if err != nil {
@@ -162,7 +184,7 @@ func New(cfg Config, rt Runtime, router Router, st *store.Store, logger *slog.Lo
 			return nil, err
 		}
 	}
-	return &Agent{cfg: cfg, rt: rt, router: router, store: st, log: logger, id: id, locks: map[string]chan struct{}{}}, nil
+	return &Agent{cfg: cfg, rt: rt, router: router, store: st, metrics: m, log: logger, id: id, locks: map[string]chan struct{}{}}, nil
 }
 
 // ID is this agent's identity, written on every container it owns.

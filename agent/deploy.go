@@ -150,7 +150,7 @@ func (a *Agent) Deploy(ctx context.Context, req DeployRequest, p Progress) (*sto
 		return nil, err
 	}
 	a.event(req.App, label, "deploy", "deploy of %s started (from %s)", label, req.Source)
-	d := &deployment{a: a, app: &next, prev: app, v: v, p: p, start: time.Now(), steps: v.Steps}
+	d := &deployment{a: a, op: "deploy", app: &next, prev: app, v: v, p: p, start: time.Now(), steps: v.Steps}
 
 	err = d.prepare(ctx, req.BundlePath)
 	if err == nil {
@@ -174,6 +174,7 @@ func (a *Agent) appOrNew(name string) (*store.App, error) {
 // deployment carries one deploy (or rollout) from step to step.
 type deployment struct {
 	a    *Agent
+	op   string     // deploy, rollback, setenv or recover
 	app  *store.App // the app as it will be once this succeeds
 	prev *store.App // the app as it was
 	v    *store.Version
@@ -200,7 +201,9 @@ func (d *deployment) end() {
 		if d.steps == nil {
 			d.steps = map[string]int64{}
 		}
-		d.steps[d.step] = time.Since(d.stepAt).Milliseconds()
+		took := time.Since(d.stepAt)
+		d.steps[d.step] = took.Milliseconds()
+		d.a.metrics.Step(d.app.Name, d.step, took)
 	}
 	d.step = ""
 }
@@ -344,6 +347,8 @@ func (d *deployment) rollout(ctx context.Context, env map[string]string) error {
 	if err := a.store.PutApp(d.app); err != nil {
 		return err
 	}
+	a.metrics.DeployDone(d.app.Name, d.op, "success")
+	a.metrics.Serving(d.app.Name, d.v.Label)
 	a.pruneImages(ctx, d.app.Name, d.p)
 	return nil
 }
@@ -444,6 +449,7 @@ func (d *deployment) fail(err error) error {
 	ctx := context.Background()
 	step := d.step
 	d.end()
+	a.metrics.DeployDone(d.app.Name, d.op, "failed")
 	if d.swapped {
 		// Past the swap the new version serves; a failure to record is
 		// reported but nothing is rolled back.

@@ -33,7 +33,7 @@ func (a *Agent) Rollback(ctx context.Context, app, to string, noWait bool, p Pro
 	}
 	a.event(app, target.Label, "rollback", "rollback from %s to %s started", cur.Serving, target.Label)
 	next := *cur
-	d := &deployment{a: a, app: &next, prev: cur, v: target, p: p, start: time.Now()}
+	d := &deployment{a: a, op: "rollback", app: &next, prev: cur, v: target, p: p, start: time.Now()}
 	if err := d.rollout(ctx, cur.Env); err != nil {
 		return target, d.failRollout(err)
 	}
@@ -123,7 +123,7 @@ func (a *Agent) SetEnv(ctx context.Context, app string, set map[string]string, u
 	}
 	a.event(app, v.Label, "config", "environment change started (%d set, %d removed)", len(set), len(unset))
 	next := *cur
-	d := &deployment{a: a, app: &next, prev: cur, v: v, p: p, start: time.Now()}
+	d := &deployment{a: a, op: "setenv", app: &next, prev: cur, v: v, p: p, start: time.Now()}
 	if err := d.rollout(ctx, env); err != nil {
 		return d.failRollout(err)
 	}

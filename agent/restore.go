@@ -41,6 +41,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		if ok && c.Running && c.Addr != "" {
 			serving[c.ID] = true
 			a.router.Swap(app.Name, []string{c.Addr})
+			a.metrics.Serving(app.Name, app.Serving)
 			a.event(app.Name, app.Serving, "restore", "re-adopted container %s of %s at %s", shortID(c.ID), app.Serving, c.Addr)
 			continue
 		}
@@ -112,7 +113,7 @@ func (a *Agent) recover(ctx context.Context, name string) {
 	}
 	a.event(name, v.Label, "restore", "serving container %s is not running; starting %s again from its image", shortID(app.ContainerID), v.Label)
 	next := *app
-	d := &deployment{a: a, app: &next, prev: app, v: v, p: p, start: time.Now()}
+	d := &deployment{a: a, op: "recover", app: &next, prev: app, v: v, p: p, start: time.Now()}
 	if err := d.rollout(ctx, app.Env); err != nil {
 		d.failRollout(err)
 		return

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sprout-paas/sprout/agent"
 	"github.com/sprout-paas/sprout/api"
+	"github.com/sprout-paas/sprout/metrics"
 	"github.com/sprout-paas/sprout/proxy"
 	"github.com/sprout-paas/sprout/runtime"
 	"github.com/sprout-paas/sprout/store"
@@ -65,10 +66,22 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 		return err
 	}
 	defer docker.Close()
+	m := metrics.New(func() float64 { return float64(st.Size()) })
+	cfg.Proxy.Observer = m
 	px := proxy.New(cfg.Proxy, log.With("component", "proxy"))
-	ag, err := agent.New(cfg.Agent, docker, px, st, log.With("component", "agent"))
+	ag, err := agent.New(cfg.Agent, docker, px, st, m, log.With("component", "agent"))
 	if err != nil {
 		return err
+	}
+	if cfg.MetricsAddress != "" {
+		mln, err := net.Listen("tcp", cfg.MetricsAddress)
+		if err != nil {
+			return fmt.Errorf("config metrics.address: cannot listen on %s: %w", cfg.MetricsAddress, err)
+		}
+		msrv := &http.Server{Handler: metricsMux(m), ReadHeaderTimeout: 10 * time.Second}
+		go msrv.Serve(mln)
+		defer msrv.Close()
+		log.Info("metrics served", "addr", "http://"+mln.Addr().String()+"/metrics")
 	}
 	ln, err := listenSocket(cfg.Socket)
 	if err != nil {
@@ -93,6 +106,12 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 		return err
 	}
 	return nil
+}
+
+func metricsMux(m *metrics.Metrics) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	return mux
 }
 
 // listenSocket opens the API socket with owner-only permissions, replacing

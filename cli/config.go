@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -54,11 +55,13 @@ var defaults = map[string]any{
 
 // AgentConfig is everything `sprout agent` needs, typed and checked.
 type AgentConfig struct {
-	Socket    string
-	LogLevel  slog.Level
-	LogFormat string
-	Agent     agent.Config
-	Proxy     proxy.Options
+	Socket string
+	// MetricsAddress is where /metrics is served, "" for nowhere.
+	MetricsAddress string
+	LogLevel       slog.Level
+	LogFormat      string
+	Agent          agent.Config
+	Proxy          proxy.Options
 }
 
 // newViper reads the configuration: defaults, then the file, then SPROUT_*
@@ -174,7 +177,12 @@ func LoadAgentConfig(flags *pflag.FlagSet) (*AgentConfig, error) {
 		return nil, err
 	}
 	r := &configReader{v: v}
-	c := &AgentConfig{Socket: r.str("socket"), LogFormat: r.str("log_format")}
+	c := &AgentConfig{Socket: r.str("socket"), LogFormat: r.str("log_format"), MetricsAddress: r.str("metrics.address")}
+	if c.MetricsAddress != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddress); err != nil {
+			r.fail("metrics.address", "%q is not host:port (use \"\" to turn metrics off)", c.MetricsAddress)
+		}
+	}
 	if err := c.LogLevel.UnmarshalText([]byte(r.str("log_level"))); err != nil {
 		r.fail("log_level", "%q must be debug, info, warn or error", r.str("log_level"))
 	}

@@ -32,6 +32,8 @@ type agentProc struct {
 	cmd     *exec.Cmd
 	log     *bytes.Buffer
 	id      string
+
+	metricsAddr string
 }
 
 func startAgent(t *testing.T) *agentProc {
@@ -42,6 +44,8 @@ func startAgent(t *testing.T) *agentProc {
 	a.env = append(os.Environ(),
 		"SPROUT_DATA_DIR="+a.dataDir, "SPROUT_SOCKET="+a.socket,
 		"SPROUT_HEALTH_INTERVAL=100ms", "SPROUT_DEPLOY_STOP_GRACE=2s", "SPROUT_PROXY_BIND_ADDRESS=127.0.0.1")
+	a.metricsAddr = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	a.env = append(a.env, "SPROUT_METRICS_ADDRESS="+a.metricsAddr)
 	testenv.CleanupAgent(t, func() string { return a.id })
 	a.start()
 	t.Cleanup(func() {

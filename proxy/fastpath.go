@@ -331,9 +331,12 @@ func (fc *fastConn) peekHead() (int, error) {
 func (fc *fastConn) serve() bool {
 	s, h := fc.s, &fc.head
 	start := time.Now()
+	s.obs.Start()
 	status, written, target, keep := fc.forward()
+	took := time.Since(start)
+	s.obs.Done(h.method, status, took, written)
 	if s.opts.AccessLog {
-		s.logRequest(h.method, h.uri, h.host, fc.remote, status, written, target, time.Since(start))
+		s.logRequest(h.method, h.uri, h.host, fc.remote, status, written, target, took)
 	}
 	return keep
 }
@@ -345,6 +348,7 @@ func (fc *fastConn) forward() (status int, written int64, target string, keep bo
 	}
 	t := s.pick()
 	if t == nil {
+		s.obs.UpstreamError("no_target")
 		return fc.writeError(http.StatusServiceUnavailable, "no version of this app is serving yet"), 0, "", h.contentLength == 0
 	}
 	streaming := false
@@ -536,7 +540,7 @@ func (fc *fastConn) copyBody(body io.Reader, noBody, chunked, streaming bool) (i
 // status mapping as the net/http path.
 func (fc *fastConn) upstreamError(t *Target, err error) int {
 	status, msg := classify(t, err)
-	fc.s.log.Warn("upstream error", "status", status, "error", err.Error())
+	fc.s.upstreamError(status, err)
 	return fc.writeError(status, msg)
 }
 

@@ -32,7 +32,34 @@ type Options struct {
 	IdleTimeout time.Duration
 	// AccessLog writes one structured line per request.
 	AccessLog bool
+	// Observer, when set, hears about every request (metrics).
+	Observer Observer
 }
+
+// Observer hears about the requests of every app; the agent's metrics
+// implement it.
+type Observer interface {
+	// App returns the observer of one app's requests.
+	App(app string) AppObserver
+}
+
+// AppObserver hears about one app's requests. It is called on the request
+// path, so it must be cheap.
+type AppObserver interface {
+	// Start is called when a request begins.
+	Start()
+	// Done is called when it ends, with what the client got.
+	Done(method string, status int, took time.Duration, bytes int64)
+	// UpstreamError counts a request the app could not answer, by kind:
+	// unreachable, timeout, retired or no_target.
+	UpstreamError(kind string)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Start()                                 {}
+func (nopObserver) Done(string, int, time.Duration, int64) {}
+func (nopObserver) UpstreamError(string)                   {}
 
 // Default option values.
 const (

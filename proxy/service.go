@@ -23,12 +23,17 @@ type Service struct {
 	log      *slog.Logger
 	errorLog *log.Logger
 
+	obs AppObserver
+
 	targets atomic.Pointer[[]*Target]
 	next    atomic.Uint64
 }
 
 func newService(app string, opts Options, logger *slog.Logger) *Service {
-	s := &Service{app: app, opts: opts, log: logger.With("app", app)}
+	s := &Service{app: app, opts: opts, log: logger.With("app", app), obs: nopObserver{}}
+	if opts.Observer != nil {
+		s.obs = opts.Observer.App(app)
+	}
 	s.errorLog = slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)
 	return s
 }
@@ -108,9 +113,12 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	st := &requestState{ResponseWriter: w}
 	target := ""
+	s.obs.Start()
 	defer func() {
+		took := time.Since(start)
+		s.obs.Done(r.Method, st.status, took, st.bytes)
 		if s.opts.AccessLog {
-			s.accessLog(r, st, target, time.Since(start))
+			s.accessLog(r, st, target, took)
 		}
 	}()
 
@@ -123,6 +131,7 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	t := s.pick()
 	if t == nil {
+		s.obs.UpstreamError("no_target")
 		s.writeError(st, r, http.StatusServiceUnavailable, "no version of this app is serving yet")
 		return
 	}
@@ -175,8 +184,23 @@ func (s *Service) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		}
 		return
 	}
-	s.log.LogAttrs(r.Context(), slog.LevelWarn, "upstream error", slog.Int("status", status), slog.String("error", err.Error()))
+	s.upstreamError(status, err)
 	s.writeError(w, r, status, msg)
+}
+
+// upstreamError logs and counts a request the app could not answer.
+func (s *Service) upstreamError(status int, err error) {
+	kind := "unreachable"
+	switch status {
+	case http.StatusGatewayTimeout:
+		kind = "timeout"
+	case http.StatusServiceUnavailable:
+		kind = "retired"
+	case http.StatusRequestEntityTooLarge:
+		return // the client's fault, not the app's
+	}
+	s.obs.UpstreamError(kind)
+	s.log.LogAttrs(context.Background(), slog.LevelWarn, "upstream error", slog.Int("status", status), slog.String("error", err.Error()))
 }
 
 func errorBody(app string, status int, msg string) string {

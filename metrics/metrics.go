@@ -1,0 +1,161 @@
+// Package metrics owns the agent's Prometheus registry and the metrics
+// that the proxy and the deploy engine report into it. Label values are
+// bounded: apps, methods from a fixed list, status classes, step names.
+package metrics
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sprout-paas/sprout/proxy"
+)
+
+// Metrics is the agent's registry and its collectors.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	requests       *prometheus.CounterVec
+	duration       *prometheus.HistogramVec
+	inFlight       *prometheus.GaugeVec
+	bytes          *prometheus.CounterVec
+	upstreamErrors *prometheus.CounterVec
+
+	deploys     *prometheus.CounterVec
+	steps       *prometheus.HistogramVec
+	serving     *prometheus.GaugeVec
+	lastSuccess *prometheus.GaugeVec
+}
+
+// New returns metrics on a fresh registry with the Go and process
+// collectors. storeSize, when not nil, reports the state file's size.
+func New(storeSize func() float64) *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry()}
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
+
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sprout_proxy_requests_total", Help: "Requests the proxy answered, by app, method and status class.",
+	}, []string{"app", "method", "code"})
+	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "sprout_proxy_request_duration_seconds", Help: "Time from a request's head to the end of its response.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	}, []string{"app"})
+	m.inFlight = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "sprout_proxy_requests_in_flight", Help: "Requests being proxied now.",
+	}, []string{"app"})
+	m.bytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sprout_proxy_response_bytes_total", Help: "Response body bytes sent to clients.",
+	}, []string{"app"})
+	m.upstreamErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sprout_proxy_upstream_errors_total", Help: "Requests the app could not answer, by kind (unreachable, timeout, retired, no_target, too_large).",
+	}, []string{"app", "kind"})
+	m.deploys = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sprout_deploys_total", Help: "Finished deploys, rollbacks and environment rollouts, by result.",
+	}, []string{"app", "op", "result"})
+	m.steps = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "sprout_deploy_step_duration_seconds", Help: "Duration of each deploy step.",
+		Buckets: []float64{.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300},
+	}, []string{"app", "step"})
+	m.serving = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "sprout_app_serving_info", Help: "1 for the version label each app serves.",
+	}, []string{"app", "label"})
+	m.lastSuccess = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "sprout_deploy_last_success_timestamp_seconds", Help: "When each app last started serving a version.",
+	}, []string{"app"})
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.inFlight, m.bytes, m.upstreamErrors, m.deploys, m.steps, m.serving, m.lastSuccess} {
+		f(c)
+	}
+	if storeSize != nil {
+		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sprout_store_size_bytes", Help: "Size of the agent's state file."}, storeSize))
+	}
+	return m
+}
+
+// Handler serves the registry in Prometheus's format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// Registry is the registry, for tests and extra collectors.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// methods are the method label values; anything else is "OTHER".
+var methods = [...]string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER"}
+
+var classes = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx"}
+
+// appObserver has the app's series resolved once, so that a request costs
+// a few atomic adds.
+type appObserver struct {
+	requests [len(methods)][len(classes)]prometheus.Counter
+	duration prometheus.Observer
+	inFlight prometheus.Gauge
+	bytes    prometheus.Counter
+	errs     *prometheus.CounterVec
+	app      string
+}
+
+// App implements proxy.Observer.
+func (m *Metrics) App(app string) proxy.AppObserver {
+	o := &appObserver{
+		duration: m.duration.WithLabelValues(app),
+		inFlight: m.inFlight.WithLabelValues(app),
+		bytes:    m.bytes.WithLabelValues(app),
+		errs:     m.upstreamErrors,
+		app:      app,
+	}
+	for i, method := range methods {
+		for j, class := range classes {
+			o.requests[i][j] = m.requests.WithLabelValues(app, method, class)
+		}
+	}
+	return o
+}
+
+func methodIndex(m string) int {
+	for i, x := range methods[:len(methods)-1] {
+		if x == m {
+			return i
+		}
+	}
+	return len(methods) - 1
+}
+
+func (o *appObserver) Start() { o.inFlight.Inc() }
+
+func (o *appObserver) Done(method string, status int, took time.Duration, bytes int64) {
+	o.inFlight.Dec()
+	class := status/100 - 1
+	if class < 0 || class >= len(classes) {
+		class = len(classes) - 1 // no status at all: count it as a server error
+	}
+	o.requests[methodIndex(method)][class].Inc()
+	o.duration.Observe(took.Seconds())
+	o.bytes.Add(float64(bytes))
+}
+
+func (o *appObserver) UpstreamError(kind string) { o.errs.WithLabelValues(o.app, kind).Inc() }
+
+// DeployDone counts a finished deploy (op: deploy, rollback, setenv,
+// recover) with its result (success or failed).
+func (m *Metrics) DeployDone(app, op, result string) {
+	m.deploys.WithLabelValues(app, op, result).Inc()
+}
+
+// Step records how long a deploy step took.
+func (m *Metrics) Step(app, step string, d time.Duration) {
+	m.steps.WithLabelValues(app, step).Observe(d.Seconds())
+}
+
+// Serving records that app now serves label.
+func (m *Metrics) Serving(app, label string) {
+	m.serving.DeletePartialMatch(prometheus.Labels{"app": app})
+	m.serving.WithLabelValues(app, label).Set(1)
+	m.lastSuccess.WithLabelValues(app).Set(float64(time.Now().Unix()))
+}
+
+var _ proxy.Observer = (*Metrics)(nil)

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# ensure-test-deps.sh: install the real servers the tests run against, from
+# Debian's packages, when they are missing: prometheus (the metrics test
+# scrapes the agent with it). Idempotent; as another user it says what to do.
+set -euo pipefail
+
+missing=()
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "ensure-test-deps: missing ${missing[*]}; install with: sudo apt-get install -y ${missing[*]}" >&2
+  exit 0 # the tests that need them skip locally (and fail under CI=true)
+fi
+echo "ensure-test-deps: installing ${missing[*]} from Debian's packages" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; }
+# Debian's package starts a system Prometheus where systemd runs; the tests
+# start their own on loopback and need nothing else.
