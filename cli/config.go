@@ -30,6 +30,7 @@ var defaults = map[string]any{
 	"socket":                   "/run/sprout/sprout.sock",
 	"log_level":                "info",
 	"log_format":               "json",
+	"metrics.address":          "127.0.0.1:9273",
 	"proxy.bind_address":       "",
 	"proxy.max_body_bytes":     "100MiB",
 	"proxy.upstream_timeout":   "60s",
