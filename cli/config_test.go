@@ -51,6 +51,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"proxy:\n  acess_log: true\n", "", `unknown key "proxy.acess_log"`},
 		{"", "SPROUT_DEPLOY_DRAIN_TIMEOUT=forever", "deploy.drain_timeout"},
 		{"log_level: loud\n", "", "log_level"},
+		{"metrics:\n  address: nowhere\n", "", "metrics.address"},
 		{"health:\n  grace: 10m\n  deadline: 1m\n", "", "grace"},
 	}
 	for _, tc := range cases {
