@@ -39,6 +39,7 @@ type Runtime interface {
 	Container(ctx context.Context, id string) (*runtime.Container, error)
 	State(ctx context.Context, id string) (runtime.State, error)
 	Logs(ctx context.Context, id string, tail int) (string, error)
+	LogStream(ctx context.Context, id string, o runtime.LogOptions) (io.ReadCloser, error)
 	Stop(ctx context.Context, id string, grace time.Duration) error
 	Remove(ctx context.Context, id string) error
 	List(ctx context.Context, labels map[string]string) ([]*runtime.Container, error)
@@ -99,6 +100,8 @@ type Config struct {
 	// LogMaxSize and LogMaxFiles bound each container's log.
 	LogMaxSize  string
 	LogMaxFiles string
+	// LogBytesPerApp bounds the logs kept of an app's removed containers.
+	LogBytesPerApp int64
 }
 
 // Defaults for Config.
@@ -126,6 +129,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxUploadBytes <= 0 {
 		c.MaxUploadBytes = DefaultMaxUploadBytes
+	}
+	if c.LogBytesPerApp <= 0 {
+		c.LogBytesPerApp = DefaultLogBytesPerApp
 	}
 	if c.DefaultPort <= 0 {
 		c.DefaultPort = DefaultPort

@@ -324,6 +324,7 @@ func (d *deployment) rollout(ctx context.Context, env map[string]string) error {
 		if err := a.rt.Stop(ctx, d.prev.ContainerID, a.cfg.StopGrace); err != nil {
 			d.linef("warning: stopping the old container: %v", err)
 		}
+		a.archiveLogs(ctx, d.app.Name, d.prev.Serving, d.prev.ContainerID)
 		if err := a.rt.Remove(ctx, d.prev.ContainerID); err != nil {
 			d.linef("warning: removing the old container: %v", err)
 		}
@@ -457,6 +458,7 @@ func (d *deployment) fail(err error) error {
 		return &StepError{Step: step, Err: err}
 	}
 	if d.created != nil {
+		a.archiveLogs(ctx, d.app.Name, d.v.Label, d.created.ID)
 		if rerr := a.rt.Remove(ctx, d.created.ID); rerr != nil {
 			a.log.Warn("remove failed container", "id", d.created.ID, "error", rerr)
 		}

@@ -182,6 +182,25 @@ func (c *Client) Events(ctx context.Context, app string, limit int) ([]store.Eve
 	return out, c.get(ctx, "/events", q, &out)
 }
 
+// Logs copies an app's logs to w (q: label, since, tail, follow=1), until
+// they end or ctx does.
+func (c *Client) Logs(ctx context.Context, app string, q url.Values, w io.Writer) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url("/apps/"+url.PathEscape(app)+"/logs", q), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(w, resp.Body)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
 // Deploy uploads a bundle archive and streams the deploy. q carries the
 // label, port and other settings (see the API server's parameters).
 func (c *Client) Deploy(ctx context.Context, app string, q url.Values, bundle io.Reader, on func(Message)) (*Message, error) {

@@ -40,6 +40,7 @@ func NewServer(ag *agent.Agent, version string, logger *slog.Logger) *Server {
 	s.mux.HandleFunc("POST "+p+"/apps/{app}/rollback", s.rollback)
 	s.mux.HandleFunc("GET "+p+"/apps/{app}/env", s.env)
 	s.mux.HandleFunc("POST "+p+"/apps/{app}/env", s.setenv)
+	s.mux.HandleFunc("GET "+p+"/apps/{app}/logs", s.logs)
 	s.mux.HandleFunc("GET "+p+"/events", s.events)
 	return s
 }
@@ -158,6 +159,62 @@ func (s *Server) env(w http.ResponseWriter, r *http.Request) {
 	}
 	slices.Sort(out.Masked)
 	writeJSON(w, 200, out)
+}
+
+// flushWriter sends every write to the client at once (followed logs).
+type flushWriter struct {
+	w       http.ResponseWriter
+	started bool
+}
+
+func (f *flushWriter) Write(b []byte) (int, error) {
+	if !f.started {
+		f.w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		f.started = true
+	}
+	n, err := f.w.Write(b)
+	http.NewResponseController(f.w).Flush()
+	return n, err
+}
+
+func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	req := agent.LogRequest{App: r.PathValue("app"), Label: q.Get("label"), Follow: q.Get("follow") == "1"}
+	if v := q.Get("since"); v != "" {
+		since, err := parseSince(v)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		req.Since = since
+	}
+	if v := q.Get("tail"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			writeError(w, fmt.Errorf("%w: tail=%q is not a number of lines", agent.ErrInvalid, v))
+			return
+		}
+		req.Tail = n
+	}
+	fw := &flushWriter{w: w}
+	if err := s.agent.Logs(r.Context(), req, fw); err != nil {
+		if !fw.started {
+			writeError(w, err)
+			return
+		}
+		fmt.Fprintf(fw, "\nsprout: %v\n", err)
+	}
+}
+
+// parseSince reads a duration ago (10m) or a time (RFC 3339).
+func parseSince(v string) (time.Time, error) {
+	if d, err := time.ParseDuration(v); err == nil {
+		return time.Now().Add(-d), nil
+	}
+	if t, err := time.Parse(time.RFC3339, v); err == nil {
+		return t, nil
+	}
+	return time.Time{}, fmt.Errorf("%w: since=%q is neither a duration like 10m nor a time like 2026-01-02T15:04:05Z", agent.ErrInvalid, v)
 }
 
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {

@@ -65,6 +65,7 @@ Run 'sprout agent' on the host, then 'sprout deploy app.zip'.`,
 		newSetenvCommand(c),
 		newPrintenvCommand(c),
 		newEventsCommand(c),
+		newLogsCommand(c),
 	)
 	return root
 }

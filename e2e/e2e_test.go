@@ -317,3 +317,40 @@ func waitFor(t *testing.T, r io.Reader, s string) {
 		t.Fatalf("no %q in the output:\n%s", s, buf.String())
 	}
 }
+
+// TestLogs reads the serving version's output, follows it, and reads the
+// output of a version whose container is gone.
+func TestLogs(t *testing.T) {
+	a := startAgent(t)
+	app, port := testenv.Name("logs"), testenv.FreePort(t)
+	a.mustSprout("deploy", testenv.Bundle(t, ""), "--app", app, "--label", "v1", "--port", fmt.Sprint(port))
+	if out := a.mustSprout("logs", "--app", app); !strings.Contains(out, "v1 listening on :8080") {
+		t.Errorf("logs of the serving version:\n%s", out)
+	}
+	// A crashing version's output stays readable after its container is removed.
+	a.sprout("deploy", testenv.Bundle(t, "", "ENV APP_CRASH=1"), "--app", app, "--label", "bad")
+	if out := a.mustSprout("logs", "--app", app, "--label", "bad"); !strings.Contains(out, "crashing on purpose") {
+		t.Errorf("logs of the failed version:\n%s", out)
+	}
+	// So does v1's once v2 replaced it; v1 handled SIGTERM.
+	a.mustSprout("deploy", testenv.Bundle(t, ""), "--app", app, "--label", "v2")
+	if out := a.mustSprout("logs", "--app", app, "--label", "v1"); !strings.Contains(out, "v1 listening") || !strings.Contains(out, "SIGTERM: draining") {
+		t.Errorf("logs of the retired version:\n%s", out)
+	}
+	if out := a.mustSprout("logs", "--app", app, "--label", "v1", "--since", "1s"); strings.Contains(out, "v1 listening") {
+		t.Errorf("--since 1s still shows old lines:\n%s", out)
+	}
+	if _, stderr, code := a.sprout("logs", "--app", app, "--label", "v1", "--follow"); code == 0 || !strings.Contains(stderr, "cannot be followed") {
+		t.Errorf("--follow of a removed container: %d %s", code, stderr)
+	}
+	// --follow on the serving version prints new lines as they come.
+	cmd := exec.Command(a.bin, "logs", "--app", app, "--follow", "--tail", "1")
+	cmd.Env = a.env
+	pr, pw := io.Pipe()
+	cmd.Stdout = pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	waitFor(t, pr, "v2 listening")
+}

@@ -376,6 +376,37 @@ func (d *Docker) Logs(ctx context.Context, id string, tail int) (string, error) 
 	return buf.String(), nil
 }
 
+// LogOptions select what LogStream returns.
+type LogOptions struct {
+	Follow     bool
+	Since      time.Time // zero: from the start
+	Tail       int       // 0: everything
+	Timestamps bool
+}
+
+// LogStream returns the container's stdout and stderr, demultiplexed, as
+// they were written, following new lines when asked. Close it to stop.
+func (d *Docker) LogStream(ctx context.Context, id string, o LogOptions) (io.ReadCloser, error) {
+	opts := container.LogsOptions{ShowStdout: true, ShowStderr: true, Follow: o.Follow, Timestamps: o.Timestamps}
+	if !o.Since.IsZero() {
+		opts.Since = strconv.FormatInt(o.Since.Unix(), 10)
+	}
+	if o.Tail > 0 {
+		opts.Tail = strconv.Itoa(o.Tail)
+	}
+	rc, err := d.c.ContainerLogs(ctx, id, opts)
+	if err != nil {
+		return nil, err
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := stdcopy.StdCopy(pw, pw, rc)
+		rc.Close()
+		pw.CloseWithError(err)
+	}()
+	return pr, nil
+}
+
 // Stop sends SIGTERM and, after grace, SIGKILL. A container that is
 // already gone counts as stopped.
 func (d *Docker) Stop(ctx context.Context, id string, grace time.Duration) error {

@@ -1,0 +1,163 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sprout-paas/sprout/runtime"
+)
+
+// Logs of containers that are gone are kept under the data dir, one file
+// per app and version, so that a user can still read why an earlier
+// version crashed. Each app's files are bounded together.
+
+// DefaultLogBytesPerApp bounds the kept logs of one app.
+const DefaultLogBytesPerApp = 50 << 20
+
+func logsDir(c Config, app string) string { return filepath.Join(c.DataDir, "logs", app) }
+
+func logFile(c Config, app, label string) string {
+	return filepath.Join(logsDir(c, app), label+".log")
+}
+
+// archiveLogs appends a container's output (with timestamps) to its
+// version's log file before the container is removed, then trims the app's
+// kept logs to their bound.
+func (a *Agent) archiveLogs(ctx context.Context, app, label, containerID string) {
+	rc, err := a.rt.LogStream(ctx, containerID, runtime.LogOptions{Timestamps: true})
+	if err != nil {
+		a.log.Warn("keep logs of a retired container", "app", app, "label", label, "error", err)
+		return
+	}
+	defer rc.Close()
+	if err := os.MkdirAll(logsDir(a.cfg, app), 0o700); err != nil {
+		return
+	}
+	f, err := os.OpenFile(logFile(a.cfg, app, label), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return
+	}
+	fmt.Fprintf(f, "%s ---- sprout: container %s of %s, kept after it was removed\n", time.Now().UTC().Format(time.RFC3339Nano), shortID(containerID), label)
+	io.Copy(f, io.LimitReader(rc, a.cfg.LogBytesPerApp))
+	f.Close()
+	a.trimLogs(app)
+}
+
+// trimLogs removes an app's oldest kept log files beyond its bound.
+func (a *Agent) trimLogs(app string) {
+	entries, err := os.ReadDir(logsDir(a.cfg, app))
+	if err != nil {
+		return
+	}
+	type file struct {
+		path string
+		size int64
+		mod  time.Time
+	}
+	var files []file
+	var total int64
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || !info.Mode().IsRegular() {
+			continue
+		}
+		files = append(files, file{filepath.Join(logsDir(a.cfg, app), e.Name()), info.Size(), info.ModTime()})
+		total += info.Size()
+	}
+	slices.SortFunc(files, func(x, y file) int { return x.mod.Compare(y.mod) })
+	for len(files) > 1 && total > a.cfg.LogBytesPerApp {
+		os.Remove(files[0].path)
+		total -= files[0].size
+		files = files[1:]
+	}
+}
+
+// LogRequest says which logs to show.
+type LogRequest struct {
+	App string
+	// Label is the version; empty for the serving one.
+	Label  string
+	Follow bool
+	Since  time.Time
+	Tail   int
+}
+
+// Logs writes an app's container output to w: the serving container's
+// (live, following it when asked), or the kept logs of an earlier version.
+func (a *Agent) Logs(ctx context.Context, req LogRequest, w io.Writer) error {
+	app, err := a.App(req.App)
+	if err != nil {
+		return err
+	}
+	label := req.Label
+	if label == "" {
+		label = app.Serving
+	}
+	if label == "" {
+		return fmt.Errorf("%w: %s has no serving version yet; name one with --label", ErrNotFound, req.App)
+	}
+	if label == app.Serving && app.ContainerID != "" {
+		rc, err := a.rt.LogStream(ctx, app.ContainerID, runtime.LogOptions{Follow: req.Follow, Since: req.Since, Tail: req.Tail})
+		if err == nil {
+			defer rc.Close()
+			_, err = io.Copy(w, rc)
+			if errors.Is(err, context.Canceled) || ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+	if req.Follow {
+		return fmt.Errorf("%w: %s is not running, so its logs cannot be followed; drop --follow to read what it wrote", ErrConflict, label)
+	}
+	f, err := os.Open(logFile(a.cfg, req.App, label))
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%w: no logs kept for %s of %s (they are kept once a version's container is removed, up to %d MiB per app)", ErrNotFound, label, req.App, a.cfg.LogBytesPerApp>>20)
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return copyLogLines(f, w, req.Since, req.Tail)
+}
+
+// copyLogLines copies timestamped lines written at or after since (all
+// when zero), only the last tail when tail > 0.
+func copyLogLines(r io.Reader, w io.Writer, since time.Time, tail int) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	var ring []string
+	for sc.Scan() {
+		line := sc.Text()
+		if !since.IsZero() {
+			stamp, _, _ := strings.Cut(line, " ")
+			if t, err := time.Parse(time.RFC3339Nano, stamp); err == nil && t.Before(since) {
+				continue
+			}
+		}
+		if tail <= 0 {
+			if _, err := fmt.Fprintln(w, line); err != nil {
+				return err
+			}
+			continue
+		}
+		ring = append(ring, line)
+		if len(ring) > tail {
+			ring = ring[1:]
+		}
+	}
+	for _, line := range ring {
+		if _, err := fmt.Fprintln(w, line); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
+}
