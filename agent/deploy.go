@@ -150,15 +150,19 @@ func (a *Agent) Deploy(ctx context.Context, req DeployRequest, p Progress) (*sto
 		return nil, err
 	}
 	a.event(req.App, label, "deploy", "deploy of %s started (from %s)", label, req.Source)
-	d := &deployment{a: a, op: "deploy", app: &next, prev: app, v: v, p: p, start: time.Now(), steps: v.Steps}
+	tr := a.newTranscript(p, req.App, label)
+	d := &deployment{a: a, op: "deploy", app: &next, prev: app, v: v, p: tr, start: time.Now(), steps: v.Steps}
 
 	err = d.prepare(ctx, req.BundlePath)
 	if err == nil {
 		err = d.rollout(ctx, next.Env)
 	}
 	if err != nil {
-		return v, d.fail(err)
+		err = d.fail(err)
+		tr.close("deploy failed: " + err.Error())
+		return v, err
 	}
+	tr.close("serving")
 	a.event(req.App, label, "deploy", "%s is serving on port %d (deploy took %s)", label, next.Port, time.Since(d.start).Round(time.Millisecond))
 	return v, nil
 }

@@ -28,6 +28,67 @@ func logFile(c Config, app, label string) string {
 	return filepath.Join(logsDir(c, app), label+".log")
 }
 
+func buildLogFile(c Config, app, label string) string {
+	return filepath.Join(logsDir(c, app), label+".deploy.log")
+}
+
+// maxBuildLog bounds the kept transcript of one deploy.
+const maxBuildLog = 4 << 20
+
+// transcript tees a deploy's progress into the version's deploy log, so
+// that its build output can be read later (`sprout versions --build-log`).
+type transcript struct {
+	Progress
+	f       *os.File
+	written int64
+}
+
+func (a *Agent) newTranscript(p Progress, app, label string) *transcript {
+	t := &transcript{Progress: p}
+	if err := os.MkdirAll(logsDir(a.cfg, app), 0o700); err == nil {
+		t.f, _ = os.OpenFile(buildLogFile(a.cfg, app, label), os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	}
+	return t
+}
+
+func (t *transcript) write(s string) {
+	if t.f == nil || t.written > maxBuildLog {
+		return
+	}
+	n, _ := fmt.Fprintf(t.f, "%s %s\n", time.Now().UTC().Format("15:04:05.000"), s)
+	t.written += int64(n)
+}
+
+// Step implements Progress.
+func (t *transcript) Step(name string) { t.write("==> " + name); t.Progress.Step(name) }
+
+// Line implements Progress.
+func (t *transcript) Line(text string) { t.write("    " + text); t.Progress.Line(text) }
+
+func (t *transcript) close(result string) {
+	if t.f != nil {
+		t.write(result)
+		t.f.Close()
+	}
+}
+
+// BuildLog writes the transcript of a version's deploy to w.
+func (a *Agent) BuildLog(app, label string, w io.Writer) error {
+	if _, err := a.store.Version(app, label); err != nil {
+		return fmt.Errorf("version %s of %s: %w", label, app, err)
+	}
+	f, err := os.Open(buildLogFile(a.cfg, app, label))
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%w: the deploy log of %s was not kept or was trimmed (container.kept_logs_per_app)", ErrNotFound, label)
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(w, f)
+	return err
+}
+
 // archiveLogs appends a container's output (with timestamps) to its
 // version's log file before the container is removed, then trims the app's
 // kept logs to their bound.

@@ -182,6 +182,21 @@ func (c *Client) Events(ctx context.Context, app string, limit int) ([]store.Eve
 	return out, c.get(ctx, "/events", q, &out)
 }
 
+// BuildLog copies the transcript of a version's deploy to w.
+func (c *Client) BuildLog(ctx context.Context, app, label string, w io.Writer) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url("/apps/"+url.PathEscape(app)+"/versions/"+url.PathEscape(label)+"/deploy-log", nil), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(w, resp.Body)
+	return err
+}
+
 // Logs copies an app's logs to w (q: label, since, tail, follow=1), until
 // they end or ctx does.
 func (c *Client) Logs(ctx context.Context, app string, q url.Values, w io.Writer) error {

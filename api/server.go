@@ -41,6 +41,7 @@ func NewServer(ag *agent.Agent, version string, logger *slog.Logger) *Server {
 	s.mux.HandleFunc("GET "+p+"/apps/{app}/env", s.env)
 	s.mux.HandleFunc("POST "+p+"/apps/{app}/env", s.setenv)
 	s.mux.HandleFunc("GET "+p+"/apps/{app}/logs", s.logs)
+	s.mux.HandleFunc("GET "+p+"/apps/{app}/versions/{label}/deploy-log", s.buildLog)
 	s.mux.HandleFunc("GET "+p+"/events", s.events)
 	return s
 }
@@ -203,6 +204,13 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		fmt.Fprintf(fw, "\nsprout: %v\n", err)
+	}
+}
+
+func (s *Server) buildLog(w http.ResponseWriter, r *http.Request) {
+	fw := &flushWriter{w: w}
+	if err := s.agent.BuildLog(r.PathValue("app"), r.PathValue("label"), fw); err != nil && !fw.started {
+		writeError(w, err)
 	}
 }
 

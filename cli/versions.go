@@ -8,8 +8,8 @@ import (
 )
 
 func newVersionsCommand(c *cli) *cobra.Command {
-	var app string
-	var asJSON bool
+	var app, label string
+	var asJSON, buildLog bool
 	cmd := &cobra.Command{
 		Use:   "versions",
 		Short: "List an app's versions: when deployed, which serves, which failed and why",
@@ -18,6 +18,12 @@ func newVersionsCommand(c *cli) *cobra.Command {
 			client, err := c.client(cmd)
 			if err != nil {
 				return err
+			}
+			if buildLog {
+				if label == "" {
+					return fmt.Errorf("--build-log needs --label")
+				}
+				return client.BuildLog(cmd.Context(), app, label, c.out)
 			}
 			vs, err := client.Versions(cmd.Context(), app)
 			if err != nil {
@@ -49,6 +55,8 @@ func newVersionsCommand(c *cli) *cobra.Command {
 	cmd.Flags().StringVar(&app, "app", "", "the app (required)")
 	cmd.MarkFlagRequired("app")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (with each version's full error and step timings)")
+	cmd.Flags().StringVar(&label, "label", "", "one version, with --build-log")
+	cmd.Flags().BoolVar(&buildLog, "build-log", false, "print the whole output of the version's deploy (build, health checks, result)")
 	return cmd
 }
 

@@ -354,3 +354,36 @@ func TestLogs(t *testing.T) {
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
 	waitFor(t, pr, "v2 listening")
 }
+
+// TestDeployHistory reads a version's deploy output back, and follows
+// events while a deploy happens.
+func TestDeployHistory(t *testing.T) {
+	a := startAgent(t)
+	app, port := testenv.Name("hist"), testenv.FreePort(t)
+
+	cmd := exec.Command(a.bin, "events", "--app", app, "--follow")
+	cmd.Env = a.env
+	pr, pw := io.Pipe()
+	cmd.Stdout = pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+
+	a.mustSprout("deploy", testenv.Bundle(t, ""), "--app", app, "--label", "v1", "--port", fmt.Sprint(port))
+	waitFor(t, pr, "v1 is serving on port")
+	go io.Copy(io.Discard, pr)
+
+	a.sprout("deploy", testenv.Bundle(t, "FROM scratch\nCOPY nothing-here /x\nEXPOSE 8080\n"), "--app", app, "--label", "broken")
+	for label, want := range map[string][]string{
+		"v1":     {"==> build", "Step 1/", "==> health", "check 1", "serving"},
+		"broken": {"==> build", "COPY nothing-here", "deploy failed"},
+	} {
+		out := a.mustSprout("versions", "--app", app, "--label", label, "--build-log")
+		for _, w := range want {
+			if !strings.Contains(out, w) {
+				t.Errorf("deploy log of %s lacks %q:\n%s", label, w, out)
+			}
+		}
+	}
+}
