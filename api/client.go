@@ -184,23 +184,18 @@ func (c *Client) Events(ctx context.Context, app string, limit int) ([]store.Eve
 
 // BuildLog copies the transcript of a version's deploy to w.
 func (c *Client) BuildLog(ctx context.Context, app, label string, w io.Writer) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url("/apps/"+url.PathEscape(app)+"/versions/"+url.PathEscape(label)+"/deploy-log", nil), nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	_, err = io.Copy(w, resp.Body)
-	return err
+	return c.copyText(ctx, "/apps/"+url.PathEscape(app)+"/versions/"+url.PathEscape(label)+"/deploy-log", nil, w)
 }
 
 // Logs copies an app's logs to w (q: label, since, tail, follow=1), until
 // they end or ctx does.
 func (c *Client) Logs(ctx context.Context, app string, q url.Values, w io.Writer) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url("/apps/"+url.PathEscape(app)+"/logs", q), nil)
+	return c.copyText(ctx, "/apps/"+url.PathEscape(app)+"/logs", q, w)
+}
+
+// copyText copies a plain-text answer to w as it arrives.
+func (c *Client) copyText(ctx context.Context, path string, q url.Values, w io.Writer) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url(path, q), nil)
 	if err != nil {
 		return err
 	}

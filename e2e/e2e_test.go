@@ -107,6 +107,22 @@ func (a *agentProc) sprout(args ...string) (string, string, int) {
 	return out.String(), errOut.String(), code
 }
 
+// background runs a CLI command that does not end by itself (--follow)
+// until the test ends, and returns its output as it comes.
+func (a *agentProc) background(args ...string) io.Reader {
+	a.t.Helper()
+	cmd := exec.Command(a.bin, args...)
+	cmd.Env = a.env
+	pr, pw := io.Pipe()
+	cmd.Stdout = pw
+	if err := cmd.Start(); err != nil {
+		a.t.Fatal(err)
+	}
+	// Closing the reader first unblocks a pending write, so Wait returns.
+	a.t.Cleanup(func() { pr.Close(); cmd.Process.Kill(); cmd.Wait() })
+	return pr
+}
+
 func (a *agentProc) mustSprout(args ...string) string {
 	a.t.Helper()
 	out, errOut, code := a.sprout(args...)
@@ -344,15 +360,7 @@ func TestLogs(t *testing.T) {
 		t.Errorf("--follow of a removed container: %d %s", code, stderr)
 	}
 	// --follow on the serving version prints new lines as they come.
-	cmd := exec.Command(a.bin, "logs", "--app", app, "--follow", "--tail", "1")
-	cmd.Env = a.env
-	pr, pw := io.Pipe()
-	cmd.Stdout = pw
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	waitFor(t, pr, "v2 listening")
+	waitFor(t, a.background("logs", "--app", app, "--follow", "--tail", "1"), "v2 listening")
 }
 
 // TestDeployHistory reads a version's deploy output back, and follows
@@ -361,14 +369,7 @@ func TestDeployHistory(t *testing.T) {
 	a := startAgent(t)
 	app, port := testenv.Name("hist"), testenv.FreePort(t)
 
-	cmd := exec.Command(a.bin, "events", "--app", app, "--follow")
-	cmd.Env = a.env
-	pr, pw := io.Pipe()
-	cmd.Stdout = pw
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	pr := a.background("events", "--app", app, "--follow")
 
 	a.mustSprout("deploy", testenv.Bundle(t, ""), "--app", app, "--label", "v1", "--port", fmt.Sprint(port))
 	waitFor(t, pr, "v1 is serving on port")
