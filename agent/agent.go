@@ -39,6 +39,8 @@ type Runtime interface {
 	Container(ctx context.Context, id string) (*runtime.Container, error)
 	State(ctx context.Context, id string) (runtime.State, error)
 	Logs(ctx context.Context, id string, tail int) (string, error)
+	Restart(ctx context.Context, id string, grace time.Duration) error
+	Usage(ctx context.Context, id string) (runtime.Usage, error)
 	LogStream(ctx context.Context, id string, o runtime.LogOptions) (io.ReadCloser, error)
 	Stop(ctx context.Context, id string, grace time.Duration) error
 	Remove(ctx context.Context, id string) error
@@ -63,6 +65,13 @@ type Metrics interface {
 	Step(app, step string, d time.Duration)
 	// Serving records the label an app serves.
 	Serving(app, label string)
+	// Check counts a health check of a serving container.
+	Check(app string, ok bool, took time.Duration)
+	// Usage records a serving container's CPU (share of one CPU), memory
+	// and restart count.
+	Usage(app string, cpu float64, memory uint64, restarts int)
+	// Status records an app's health status.
+	Status(app, status string)
 }
 
 type nopMetrics struct{}
@@ -70,6 +79,9 @@ type nopMetrics struct{}
 func (nopMetrics) DeployDone(string, string, string)  {}
 func (nopMetrics) Step(string, string, time.Duration) {}
 func (nopMetrics) Serving(string, string)             {}
+func (nopMetrics) Check(string, bool, time.Duration)  {}
+func (nopMetrics) Usage(string, float64, uint64, int) {}
+func (nopMetrics) Status(string, string)              {}
 
 var (
 	_ Runtime = (*runtime.Docker)(nil)
@@ -102,6 +114,13 @@ type Config struct {
 	LogMaxFiles string
 	// LogBytesPerApp bounds the logs kept of an app's removed containers.
 	LogBytesPerApp int64
+	// MonitorInterval is how often serving containers are checked.
+	MonitorInterval time.Duration
+	// RestartAfter is how many failed checks in a row restart a serving
+	// container; 0 never restarts.
+	RestartAfter int
+	// Rules set the thresholds of the enhanced-health statuses.
+	Rules health.Rules
 }
 
 // Defaults for Config.
@@ -129,6 +148,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxUploadBytes <= 0 {
 		c.MaxUploadBytes = DefaultMaxUploadBytes
+	}
+	if c.MonitorInterval <= 0 {
+		c.MonitorInterval = DefaultMonitorInterval
+	}
+	if c.RestartAfter < 0 {
+		c.RestartAfter = 0
+	}
+	if c.Rules == (health.Rules{}) {
+		c.Rules = health.DefaultRules
 	}
 	if c.LogBytesPerApp <= 0 {
 		c.LogBytesPerApp = DefaultLogBytesPerApp
@@ -168,17 +196,24 @@ type Agent struct {
 	router  Router
 	store   *store.Store
 	metrics Metrics
+	tracker *health.Tracker
 	log     *slog.Logger
 	id      string
 
-	mu    sync.Mutex
-	locks map[string]chan struct{}
+	mu     sync.Mutex
+	locks  map[string]chan struct{}
+	health map[string]*appHealth
+	busy   map[string]int
 }
 
-// New returns an agent. Call Start before serving requests. m may be nil.
-func New(cfg Config, rt Runtime, router Router, st *store.Store, m Metrics, logger *slog.Logger) (*Agent, error) {
+// New returns an agent. Call Start before serving requests. m may be nil;
+// tracker, when not nil, is the proxy's request windows.
+func New(cfg Config, rt Runtime, router Router, st *store.Store, m Metrics, tracker *health.Tracker, logger *slog.Logger) (*Agent, error) {
 	if m == nil {
 		m = nopMetrics{}
+	}
+	if tracker == nil {
+		tracker = health.NewTracker()
 	}
 	cfg = cfg.withDefaults()
 	id, err := st.Meta("agent_id", func() string { return randomID(6) })
@@ -190,7 +225,8 @@ func New(cfg Config, rt Runtime, router Router, st *store.Store, m Metrics, logg
 			return nil, err
 		}
 	}
-	return &Agent{cfg: cfg, rt: rt, router: router, store: st, metrics: m, log: logger, id: id, locks: map[string]chan struct{}{}}, nil
+	return &Agent{cfg: cfg, rt: rt, router: router, store: st, metrics: m, tracker: tracker, log: logger, id: id,
+		locks: map[string]chan struct{}{}, health: map[string]*appHealth{}, busy: map[string]int{}}, nil
 }
 
 // ID is this agent's identity, written on every container it owns.
@@ -219,6 +255,30 @@ func randomID(n int) string {
 // lock serialises operations on one app. With noWait, a busy app is
 // refused with ErrBusy; otherwise the caller hears that it waits.
 func (a *Agent) lock(ctx context.Context, app string, noWait bool, p Progress) (func(), error) {
+	unlock, err := a.waitLock(ctx, app, noWait, p)
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	a.busy[app]++
+	a.mu.Unlock()
+	return func() {
+		a.mu.Lock()
+		a.busy[app]--
+		a.mu.Unlock()
+		unlock()
+	}, nil
+}
+
+// deploying tells whether an operation (deploy, rollback, setenv,
+// recover) of app is running.
+func (a *Agent) deploying(app string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.busy[app] > 0
+}
+
+func (a *Agent) waitLock(ctx context.Context, app string, noWait bool, p Progress) (func(), error) {
 	if unlock, ok := a.tryLock(app); ok {
 		return unlock, nil
 	}

@@ -376,26 +376,7 @@ func containerEnv(env map[string]string, app, label string, port int) []string {
 func (d *deployment) waitHealthy(ctx context.Context, c *runtime.Container) error {
 	a := d.a
 	s := a.HealthSettings(d.app)
-	var probe health.Prober
-	var what string
-	switch {
-	case s.Path != "":
-		probe, what = health.NewHTTP(c.Addr, s.Path), "GET "+s.Path+" answers 2xx/3xx"
-	case d.v.HasHealthcheck:
-		probe = health.Func(func(ctx context.Context) error {
-			st, err := a.rt.State(ctx, c.ID)
-			if err != nil {
-				return err
-			}
-			if st.Health != "healthy" {
-				return fmt.Errorf("the image's HEALTHCHECK says %s", st.Health)
-			}
-			return nil
-		})
-		what = "the image's HEALTHCHECK passes"
-	default:
-		probe, what = health.TCP{Addr: c.Addr}, fmt.Sprintf("port %d accepts connections", d.v.ContainerPort)
-	}
+	probe, what := a.probeFor(s, d.v.HasHealthcheck, c.ID, c.Addr, d.v.ContainerPort)
 	d.linef("waiting until %s %d times in a row (every %s, deadline %s)", what, s.HealthyThreshold, s.Interval, s.Deadline)
 	started := time.Now()
 	n := 0

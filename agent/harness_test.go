@@ -74,7 +74,7 @@ func (h *harness) start() {
 	}
 	log := slog.New(slog.NewTextHandler(h.logs, nil))
 	h.px = proxy.New(proxy.Options{BindAddress: "127.0.0.1", UpstreamTimeout: 30 * time.Second}, log)
-	h.ag, err = agent.New(testConfig(h.dataDir), h.docker, h.px, st, nil, log)
+	h.ag, err = agent.New(testConfig(h.dataDir), h.docker, h.px, st, nil, nil, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"os"
 	"syscall"
 
+	"github.com/sprout-paas/sprout/agent"
 	"github.com/sprout-paas/sprout/store"
 )
 
@@ -170,6 +171,16 @@ func (c *Client) Env(ctx context.Context, app string, show bool) (Env, error) {
 	}
 	var out Env
 	return out, c.get(ctx, "/apps/"+url.PathEscape(app)+"/env", q, &out)
+}
+
+// Health returns the enhanced health of one app, or of all when app is "".
+func (c *Client) Health(ctx context.Context, app string) ([]agent.Report, error) {
+	q := url.Values{}
+	if app != "" {
+		q.Set("app", app)
+	}
+	var out []agent.Report
+	return out, c.get(ctx, "/health", q, &out)
 }
 
 // Events lists recent events.

@@ -43,6 +43,7 @@ func NewServer(ag *agent.Agent, version string, logger *slog.Logger) *Server {
 	s.mux.HandleFunc("GET "+p+"/apps/{app}/logs", s.logs)
 	s.mux.HandleFunc("GET "+p+"/apps/{app}/versions/{label}/deploy-log", s.buildLog)
 	s.mux.HandleFunc("GET "+p+"/events", s.events)
+	s.mux.HandleFunc("GET "+p+"/health", s.health)
 	return s
 }
 
@@ -223,6 +224,29 @@ func parseSince(v string) (time.Time, error) {
 		return t, nil
 	}
 	return time.Time{}, fmt.Errorf("%w: since=%q is neither a duration like 10m nor a time like 2026-01-02T15:04:05Z", agent.ErrInvalid, v)
+}
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	var apps []*store.App
+	if name := r.URL.Query().Get("app"); name != "" {
+		app, err := s.agent.App(name)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		apps = []*store.App{app}
+	} else {
+		var err error
+		if apps, err = s.agent.Apps(); err != nil {
+			writeError(w, err)
+			return
+		}
+	}
+	out := make([]agent.Report, 0, len(apps))
+	for _, app := range apps {
+		out = append(out, s.agent.Health(r.Context(), app))
+	}
+	writeJSON(w, 200, out)
 }
 
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sprout-paas/sprout/agent"
 	"github.com/sprout-paas/sprout/api"
+	"github.com/sprout-paas/sprout/health"
 	"github.com/sprout-paas/sprout/metrics"
 	"github.com/sprout-paas/sprout/proxy"
 	"github.com/sprout-paas/sprout/runtime"
@@ -67,9 +68,10 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 	}
 	defer docker.Close()
 	m := metrics.New(func() float64 { return float64(st.Size()) })
-	cfg.Proxy.Observer = m
+	tracker := health.NewTracker()
+	cfg.Proxy.Observer = proxy.Observers(m, tracker)
 	px := proxy.New(cfg.Proxy, log.With("component", "proxy"))
-	ag, err := agent.New(cfg.Agent, docker, px, st, m, log.With("component", "agent"))
+	ag, err := agent.New(cfg.Agent, docker, px, st, m, tracker, log.With("component", "agent"))
 	if err != nil {
 		return err
 	}
@@ -92,6 +94,7 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 		return err
 	}
 	go ag.Watch(ctx)
+	go ag.Monitor(ctx)
 	srv := &http.Server{Handler: api.NewServer(ag, Version, log.With("component", "api")), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()

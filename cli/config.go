@@ -26,33 +26,46 @@ const DefaultConfigFile = "/etc/sprout/agent.yaml"
 // defaults is every configuration key with its default value. A key
 // missing here is refused in a config file.
 var defaults = map[string]any{
-	"data_dir":                    "/var/lib/sprout",
-	"socket":                      "/run/sprout/sprout.sock",
-	"log_level":                   "info",
-	"log_format":                  "json",
-	"metrics.address":             "127.0.0.1:9273",
-	"proxy.bind_address":          "",
-	"proxy.max_body_bytes":        "100MiB",
-	"proxy.upstream_timeout":      "60s",
-	"proxy.idle_timeout":          "120s",
-	"proxy.access_log":            true,
-	"deploy.keep_versions":        agent.DefaultKeepVersions,
-	"deploy.drain_timeout":        "30s",
-	"deploy.stream_grace":         "5s",
-	"deploy.stop_grace":           "10s",
-	"deploy.default_port":         agent.DefaultPort,
-	"bundle.max_upload_bytes":     "512MiB",
-	"bundle.max_bytes":            "1GiB",
-	"bundle.max_files":            bundle.DefaultMaxFiles,
-	"bundle.max_ratio":            bundle.DefaultMaxRatio,
-	"health.interval":             "500ms",
-	"health.timeout":              "2s",
-	"health.healthy_threshold":    health.DefaultHealthyThreshold,
-	"health.grace":                "0s",
-	"health.deadline":             "5m",
-	"container.log_max_size":      "10m",
-	"container.log_max_files":     3,
-	"container.kept_logs_per_app": "50MiB",
+	"data_dir":                          "/var/lib/sprout",
+	"socket":                            "/run/sprout/sprout.sock",
+	"log_level":                         "info",
+	"log_format":                        "json",
+	"metrics.address":                   "127.0.0.1:9273",
+	"proxy.bind_address":                "",
+	"proxy.max_body_bytes":              "100MiB",
+	"proxy.upstream_timeout":            "60s",
+	"proxy.idle_timeout":                "120s",
+	"proxy.access_log":                  true,
+	"deploy.keep_versions":              agent.DefaultKeepVersions,
+	"deploy.drain_timeout":              "30s",
+	"deploy.stream_grace":               "5s",
+	"deploy.stop_grace":                 "10s",
+	"deploy.default_port":               agent.DefaultPort,
+	"bundle.max_upload_bytes":           "512MiB",
+	"bundle.max_bytes":                  "1GiB",
+	"bundle.max_files":                  bundle.DefaultMaxFiles,
+	"bundle.max_ratio":                  bundle.DefaultMaxRatio,
+	"health.interval":                   "500ms",
+	"health.timeout":                    "2s",
+	"health.healthy_threshold":          health.DefaultHealthyThreshold,
+	"health.grace":                      "0s",
+	"health.deadline":                   "5m",
+	"health.monitor_interval":           "5s",
+	"health.restart_after":              agent.DefaultRestartAfter,
+	"health.rules.window":               "5m",
+	"health.rules.min_requests":         10,
+	"health.rules.warning_5xx":          0.01,
+	"health.rules.degraded_5xx":         0.05,
+	"health.rules.severe_5xx":           0.10,
+	"health.rules.warning_4xx":          0.25,
+	"health.rules.warning_p99":          "2s",
+	"health.rules.restart_window":       "10m",
+	"health.rules.warning_restarts":     1,
+	"health.rules.degraded_restarts":    3,
+	"health.rules.severe_check_failing": "30s",
+	"container.log_max_size":            "10m",
+	"container.log_max_files":           3,
+	"container.kept_logs_per_app":       "50MiB",
 }
 
 // AgentConfig is everything `sprout agent` needs, typed and checked.
@@ -163,6 +176,15 @@ func (r *configReader) integer(key string, min, max int) int {
 	return n
 }
 
+func (r *configReader) share(key string) float64 {
+	s := r.str(key)
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f < 0 || f > 1 {
+		r.fail(key, "%q must be a share between 0 and 1 (0.05 is 5%%)", s)
+	}
+	return f
+}
+
 func (r *configReader) boolean(key string) bool {
 	s := r.str(key)
 	b, err := strconv.ParseBool(s)
@@ -218,9 +240,24 @@ func LoadAgentConfig(flags *pflag.FlagSet) (*AgentConfig, error) {
 			Grace:            r.duration("health.grace"),
 			Deadline:         r.duration("health.deadline"),
 		},
-		LogMaxSize:     r.str("container.log_max_size"),
-		LogMaxFiles:    strconv.Itoa(r.integer("container.log_max_files", 1, 100)),
-		LogBytesPerApp: r.size("container.kept_logs_per_app"),
+		LogMaxSize:      r.str("container.log_max_size"),
+		LogMaxFiles:     strconv.Itoa(r.integer("container.log_max_files", 1, 100)),
+		LogBytesPerApp:  r.size("container.kept_logs_per_app"),
+		MonitorInterval: r.duration("health.monitor_interval"),
+		RestartAfter:    r.integer("health.restart_after", 0, 1000),
+		Rules: health.Rules{
+			Window:             r.duration("health.rules.window"),
+			MinRequests:        int64(r.integer("health.rules.min_requests", 1, 1_000_000)),
+			Warning5xx:         r.share("health.rules.warning_5xx"),
+			Degraded5xx:        r.share("health.rules.degraded_5xx"),
+			Severe5xx:          r.share("health.rules.severe_5xx"),
+			Warning4xx:         r.share("health.rules.warning_4xx"),
+			WarningP99:         r.duration("health.rules.warning_p99"),
+			RestartWindow:      r.duration("health.rules.restart_window"),
+			WarningRestarts:    r.integer("health.rules.warning_restarts", 0, 1000),
+			DegradedRestarts:   r.integer("health.rules.degraded_restarts", 1, 1000),
+			SevereCheckFailing: r.duration("health.rules.severe_check_failing"),
+		},
 	}
 	if _, err := units.RAMInBytes(c.Agent.LogMaxSize); err != nil {
 		r.fail("container.log_max_size", "%q is not a size like 10m", c.Agent.LogMaxSize)
@@ -234,6 +271,13 @@ func LoadAgentConfig(flags *pflag.FlagSet) (*AgentConfig, error) {
 	if r.err == nil {
 		if err := c.Agent.Health.Validate(); err != nil {
 			r.fail("health", "%v", err)
+		}
+		rules := c.Agent.Rules
+		if rules.Window < 10*time.Second || rules.Window > 5*time.Minute {
+			r.fail("health.rules.window", "%s must be between 10s and 5m", rules.Window)
+		}
+		if !(rules.Warning5xx <= rules.Degraded5xx && rules.Degraded5xx <= rules.Severe5xx) {
+			r.fail("health.rules", "warning_5xx <= degraded_5xx <= severe_5xx must hold")
 		}
 	}
 	if r.err != nil {

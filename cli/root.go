@@ -66,6 +66,7 @@ Run 'sprout agent' on the host, then 'sprout deploy app.zip'.`,
 		newPrintenvCommand(c),
 		newEventsCommand(c),
 		newLogsCommand(c),
+		newHealthCommand(c),
 	)
 	return root
 }

@@ -108,12 +108,15 @@ func (w *Window) Stats(span time.Duration) Stats {
 	n := int64(math.Ceil(float64(span) / float64(bucketSpan)))
 	n = min(max(n, 1), windowBuckets-1)
 	var st Stats
-	st.Span = time.Duration(n-1)*bucketSpan + time.Duration(now.UnixNano()%int64(bucketSpan))
 	var lat [latencyBuckets + 1]int64
+	first := int64(-1)
 	for e := cur - n + 1; e <= cur; e++ {
 		b := &w.buckets[e%windowBuckets]
 		if b.epoch.Load() != e {
 			continue
+		}
+		if first < 0 {
+			first = e
 		}
 		for i := range b.classes {
 			c := b.classes[i].Load()
@@ -123,6 +126,11 @@ func (w *Window) Stats(span time.Duration) Stats {
 		for i := range b.latency {
 			lat[i] += b.latency[i].Load()
 		}
+	}
+	// The span runs from the oldest bucket with data, so that the rate of
+	// a new app is not diluted over minutes it did not exist.
+	if first >= 0 {
+		st.Span = now.Sub(time.Unix(0, first*int64(bucketSpan)))
 	}
 	var total int64
 	for _, c := range lat {

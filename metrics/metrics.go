@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sprout-paas/sprout/health"
 	"github.com/sprout-paas/sprout/proxy"
 )
 
@@ -28,6 +29,13 @@ type Metrics struct {
 	steps       *prometheus.HistogramVec
 	serving     *prometheus.GaugeVec
 	lastSuccess *prometheus.GaugeVec
+
+	status   *prometheus.GaugeVec
+	checks   *prometheus.CounterVec
+	checkDur *prometheus.HistogramVec
+	cpu      *prometheus.GaugeVec
+	memory   *prometheus.GaugeVec
+	restarts *prometheus.GaugeVec
 }
 
 // New returns metrics on a fresh registry with the Go and process
@@ -66,7 +74,27 @@ func New(storeSize func() float64) *Metrics {
 	m.lastSuccess = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "sprout_deploy_last_success_timestamp_seconds", Help: "When each app last started serving a version.",
 	}, []string{"app"})
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.inFlight, m.bytes, m.upstreamErrors, m.deploys, m.steps, m.serving, m.lastSuccess} {
+	m.status = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "sprout_app_health_status", Help: "1 for each app's enhanced-health status (Ok, Warning, Degraded, Severe, ...), 0 for the others.",
+	}, []string{"app", "status"})
+	m.checks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sprout_health_checks_total", Help: "Health checks of serving containers, by result (pass, fail).",
+	}, []string{"app", "result"})
+	m.checkDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "sprout_health_check_duration_seconds", Help: "Latency of health checks of serving containers.",
+		Buckets: []float64{.001, .005, .01, .05, .1, .5, 1, 2.5, 5},
+	}, []string{"app"})
+	m.cpu = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "sprout_container_cpu_ratio", Help: "CPU used by the serving container, in CPUs (1 = one full CPU).",
+	}, []string{"app"})
+	m.memory = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "sprout_container_memory_bytes", Help: "Memory used by the serving container, as docker stats shows it.",
+	}, []string{"app"})
+	m.restarts = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "sprout_container_restarts", Help: "Times the engine restarted the serving container.",
+	}, []string{"app"})
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.inFlight, m.bytes, m.upstreamErrors, m.deploys, m.steps, m.serving, m.lastSuccess,
+		m.status, m.checks, m.checkDur, m.cpu, m.memory, m.restarts} {
 		f(c)
 	}
 	if storeSize != nil {
@@ -156,6 +184,34 @@ func (m *Metrics) Serving(app, label string) {
 	m.serving.DeletePartialMatch(prometheus.Labels{"app": app})
 	m.serving.WithLabelValues(app, label).Set(1)
 	m.lastSuccess.WithLabelValues(app).Set(float64(time.Now().Unix()))
+}
+
+// Check counts a health check of a serving container.
+func (m *Metrics) Check(app string, ok bool, took time.Duration) {
+	result := "fail"
+	if ok {
+		result = "pass"
+	}
+	m.checks.WithLabelValues(app, result).Inc()
+	m.checkDur.WithLabelValues(app).Observe(took.Seconds())
+}
+
+// Usage records a serving container's resource use.
+func (m *Metrics) Usage(app string, cpu float64, memory uint64, restarts int) {
+	m.cpu.WithLabelValues(app).Set(cpu)
+	m.memory.WithLabelValues(app).Set(float64(memory))
+	m.restarts.WithLabelValues(app).Set(float64(restarts))
+}
+
+// Status records an app's health status: 1 for it, 0 for the others.
+func (m *Metrics) Status(app, status string) {
+	for _, s := range health.AllStatuses {
+		v := 0.0
+		if s == status {
+			v = 1
+		}
+		m.status.WithLabelValues(app, s).Set(v)
+	}
 }
 
 var _ proxy.Observer = (*Metrics)(nil)

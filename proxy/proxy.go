@@ -346,3 +346,36 @@ func (p *Proxy) Shutdown(ctx context.Context) {
 	}
 	wg.Wait()
 }
+
+// Observers returns one observer that tells each of obs.
+func Observers(obs ...Observer) Observer { return multiObserver(obs) }
+
+type multiObserver []Observer
+
+func (m multiObserver) App(app string) AppObserver {
+	out := make(multiAppObserver, len(m))
+	for i, o := range m {
+		out[i] = o.App(app)
+	}
+	return out
+}
+
+type multiAppObserver []AppObserver
+
+func (m multiAppObserver) Start() {
+	for _, o := range m {
+		o.Start()
+	}
+}
+
+func (m multiAppObserver) Done(method string, status int, took time.Duration, bytes int64) {
+	for _, o := range m {
+		o.Done(method, status, took, bytes)
+	}
+}
+
+func (m multiAppObserver) UpstreamError(kind string) {
+	for _, o := range m {
+		o.UpstreamError(kind)
+	}
+}

@@ -7,6 +7,7 @@ package runtime
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -405,6 +406,39 @@ func (d *Docker) LogStream(ctx context.Context, id string, o LogOptions) (io.Rea
 		pw.CloseWithError(err)
 	}()
 	return pr, nil
+}
+
+// Restart stops (SIGTERM, then SIGKILL after grace) and starts a container.
+func (d *Docker) Restart(ctx context.Context, id string, grace time.Duration) error {
+	secs := int(grace.Seconds())
+	return d.c.ContainerRestart(ctx, id, container.StopOptions{Timeout: &secs})
+}
+
+// Usage is a sample of a container's resource use.
+type Usage struct {
+	// CPU and System are cumulative nanoseconds of the container's and the
+	// host's CPU time; CPUs is the number of online CPUs.
+	CPU, System uint64
+	CPUs        uint32
+	Memory      uint64
+}
+
+// Usage samples a container's CPU and memory use once.
+func (d *Docker) Usage(ctx context.Context, id string) (Usage, error) {
+	r, err := d.c.ContainerStatsOneShot(ctx, id)
+	if err != nil {
+		return Usage{}, err
+	}
+	defer r.Body.Close()
+	var st container.StatsResponse
+	if err := json.NewDecoder(r.Body).Decode(&st); err != nil {
+		return Usage{}, err
+	}
+	mem := st.MemoryStats.Usage
+	if cache, ok := st.MemoryStats.Stats["inactive_file"]; ok && cache < mem {
+		mem -= cache // as docker stats shows it
+	}
+	return Usage{CPU: st.CPUStats.CPUUsage.TotalUsage, System: st.CPUStats.SystemUsage, CPUs: st.CPUStats.OnlineCPUs, Memory: mem}, nil
 }
 
 // Stop sends SIGTERM and, after grace, SIGKILL. A container that is

@@ -42,8 +42,18 @@ func main() {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%s %s", version, os.Getenv("GREETING"))
 	})
+	booted := time.Now()
+	failAfter, _ := time.ParseDuration(os.Getenv("APP_HEALTH_FAIL_AFTER"))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if failAfter > 0 && time.Since(booted) > failAfter {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
 		w.WriteHeader(healthStatus)
+	})
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
+		code, _ := strconv.Atoi(r.URL.Query().Get("code"))
+		w.WriteHeader(code)
 	})
 	mux.HandleFunc("/env", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, os.Getenv(r.URL.Query().Get("k")))
