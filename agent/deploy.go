@@ -198,6 +198,7 @@ func (d *deployment) begin(step string) {
 	d.end()
 	d.step, d.stepAt = step, time.Now()
 	d.p.Step(step)
+	d.a.event(d.app.Name, d.v.Label, "step", "%s of %s: %s", d.op, d.v.Label, step)
 }
 
 func (d *deployment) end() {
