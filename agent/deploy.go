@@ -301,12 +301,15 @@ func (d *deployment) rollout(ctx context.Context, env map[string]string) error {
 		return err
 	}
 
-	// From here on the new version takes traffic: finish even if the
-	// client goes away.
-	ctx = context.WithoutCancel(ctx)
-	d.begin(StepSwap)
+	// Traffic moves the moment the app is healthy; the bookkeeping (step
+	// events are written to the store) follows. From here on the new
+	// version takes traffic: finish even if the client goes away.
+	swapAt := time.Now()
 	retired := a.router.Swap(d.app.Name, []string{c.Addr})
 	d.swapped = true
+	ctx = context.WithoutCancel(ctx)
+	d.begin(StepSwap)
+	d.stepAt = swapAt
 	d.linef("traffic on port %d now goes to %s", d.app.Port, d.v.Label)
 
 	d.begin(StepDrain)
