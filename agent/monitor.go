@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
@@ -31,7 +32,8 @@ type appHealth struct {
 	failingSince time.Time
 	lastCheck    health.Result
 	restarts     []time.Time
-	restartCount int // the engine's count, last seen
+	restartCount int    // the engine's count, last seen
+	status       string // last status the monitor computed
 	usage        usageSample
 	cpu          float64 // share of one CPU
 	memory       uint64
@@ -80,6 +82,7 @@ func (a *Agent) Monitor(ctx context.Context) {
 			}
 			a.check(ctx, app)
 			unlock()
+			a.noteStatus(ctx, app)
 		}
 	}
 }
@@ -154,6 +157,24 @@ func (a *Agent) check(ctx context.Context, app *store.App) {
 		h.restarts = append(h.restarts, time.Now())
 		h.failures = 0
 		h.restartCount = -1 // the engine counts its own restarts only; resync next round
+	}
+}
+
+// noteStatus computes app's status (which also updates its metric) and
+// records a transition as an event.
+func (a *Agent) noteStatus(ctx context.Context, app *store.App) {
+	r := a.Health(ctx, app)
+	h := a.appHealth(app.Name)
+	h.mu.Lock()
+	prev := h.status
+	h.status = r.Status
+	h.mu.Unlock()
+	if prev != "" && prev != r.Status {
+		msg := fmt.Sprintf("health %s → %s", prev, r.Status)
+		if len(r.Causes) > 0 {
+			msg += ": " + strings.Join(r.Causes, "; ")
+		}
+		a.event(app.Name, app.Serving, "health", "%s", msg)
 	}
 }
 

@@ -78,4 +78,8 @@ func TestEnhancedHealth(t *testing.T) {
 	if r := report(); !strings.Contains(strings.Join(r.Causes, ";"), "restarted") && !strings.Contains(strings.Join(r.Causes, ";"), "health check failing") {
 		t.Errorf("after the restart: %s %v", r.Status, r.Causes)
 	}
+	// The transitions are in the timeline.
+	if events := a.mustSprout("events", "--app", app, "--limit", "200"); !strings.Contains(events, "health Ok → ") {
+		t.Errorf("no health transition event:\n%s", events)
+	}
 }

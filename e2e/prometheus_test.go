@@ -69,6 +69,9 @@ func TestPrometheusScrapesTheAgent(t *testing.T) {
 		"serving":      fmt.Sprintf(`sprout_app_serving_info{app=%q,label="v1"} == 1`, app),
 		"last success": fmt.Sprintf(`sprout_deploy_last_success_timestamp_seconds{app=%q} > 0`, app),
 		"go runtime":   `go_goroutines > 0`,
+		"health":       fmt.Sprintf(`sprout_app_health_status{app=%q} == 1`, app),
+		"memory":       fmt.Sprintf(`sprout_container_memory_bytes{app=%q} > 0`, app),
+		"checks":       fmt.Sprintf(`sprout_health_checks_total{app=%q,result="pass"} > 0`, app),
 		"store":        `sprout_store_size_bytes > 0`,
 	}
 	deadline := time.Now().Add(60 * time.Second)
