@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"fmt"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -53,42 +52,20 @@ func (a *Agent) appHealth(app string) *appHealth {
 }
 
 // Monitor checks the serving containers every cfg.MonitorInterval until
-// ctx ends.
+// ctx ends, and records their status.
 func (a *Agent) Monitor(ctx context.Context) {
-	defer func() {
-		if r := recover(); r != nil {
-			a.log.Error("health monitor panicked; serving containers are no longer checked", "panic", r, "stack", string(debug.Stack()))
-		}
-	}()
-	t := time.NewTicker(a.cfg.MonitorInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		apps, err := a.store.Apps()
-		if err != nil {
-			continue
-		}
-		for _, app := range apps {
-			if app.ContainerID == "" {
-				continue
-			}
-			unlock, ok := a.tryLock(app.Name)
-			if !ok {
-				continue // a deploy owns the app now
-			}
-			a.check(ctx, app)
-			unlock()
-			a.noteStatus(ctx, app)
-		}
-	}
+	a.everyServing(ctx, a.cfg.MonitorInterval, "health monitor", a.check)
 }
 
-// check runs one round of the monitor on app.
+// check runs one round of the monitor on app, then records its status.
 func (a *Agent) check(ctx context.Context, app *store.App) {
+	a.probeServing(ctx, app)
+	a.noteStatus(ctx, app)
+}
+
+// probeServing checks the serving container: its restarts, its resource
+// use and its health check, restarting it after repeated failures.
+func (a *Agent) probeServing(ctx context.Context, app *store.App) {
 	h := a.appHealth(app.Name)
 	h.mu.Lock()
 	defer h.mu.Unlock()

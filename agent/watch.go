@@ -4,6 +4,8 @@ import (
 	"context"
 	"runtime/debug"
 	"time"
+
+	"github.com/sprout-paas/sprout/store"
 )
 
 // WatchInterval is how often Watch looks at the serving containers.
@@ -13,48 +15,55 @@ const WatchInterval = 2 * time.Second
 // runs: when the engine restarts a crashed container, it may come back on
 // another address, and the route must follow it. It returns when ctx ends.
 func (a *Agent) Watch(ctx context.Context) {
+	a.everyServing(ctx, WatchInterval, "watcher", a.follow)
+}
+
+// follow re-routes app when its serving container changed address.
+func (a *Agent) follow(ctx context.Context, app *store.App) {
+	c, err := a.rt.Container(ctx, app.ContainerID)
+	if err != nil || !c.Running || c.Addr == "" {
+		return
+	}
+	cur := a.router.Targets(app.Name)
+	if len(cur) != 1 || cur[0] != c.Addr {
+		retired := a.router.Swap(app.Name, []string{c.Addr})
+		retired.Drain(ctx, time.Second, time.Second)
+		a.event(app.Name, app.Serving, "restart", "container %s of %s came back at %s; traffic follows it", shortID(c.ID), app.Serving, c.Addr)
+	}
+}
+
+// everyServing runs fn on each app with a serving container every
+// interval, until ctx ends. Apps in the middle of an operation are skipped:
+// the operation owns them. A panic is logged, not spread.
+func (a *Agent) everyServing(ctx context.Context, interval time.Duration, name string, fn func(context.Context, *store.App)) {
 	defer func() {
 		if r := recover(); r != nil {
-			a.log.Error("watcher panicked; serving containers are no longer followed", "panic", r, "stack", string(debug.Stack()))
+			a.log.Error(name+" panicked and stopped", "panic", r, "stack", string(debug.Stack()))
 		}
 	}()
-	t := time.NewTicker(WatchInterval)
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			a.follow(ctx)
 		}
-	}
-}
-
-// follow re-routes apps whose serving container changed address. Apps in
-// the middle of a deploy are skipped: the deploy owns their route.
-func (a *Agent) follow(ctx context.Context) {
-	apps, err := a.store.Apps()
-	if err != nil {
-		return
-	}
-	for _, app := range apps {
-		if app.ContainerID == "" {
+		apps, err := a.store.Apps()
+		if err != nil {
 			continue
 		}
-		unlock, ok := a.tryLock(app.Name)
-		if !ok {
-			continue
-		}
-		c, err := a.rt.Container(ctx, app.ContainerID)
-		if err == nil && c.Running && c.Addr != "" {
-			cur := a.router.Targets(app.Name)
-			if len(cur) != 1 || cur[0] != c.Addr {
-				retired := a.router.Swap(app.Name, []string{c.Addr})
-				retired.Drain(ctx, time.Second, time.Second)
-				a.event(app.Name, app.Serving, "restart", "container %s of %s came back at %s; traffic follows it", shortID(c.ID), app.Serving, c.Addr)
+		for _, app := range apps {
+			if app.ContainerID == "" {
+				continue
 			}
+			unlock, ok := a.tryLock(app.Name)
+			if !ok {
+				continue
+			}
+			fn(ctx, app)
+			unlock()
 		}
-		unlock()
 	}
 }
 
