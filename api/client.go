@@ -78,12 +78,17 @@ type StatusError struct {
 
 func (e *StatusError) Error() string { return e.Message }
 
-func (c *Client) get(ctx context.Context, path string, q url.Values, out any) error {
+// open sends a GET and returns the answer when it is not an error.
+func (c *Client) open(ctx context.Context, path string, q url.Values) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url(path, q), nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	resp, err := c.do(req)
+	return c.do(req)
+}
+
+func (c *Client) get(ctx context.Context, path string, q url.Values, out any) error {
+	resp, err := c.open(ctx, path, q)
 	if err != nil {
 		return err
 	}
@@ -206,11 +211,7 @@ func (c *Client) Logs(ctx context.Context, app string, q url.Values, w io.Writer
 
 // copyText copies a plain-text answer to w as it arrives.
 func (c *Client) copyText(ctx context.Context, path string, q url.Values, w io.Writer) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url(path, q), nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.do(req)
+	resp, err := c.open(ctx, path, q)
 	if err != nil {
 		return err
 	}
