@@ -1,0 +1,56 @@
+package cli
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sprout-paas/sprout/agent"
+	"github.com/sprout-paas/sprout/health"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+// golden compares got with testdata/name, or rewrites it with -update.
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test ./cli -update to create it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs:\n--- got\n%s\n--- want\n%s", name, got, want)
+	}
+}
+
+func TestHealthTable(t *testing.T) {
+	reports := []agent.Report{
+		{
+			App: "web", Serving: "v7", Status: health.Severe, RateRPS: 41.5,
+			Causes: []string{"12% of requests failed with 5xx in the last 5m0s", "health check failing for 45s"},
+			Stats: health.Stats{Span: 5 * time.Minute, Requests: 12450, Classes: [5]int64{0, 10956, 0, 0, 1494},
+				P50: 3 * time.Millisecond, P90: 12 * time.Millisecond, P99: 180 * time.Millisecond},
+			Uptime: 2*time.Hour + 3*time.Minute, Restarts: 2, CPU: 0.235, Memory: 48 << 20,
+		},
+		{App: "api", Status: health.NoData, Causes: []string{"no version is serving"}},
+	}
+	var out bytes.Buffer
+	printHealth(&out, reports)
+	golden(t, "health.golden", out.Bytes())
+}
+
+func TestSummary(t *testing.T) {
+	got := summary(map[string]int64{"build": 1234, "unpack": 40, "health": 505, "swap": 0, "custom": 7})
+	if want := "unpack 40ms, build 1.2s, health 505ms, swap 0ms, custom 7ms"; got != want {
+		t.Errorf("summary = %q, want %q", got, want)
+	}
+}
