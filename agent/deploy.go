@@ -189,6 +189,7 @@ type deployment struct {
 	step     string
 	stepAt   time.Time
 	builtTag string             // image tag made by this deploy, removed on failure
+	lastPass time.Time          // when the last passing health check ended
 	newPort  bool               // the public port was opened by this deploy
 	created  *runtime.Container // container started by this deploy
 	swapped  bool
@@ -310,7 +311,7 @@ func (d *deployment) rollout(ctx context.Context, env map[string]string) error {
 	ctx = context.WithoutCancel(ctx)
 	d.begin(StepSwap)
 	d.stepAt = swapAt
-	d.linef("traffic on port %d now goes to %s", d.app.Port, d.v.Label)
+	d.linef("traffic on port %d now goes to %s, %s after the last passing check", d.app.Port, d.v.Label, swapAt.Sub(d.lastPass).Round(10*time.Microsecond))
 
 	d.begin(StepDrain)
 	st := retired.Drain(ctx, a.cfg.DrainTimeout, a.cfg.StreamGrace)
@@ -403,6 +404,7 @@ func (d *deployment) waitHealthy(ctx context.Context, c *runtime.Container) erro
 		n++
 		elapsed := time.Since(started).Round(100 * time.Millisecond)
 		if r.OK() {
+			d.lastPass = r.At.Add(r.Took)
 			d.linef("check %d passed (%s) after %s", n, r.Took.Round(time.Millisecond), elapsed)
 		} else {
 			d.linef("check %d failed after %s: %s", n, elapsed, r.Err)
