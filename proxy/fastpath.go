@@ -142,15 +142,8 @@ func parseHead(b []byte, h *fastHead) error {
 			return errFallback
 		}
 		name, value := line[:colon], bytes.Trim(line[colon+1:], " \t")
-		for _, c := range name {
-			if !tokenChar[c] {
-				return errFallback
-			}
-		}
-		for _, c := range value {
-			if c < ' ' && c != '\t' || c == 0x7f {
-				return errFallback
-			}
+		if !validField(name, value) {
+			return errFallback
 		}
 		lower := lowerASCII(name)
 		switch lower {
@@ -205,6 +198,46 @@ func parseHead(b []byte, h *fastHead) error {
 	return nil
 }
 
+// validField tells whether a header line is one the fast path forwards
+// as it is: a token name and a value without control characters.
+func validField(name, value []byte) bool {
+	for _, c := range name {
+		if !tokenChar[c] {
+			return false
+		}
+	}
+	for _, c := range value {
+		if c < ' ' && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// peekHeadBytes waits until br's buffer holds a whole head (through the
+// empty line) and returns it without consuming it. It returns nil, nil when
+// the head is larger than maxHead.
+func peekHeadBytes(br *bufio.Reader) ([]byte, error) {
+	want := 1
+	for {
+		p, err := br.Peek(want)
+		if err != nil {
+			if len(p) > 0 && errors.Is(err, bufio.ErrBufferFull) {
+				return nil, nil
+			}
+			return nil, err
+		}
+		b, _ := br.Peek(br.Buffered())
+		if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
+			return b[:i+4], nil
+		}
+		if len(b) >= maxHead {
+			return nil, nil
+		}
+		want = len(b) + 1
+	}
+}
+
 func lowerASCII(b []byte) string {
 	for _, c := range b {
 		if 'A' <= c && c <= 'Z' {
@@ -248,6 +281,7 @@ type fastConn struct {
 	remote string
 	ip     string
 	head   fastHead
+	resp   fastResp
 	req    http.Request // reused for http.ReadResponse
 }
 
@@ -303,27 +337,17 @@ func (l *listener) serveConn(c net.Conn) {
 // peekHead waits for a whole request head in the buffer and parses it,
 // returning its length. Nothing is consumed.
 func (fc *fastConn) peekHead() (int, error) {
-	want := 1
-	for {
-		b, err := fc.br.Peek(want)
-		if err != nil {
-			if len(b) > 0 && errors.Is(err, bufio.ErrBufferFull) {
-				return 0, errFallback
-			}
-			return 0, err
-		}
-		b, _ = fc.br.Peek(fc.br.Buffered())
-		if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
-			if err := parseHead(b[:i+2], &fc.head); err != nil {
-				return 0, err
-			}
-			return i + 4, nil
-		}
-		if len(b) >= maxHead {
-			return 0, errFallback
-		}
-		want = len(b) + 1
+	b, err := peekHeadBytes(fc.br)
+	if err != nil {
+		return 0, err
 	}
+	if b == nil {
+		return 0, errFallback
+	}
+	if err := parseHead(b[:len(b)-2], &fc.head); err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }
 
 // serve forwards the parsed request and writes the response. It returns
@@ -383,6 +407,10 @@ func (fc *fastConn) forward() (status int, written int64, target string, keep bo
 		}
 		return fc.upstreamError(t, err), 0, target, false
 	}
+	if resp == nil {
+		written, err = fc.relayFast(t, uc, &fc.resp)
+		return fc.resp.status, written, target, err == nil
+	}
 
 	// The response head.
 	bw := fc.bw
@@ -434,7 +462,9 @@ func (fc *fastConn) forward() (status int, written int64, target string, keep bo
 	return resp.StatusCode, written, target, err == nil
 }
 
-// send writes the request to the app and reads the response head.
+// send writes the request to the app and reads the response head: into
+// fc.resp when it is simple (the returned response is nil then), else with
+// http.ReadResponse.
 func (fc *fastConn) send(uc *upConn) (*http.Response, error) {
 	s, h, bw := fc.s, &fc.head, uc.bw
 	bw.WriteString(h.method)
@@ -473,6 +503,18 @@ func (fc *fastConn) send(uc *upConn) (*http.Response, error) {
 	}
 	if s.opts.UpstreamTimeout > 0 {
 		uc.conn.SetReadDeadline(time.Now().Add(s.opts.UpstreamTimeout))
+	}
+	if h.method != http.MethodHead {
+		ok, err := fc.readFastResponse(uc, &fc.resp)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			if s.opts.UpstreamTimeout > 0 {
+				uc.conn.SetReadDeadline(time.Time{})
+			}
+			return nil, nil
+		}
 	}
 	fc.req.Method = h.method
 	for {
@@ -563,4 +605,117 @@ func (fc *fastConn) writeError(status int, msg string) int {
 	bw.WriteString(body)
 	bw.Flush()
 	return status
+}
+
+// fastResp is a response head read without net/http: the common case of a
+// Content-Length body.
+type fastResp struct {
+	status        int
+	statusLine    []byte // "200 OK"
+	headers       []byte // forwarded lines, each ending in CRLF
+	contentLength int64
+	close         bool
+}
+
+// dropResponseHeaders are not forwarded to the client.
+var dropResponseHeaders = map[string]bool{
+	"connection": true, "proxy-connection": true, "keep-alive": true, "proxy-authenticate": true,
+	"te": true, "trailer": true, "upgrade": true, "content-length": true,
+}
+
+// readFastResponse parses the response head in uc's buffer when it is
+// simple enough (HTTP/1.1, a final status with a body, one Content-Length,
+// no Transfer-Encoding, no event stream). It consumes nothing and returns
+// false otherwise, for http.ReadResponse to take over.
+func (fc *fastConn) readFastResponse(uc *upConn, r *fastResp) (bool, error) {
+	b, err := peekHeadBytes(uc.br)
+	if b == nil || err != nil {
+		return false, err
+	}
+	line, rest, _ := bytes.Cut(b, []byte("\r\n"))
+	if len(line) < 12 || string(line[:9]) != "HTTP/1.1 " || (len(line) > 12 && line[12] != ' ') {
+		return false, nil
+	}
+	code, err := strconv.Atoi(string(line[9:12]))
+	if err != nil || code < 200 || code > 599 || code == http.StatusNoContent || code == http.StatusNotModified {
+		return false, nil
+	}
+	r.status, r.statusLine, r.headers, r.contentLength, r.close = code, append(r.statusLine[:0], line[9:]...), r.headers[:0], -1, false
+	for {
+		line, rest, _ = bytes.Cut(rest, []byte("\r\n"))
+		if len(line) == 0 {
+			break
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 {
+			return false, nil
+		}
+		name, value := line[:colon], bytes.Trim(line[colon+1:], " \t")
+		if !validField(name, value) {
+			return false, nil
+		}
+		switch lower := lowerASCII(name); lower {
+		case "transfer-encoding":
+			return false, nil
+		case "content-length":
+			n, err := strconv.ParseUint(string(value), 10, 62)
+			if err != nil || r.contentLength >= 0 {
+				return false, nil
+			}
+			r.contentLength = int64(n)
+			continue
+		case "content-type":
+			if isEventStream(string(value)) {
+				return false, nil
+			}
+		case "connection":
+			for _, tok := range bytes.Split(value, []byte(",")) {
+				tok = bytes.TrimSpace(tok)
+				switch {
+				case bytes.EqualFold(tok, []byte("close")):
+					r.close = true
+				case len(tok) > 0 && !bytes.EqualFold(tok, []byte("keep-alive")):
+					return false, nil // names other hop-by-hop headers: let net/http sort it out
+				}
+			}
+			continue
+		default:
+			if dropResponseHeaders[lower] {
+				continue
+			}
+		}
+		r.headers = append(r.headers, line...)
+		r.headers = append(r.headers, "\r\n"...)
+	}
+	if r.contentLength < 0 {
+		return false, nil
+	}
+	uc.br.Discard(len(b))
+	return true, nil
+}
+
+// relayFast writes a fast response to the client, copying its body
+// straight from the app's buffer.
+func (fc *fastConn) relayFast(t *Target, uc *upConn, r *fastResp) (int64, error) {
+	bw := fc.bw
+	bw.WriteString("HTTP/1.1 ")
+	bw.Write(r.statusLine)
+	bw.WriteString("\r\n")
+	bw.Write(r.headers)
+	bw.WriteString("Content-Length: ")
+	bw.WriteString(strconv.FormatInt(r.contentLength, 10))
+	if fc.head.closeAfter {
+		bw.WriteString("\r\nConnection: close")
+	}
+	bw.WriteString("\r\n\r\n")
+	n, err := io.CopyN(bw, uc.br, r.contentLength)
+	if err != nil || r.close {
+		uc.close()
+	} else {
+		t.pool.put(uc)
+	}
+	if err == nil {
+		err = bw.Flush()
+	}
+	return n, err
 }

@@ -411,9 +411,11 @@ func TestHTTPSemantics(t *testing.T) {
 		if code, body, _ := get(t, url+"/nocontent", nil); code != 204 || body != "" {
 			t.Errorf("204: %d %q", code, body)
 		}
-		// The connection is still usable after both.
-		if code, body, _ := get(t, url+"/", nil); code != 200 || body != "body" {
-			t.Errorf("after HEAD: %d %q", code, body)
+		// The connection is still usable after both, and a plain response
+		// keeps its headers and its length.
+		code, body, hdr := get(t, url+"/", nil)
+		if code != 200 || body != "body" || hdr.Get("X-Head") != "yes" || len(hdr.Values("Content-Length")) != 1 || hdr.Get("Content-Length") != "4" {
+			t.Errorf("after HEAD: %d %q %v", code, body, hdr)
 		}
 	})
 	t.Run("unknown length streams through", func(t *testing.T) {
@@ -554,6 +556,34 @@ func FuzzParseHead(f *testing.F) {
 			if strings.ContainsAny(line, "\r\n\x00") || !strings.Contains(line, ": ") {
 				t.Fatalf("forwards a bad line %q from %q", line, b)
 			}
+		}
+	})
+}
+
+// FuzzResponseHead checks the fast response parser: no panic, and what it
+// accepts is well-formed to forward.
+func FuzzResponseHead(f *testing.F) {
+	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-A: b\r\n\r\nbody"))
+	f.Add([]byte("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
+	f.Add([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fc := &fastConn{}
+		uc := &upConn{br: bufio.NewReaderSize(bytes.NewReader(b), 16<<10)}
+		var r fastResp
+		ok, _ := fc.readFastResponse(uc, &r)
+		if !ok {
+			return
+		}
+		if r.status < 200 || r.status > 599 || r.contentLength < 0 {
+			t.Fatalf("accepted %q as %+v", b, r)
+		}
+		for _, line := range strings.Split(strings.TrimSuffix(string(r.headers), "\r\n"), "\r\n") {
+			if line != "" && (strings.ContainsAny(line, "\r\n\x00") || !strings.Contains(line, ":")) {
+				t.Fatalf("forwards a bad line %q from %q", line, b)
+			}
+		}
+		if strings.ContainsAny(string(r.statusLine), "\r\n") {
+			t.Fatalf("status line %q", r.statusLine)
 		}
 	})
 }
