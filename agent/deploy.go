@@ -458,11 +458,8 @@ func (d *deployment) fail(err error) error {
 		a.rt.RemoveImage(ctx, d.builtTag)
 	}
 	if d.newPort {
-		if d.prev.Serving == "" {
-			a.router.Close(d.app.Port, time.Second)
-		} else if d.prev.Port != d.app.Port {
-			a.router.Close(d.app.Port, time.Second)
-		}
+		// Opened for this deploy only: a serving app keeps its old port.
+		a.router.Close(d.app.Port, time.Second)
 	}
 	if errors.Is(err, context.Canceled) {
 		err = errors.New("the deploy was cancelled (the client went away)")

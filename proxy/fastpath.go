@@ -162,17 +162,14 @@ func parseHead(b []byte, h *fastHead) error {
 		case "transfer-encoding", "expect", "upgrade":
 			return errFallback
 		case "connection":
-			for _, tok := range bytes.Split(value, []byte(",")) {
-				tok = bytes.TrimSpace(tok)
-				switch {
-				case bytes.EqualFold(tok, []byte("close")):
-					h.closeAfter = true
-				case bytes.EqualFold(tok, []byte("upgrade")):
+			closeConn, others := connectionOptions(value)
+			h.closeAfter = h.closeAfter || closeConn
+			for _, tok := range others {
+				if bytes.EqualFold(tok, []byte("upgrade")) {
 					return errFallback
-				case len(tok) > 0 && !bytes.EqualFold(tok, []byte("keep-alive")):
-					hop = append(hop, tok)
 				}
 			}
+			hop = append(hop, others...)
 		case "x-forwarded-for":
 			if len(h.xff) > 0 {
 				h.xff = append(h.xff, ", "...)
@@ -196,6 +193,22 @@ func parseHead(b []byte, h *fastHead) error {
 		h.fwd = filterLines(h.fwd[start:], hop)
 	}
 	return nil
+}
+
+// connectionOptions reads a Connection header's value: whether it says
+// close, and the other tokens (keep-alive aside), which name hop-by-hop
+// headers or ask for an upgrade.
+func connectionOptions(value []byte) (closeConn bool, others [][]byte) {
+	for _, tok := range bytes.Split(value, []byte(",")) {
+		tok = bytes.TrimSpace(tok)
+		switch {
+		case bytes.EqualFold(tok, []byte("close")):
+			closeConn = true
+		case len(tok) > 0 && !bytes.EqualFold(tok, []byte("keep-alive")):
+			others = append(others, tok)
+		}
+	}
+	return closeConn, others
 }
 
 // validField tells whether a header line is one the fast path forwards
@@ -669,15 +682,11 @@ func (fc *fastConn) readFastResponse(uc *upConn, r *fastResp) (bool, error) {
 				return false, nil
 			}
 		case "connection":
-			for _, tok := range bytes.Split(value, []byte(",")) {
-				tok = bytes.TrimSpace(tok)
-				switch {
-				case bytes.EqualFold(tok, []byte("close")):
-					r.close = true
-				case len(tok) > 0 && !bytes.EqualFold(tok, []byte("keep-alive")):
-					return false, nil // names other hop-by-hop headers: let net/http sort it out
-				}
+			closeConn, others := connectionOptions(value)
+			if len(others) > 0 {
+				return false, nil // names other hop-by-hop headers: let net/http sort it out
 			}
+			r.close = r.close || closeConn
 			continue
 		default:
 			if dropResponseHeaders[lower] {

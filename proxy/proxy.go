@@ -218,19 +218,6 @@ func (p *Proxy) Close(port int, grace time.Duration) {
 	}()
 }
 
-// Ports returns the public ports of app.
-func (p *Proxy) Ports(app string) []int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var out []int
-	for port, l := range p.ports {
-		if l.app == app {
-			out = append(out, port)
-		}
-	}
-	return out
-}
-
 // Retired is a target set that a swap took out of service.
 type Retired struct {
 	targets []*Target
@@ -316,19 +303,6 @@ func (p *Proxy) Targets(app string) []string {
 		return nil
 	}
 	return (&Retired{targets: *set}).Addrs()
-}
-
-// Remove stops routing app: its ports close and its targets are retired
-// for the caller to drain.
-func (p *Proxy) Remove(app string, grace time.Duration) *Retired {
-	r := p.Swap(app, nil)
-	for _, port := range p.Ports(app) {
-		p.Close(port, grace)
-	}
-	p.mu.Lock()
-	delete(p.services, app)
-	p.mu.Unlock()
-	return r
 }
 
 // Shutdown closes every listener, letting requests finish within ctx.
