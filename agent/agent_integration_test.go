@@ -70,7 +70,7 @@ func TestDeployRunsEveryStep(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Serving != "v1" || st.Port != port || st.Container != "running" || st.Health != "ok" || len(st.Targets) != 1 {
+	if st.Serving != "v1" || st.Port != port || st.Container != "running" || st.Health != "ok" || st.Status != "Ok" || len(st.Targets) != 1 {
 		t.Errorf("status = %+v", st)
 	}
 	// 3. the container carries labels, a loopback port, limits and PORT.

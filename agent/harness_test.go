@@ -73,8 +73,9 @@ func (h *harness) start() {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(h.logs, nil))
-	h.px = proxy.New(proxy.Options{BindAddress: "127.0.0.1", UpstreamTimeout: 30 * time.Second}, log)
-	h.ag, err = agent.New(testConfig(h.dataDir), h.docker, h.px, st, nil, nil, log)
+	tracker := health.NewTracker() // the proxy feeds it, the agent reads it, as in `sprout agent`
+	h.px = proxy.New(proxy.Options{BindAddress: "127.0.0.1", UpstreamTimeout: 30 * time.Second, Observer: tracker}, log)
+	h.ag, err = agent.New(testConfig(h.dataDir), h.docker, h.px, st, nil, tracker, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -107,6 +107,8 @@ func (s *Server) appStatus(ctx context.Context, app *store.App) AppStatus {
 	if st.Targets == nil {
 		st.Targets = []string{}
 	}
+	h := s.agent.Health(ctx, app)
+	st.Status, st.Causes = h.Status, h.Causes
 	return st
 }
 

@@ -32,20 +32,25 @@ type Message struct {
 
 // AppStatus is what `sprout status` and `sprout apps` show of one app.
 type AppStatus struct {
-	Name          string          `json:"name"`
-	Port          int             `json:"port"`
-	Serving       string          `json:"serving,omitempty"`
-	ServingSince  time.Time       `json:"serving_since,omitzero"`
-	ContainerID   string          `json:"container_id,omitempty"`
-	ContainerPort int             `json:"container_port,omitempty"`
-	Container     string          `json:"container_state"`
-	Health        string          `json:"health"`
-	HostPort      int             `json:"host_port,omitempty"`
-	Targets       []string        `json:"targets"`
-	Restarts      int             `json:"restarts"`
-	StartedAt     time.Time       `json:"started_at,omitzero"`
-	HealthConfig  health.Settings `json:"health_settings"`
-	EnvCount      int             `json:"env_count"`
+	Name          string    `json:"name"`
+	Port          int       `json:"port"`
+	Serving       string    `json:"serving,omitempty"`
+	ServingSince  time.Time `json:"serving_since,omitzero"`
+	ContainerID   string    `json:"container_id,omitempty"`
+	ContainerPort int       `json:"container_port,omitempty"`
+	Container     string    `json:"container_state"`
+	// Health is the container-level view: "ok", "down", or the image's
+	// HEALTHCHECK state. Status and Causes are the enhanced health that
+	// `sprout health` shows.
+	Health       string          `json:"health"`
+	Status       string          `json:"status"`
+	Causes       []string        `json:"causes,omitempty"`
+	HostPort     int             `json:"host_port,omitempty"`
+	Targets      []string        `json:"targets"`
+	Restarts     int             `json:"restarts"`
+	StartedAt    time.Time       `json:"started_at,omitzero"`
+	HealthConfig health.Settings `json:"health_settings"`
+	EnvCount     int             `json:"env_count"`
 }
 
 // Env is an app's environment as printenv shows it.

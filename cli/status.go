@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -66,9 +67,13 @@ func printStatus(out io.Writer, st api.AppStatus) {
 	fmt.Fprintf(tw, "app:\t%s\n", st.Name)
 	fmt.Fprintf(tw, "serving:\t%s (since %s)\n", serving, ago(st.ServingSince))
 	fmt.Fprintf(tw, "port:\t%d\n", st.Port)
-	fmt.Fprintf(tw, "health:\t%s\n", st.Health)
+	status := st.Status
+	if len(st.Causes) > 0 {
+		status += ": " + strings.Join(st.Causes, "; ")
+	}
+	fmt.Fprintf(tw, "health:\t%s (sprout health --app %s)\n", status, st.Name)
 	if st.ContainerID != "" {
-		fmt.Fprintf(tw, "container:\t%s, %s, started %s, %d restarts\n", shortID(st.ContainerID), st.Container, ago(st.StartedAt), st.Restarts)
+		fmt.Fprintf(tw, "container:\t%s, %s (%s), started %s, %d restarts\n", shortID(st.ContainerID), st.Container, st.Health, ago(st.StartedAt), st.Restarts)
 		fmt.Fprintf(tw, "app listens on:\tcontainer port %d, debug port 127.0.0.1:%d\n", st.ContainerPort, st.HostPort)
 	}
 	fmt.Fprintf(tw, "proxy targets:\t%v\n", st.Targets)
@@ -116,7 +121,7 @@ func newAppsCommand(c *cli) *cobra.Command {
 			tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "APP\tPORT\tSERVING\tHEALTH\tCONTAINER\tSINCE")
 			for _, a := range apps {
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", a.Name, a.Port, orDash(a.Serving), a.Health, a.Container, ago(a.ServingSince))
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", a.Name, a.Port, orDash(a.Serving), a.Status, a.Container, ago(a.ServingSince))
 			}
 			return tw.Flush()
 		},
