@@ -30,7 +30,7 @@ import (
 // Runtime is what the agent needs from the container engine.
 type Runtime interface {
 	Build(ctx context.Context, dir, tag string, labels map[string]string, out io.Writer) (string, error)
-	EnsureImage(ctx context.Context, ref string, out io.Writer) error
+	EnsureImage(ctx context.Context, ref string, update bool, out io.Writer) error
 	Image(ctx context.Context, ref string) (runtime.ImageInfo, error)
 	Tag(ctx context.Context, src, dst string) error
 	RemoveImage(ctx context.Context, ref string) error
@@ -45,6 +45,9 @@ type Runtime interface {
 	Stop(ctx context.Context, id string, grace time.Duration) error
 	Remove(ctx context.Context, id string) error
 	List(ctx context.Context, labels map[string]string) ([]*runtime.Container, error)
+	EnsureVolume(ctx context.Context, name string, labels map[string]string) error
+	Volumes(ctx context.Context, labels map[string]string) ([]runtime.Volume, error)
+	RemoveVolume(ctx context.Context, name string) error
 }
 
 // Router is what the agent needs from the proxy.
@@ -121,6 +124,14 @@ type Config struct {
 	RestartAfter int
 	// Rules set the thresholds of the enhanced-health statuses.
 	Rules health.Rules
+	// HooksOff turns .platform hooks off: bundles' hooks are listed and
+	// not run.
+	HooksOff bool
+	// HookTimeout bounds one hook.
+	HookTimeout time.Duration
+	// HostDirs are the host directories (and what is under them) that a
+	// bundle's Dockerrun Volumes may mount.
+	HostDirs []string
 }
 
 // Defaults for Config.
@@ -131,7 +142,12 @@ const (
 	DefaultStopGrace      = 10 * time.Second
 	DefaultMaxUploadBytes = 512 << 20
 	DefaultPort           = 80
+	DefaultHookTimeout    = 5 * time.Minute
 )
+
+// DefaultHostDirs is where Dockerrun volumes may live on the host, as on
+// Elastic Beanstalk.
+var DefaultHostDirs = []string{"/var/app"}
 
 func (c Config) withDefaults() Config {
 	if c.KeepVersions <= 0 {
@@ -163,6 +179,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DefaultPort <= 0 {
 		c.DefaultPort = DefaultPort
+	}
+	if c.HookTimeout <= 0 {
+		c.HookTimeout = DefaultHookTimeout
+	}
+	if c.HostDirs == nil {
+		c.HostDirs = DefaultHostDirs
 	}
 	c.Health = c.Health.WithDefaults()
 	return c

@@ -153,9 +153,20 @@ func (a *Agent) Deploy(ctx context.Context, req DeployRequest, p Progress) (*sto
 	tr := a.newTranscript(p, req.App, label)
 	d := &deployment{a: a, op: "deploy", app: &next, prev: app, v: v, p: tr, start: time.Now(), steps: v.Steps}
 
-	err = d.prepare(ctx, req.BundlePath)
+	defer d.cleanup()
+	err = d.unpack(ctx, req.BundlePath)
+	if t := d.v.Options.Deploy.Timeout; err == nil && t > 0 {
+		// aws:elasticbeanstalk:command Timeout bounds the deploy up to
+		// the swap.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, d.start.Add(t))
+		defer cancel()
+	}
 	if err == nil {
-		err = d.rollout(ctx, next.Env)
+		err = d.build(ctx)
+	}
+	if err == nil {
+		err = d.rollout(ctx)
 	}
 	if err != nil {
 		err = d.fail(err)
@@ -193,6 +204,16 @@ type deployment struct {
 	newPort  bool               // the public port was opened by this deploy
 	created  *runtime.Container // container started by this deploy
 	swapped  bool
+	spec     *platform.Spec // what the bundle says, on a deploy
+	workDir  string         // the unpacked bundle, removed by cleanup
+	root     string         // the bundle's root: in workDir, or kept
+}
+
+// cleanup removes the unpacked bundle unless it is kept with the version.
+func (d *deployment) cleanup() {
+	if d.workDir != "" {
+		os.RemoveAll(d.workDir)
+	}
 }
 
 func (d *deployment) begin(step string) {
@@ -216,8 +237,9 @@ func (d *deployment) end() {
 
 func (d *deployment) linef(format string, args ...any) { d.p.Line(fmt.Sprintf(format, args...)) }
 
-// prepare unpacks the bundle and builds (or finds) its image.
-func (d *deployment) prepare(ctx context.Context, archive string) error {
+// unpack opens the app's port when it is new, unpacks the bundle and
+// checks what it says, before anything is built or stopped.
+func (d *deployment) unpack(ctx context.Context, archive string) error {
 	a := d.a
 	// Open a new public port first, so that a port clash fails the deploy
 	// before anything is unpacked or built.
@@ -229,32 +251,111 @@ func (d *deployment) prepare(ctx context.Context, archive string) error {
 		d.newPort = true
 	}
 	d.begin(StepUnpack)
-	dir := filepath.Join(bundlesDir(a.cfg), d.app.Name+"-"+d.v.Label+"-"+randomID(3))
-	defer os.RemoveAll(dir)
-	res, err := bundle.UnpackFile(archive, dir, a.cfg.Bundle)
+	d.workDir = filepath.Join(bundlesDir(a.cfg), d.app.Name+"-"+d.v.Label+"-"+randomID(3))
+	res, err := bundle.UnpackFile(archive, d.workDir, a.cfg.Bundle)
 	if err != nil {
 		return err
 	}
+	d.root = res.Root
 	d.linef("unpacked %d files (%d bytes) from a %s archive", res.Files, res.Bytes, res.Format)
 	spec, err := platform.Inspect(res.Root)
 	if err != nil {
 		return err
 	}
+	d.spec = spec
+	d.v.Kind, d.v.Run, d.v.Options, d.v.Hooks = string(spec.Kind), spec.Run, spec.Options, spec.Hooks
+	d.describe(spec)
+	if needsBundle(spec) {
+		// Hooks run again on rollbacks and configuration changes, and
+		// Dockerrun may mount the bundle's own files: keep it.
+		kept := keptBundleDir(a.cfg, d.app.Name, d.v.Label)
+		os.RemoveAll(kept)
+		if err := os.MkdirAll(filepath.Dir(kept), 0o700); err != nil {
+			return err
+		}
+		if err := os.Rename(res.Root, kept); err != nil {
+			return fmt.Errorf("keep the bundle: %w", err)
+		}
+		d.root, d.v.BundleDir = kept, kept
+	}
+	for _, b := range spec.Run.Binds {
+		if _, err := a.hostDir(d.v, b.HostDir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// needsBundle tells whether a version needs its unpacked bundle after
+// the deploy.
+func needsBundle(spec *platform.Spec) bool {
+	return len(spec.Hooks) > 0 || slices.ContainsFunc(spec.Run.Binds, func(b platform.Bind) bool {
+		return b.HostDir == platform.BundleDir || strings.HasPrefix(b.HostDir, platform.BundleDir+"/")
+	})
+}
+
+// describe says what the bundle asks for, beyond its image.
+func (d *deployment) describe(spec *platform.Spec) {
 	for _, n := range spec.Notes {
 		d.linef("note: %s", n)
 	}
-	d.v.Kind = string(spec.Kind)
+	o := spec.Options
+	if len(o.Env) > 0 {
+		d.linef(".ebextensions: %d environment properties (%s); values set with `sprout setenv` win", len(o.Env), strings.Join(slices.Sorted(maps.Keys(o.Env)), ", "))
+	}
+	if o.HealthPath != "" {
+		d.linef(".ebextensions: health check URL %s (a --health-path given to deploy wins)", o.HealthPath)
+	}
+	if p := o.Deploy.String(); p != "" {
+		d.linef(".ebextensions: %s; on one host every deployment policy starts the new version beside the old one and swaps when it is healthy", p)
+	}
+	if o.Deploy.IgnoreHealthCheck {
+		d.linef("warning: IgnoreHealthCheck is true: a version whose health check still fails at the deadline is swapped in anyway, if its container runs")
+	}
+	if o.ProxyNone {
+		d.linef("ProxyServer none: the container's port is published straight on port %d, without Sprout's proxy; deploys then have downtime (the old container stops before the new one starts)", d.app.Port)
+	}
+	r := spec.Run
+	if len(r.Entrypoint) > 0 {
+		d.linef("Dockerrun.aws.json: entrypoint %q", r.Entrypoint)
+	}
+	if len(r.Command) > 0 {
+		d.linef("Dockerrun.aws.json: command %q", r.Command)
+	}
+	for _, b := range r.Binds {
+		d.linef("Dockerrun.aws.json: host directory %s mounted at %s", b.HostDir, b.ContainerDir)
+	}
+	if r.LogDir != "" {
+		d.linef("Dockerrun.aws.json: log files written to %s are kept on the host (`sprout logs --app %s --files`)", r.LogDir, d.app.Name)
+	}
+	for _, st := range []string{platform.StagePrebuild, platform.StagePredeploy, platform.StagePostdeploy} {
+		if hs := spec.Hooks.Stage(st, false); len(hs) > 0 {
+			d.linef(".platform: %d %s hook(s)", len(hs), st)
+		}
+	}
+	if n := len(spec.Hooks) - len(spec.Hooks.Stage(platform.StagePrebuild, false)) - len(spec.Hooks.Stage(platform.StagePredeploy, false)) - len(spec.Hooks.Stage(platform.StagePostdeploy, false)); n > 0 {
+		d.linef(".platform: %d confighook(s), run by `sprout setenv`", n)
+	}
+}
 
+// build runs the prebuild hooks and builds (or finds) the image.
+func (d *deployment) build(ctx context.Context) error {
+	a := d.a
+	spec := d.spec
+	if err := d.runHooks(ctx, platform.StagePrebuild, false, platform.Effective(d.v.Options.Env, d.app.Env)); err != nil {
+		return err
+	}
 	d.begin(StepBuild)
 	tag := imageTag(d.app.Name, d.v.Label)
 	labels := map[string]string{runtime.LabelAgent: a.id, runtime.LabelApp: d.app.Name, runtime.LabelLabel: d.v.Label}
 	out := &lineWriter{p: d.p}
+	var err error
 	switch spec.Kind {
 	case platform.KindDockerfile:
 		d.linef("building image %s", tag)
-		_, err = a.rt.Build(ctx, res.Root, tag, labels, out)
+		_, err = a.rt.Build(ctx, d.root, tag, labels, out)
 	case platform.KindImage:
-		if err = a.rt.EnsureImage(ctx, spec.Image, out); err == nil {
+		if err = a.rt.EnsureImage(ctx, spec.Image, spec.ImageUpdate, out); err == nil {
 			err = a.rt.Tag(ctx, spec.Image, tag)
 		}
 	}
@@ -267,24 +368,49 @@ func (d *deployment) prepare(ctx context.Context, archive string) error {
 	if err != nil {
 		return err
 	}
-	d.v.Image, d.v.ImageID, d.v.HasHealthcheck = tag, info.ID, info.HasHealthcheck
+	d.v.Image, d.v.ImageID, d.v.HasHealthcheck, d.v.ImageVolumes = tag, info.ID, info.HasHealthcheck, info.Volumes
 	d.v.ContainerPort = firstNonZero(d.app.ContainerPort, spec.ContainerPort, info.ExposedPort)
 	if d.v.ContainerPort == 0 {
 		return ErrNoPort
 	}
 	d.linef("image %s ready (%s), app listens on container port %d", tag, shortID(info.ID), d.v.ContainerPort)
+	for _, vol := range appVolumes(d.app, d.v) {
+		d.linef("%s is kept across deploys in volume %s", vol.Path, engineVolume(d.app.Name, vol.Name))
+	}
 	return a.store.PutVersion(d.v)
 }
 
-// rollout starts d.v's image with env, waits until it is healthy, swaps it
-// in, drains and retires the version that was serving, and records it.
-func (d *deployment) rollout(ctx context.Context, env map[string]string) error {
+// rollout starts d.v's image with the app's environment, waits until it
+// is healthy, swaps it in, drains and retires the version that was
+// serving, and records it. The version's hooks run at the same points as
+// on Elastic Beanstalk: predeploy before the container starts, postdeploy
+// once it serves; a failing postdeploy hook moves traffic back.
+func (d *deployment) rollout(ctx context.Context) error {
 	a := d.a
+	env := platform.Effective(d.v.Options.Env, d.app.Env)
+	config := d.op == "setenv"
+	if config {
+		if err := d.runHooks(ctx, platform.StagePrebuild, true, env); err != nil {
+			return err
+		}
+	}
+	if d.op != "recover" {
+		if err := d.runHooks(ctx, platform.StagePredeploy, config, env); err != nil {
+			return err
+		}
+	}
 	d.begin(StepStart)
+	mounts, err := a.mounts(ctx, d.app, d.v)
+	if err != nil {
+		return err
+	}
 	c, err := a.rt.Run(ctx, runtime.ContainerSpec{
 		Name:          fmt.Sprintf("sprout-%s-%s-%s", d.app.Name, d.v.Label, randomID(3)),
 		Image:         d.v.Image,
 		Env:           containerEnv(env, d.app.Name, d.v.Label, d.v.ContainerPort),
+		Entrypoint:    d.v.Run.Entrypoint,
+		Cmd:           d.v.Run.Command,
+		Mounts:        mounts,
 		ContainerPort: d.v.ContainerPort,
 		Labels:        map[string]string{runtime.LabelAgent: a.id, runtime.LabelApp: d.app.Name, runtime.LabelLabel: d.v.Label},
 		StopGrace:     a.cfg.StopGrace,
@@ -315,15 +441,28 @@ func (d *deployment) rollout(ctx context.Context, env map[string]string) error {
 
 	d.begin(StepDrain)
 	st := retired.Drain(ctx, a.cfg.DrainTimeout, a.cfg.StreamGrace)
-	if old := retired.Addrs(); len(old) > 0 {
+	old := retired.Addrs()
+	if len(old) > 0 {
 		d.linef("drained %s in %s (%d requests cut at the deadline)", strings.Join(old, ", "), st.Waited.Round(time.Millisecond), st.Cut)
 	}
+	if d.op != "recover" {
+		if err := d.runHooks(ctx, platform.StagePostdeploy, config, env); err != nil {
+			// The old container still runs: give it its traffic back.
+			back := a.router.Swap(d.app.Name, old)
+			d.swapped = false
+			if len(old) > 0 {
+				d.linef("traffic went back to %s; draining %s", d.prev.Serving, d.v.Label)
+			}
+			back.Drain(ctx, a.cfg.DrainTimeout, a.cfg.StreamGrace)
+			return err
+		}
+	}
+
+	d.begin(StepRetire)
 	if d.newPort && d.prev.Serving != "" && d.prev.Port != d.app.Port {
 		a.router.Close(d.prev.Port, a.cfg.DrainTimeout)
 		d.linef("closed the old public port %d", d.prev.Port)
 	}
-
-	d.begin(StepRetire)
 	// Only now may the engine restart the container: a crash before the
 	// swap must fail the deploy, not be hidden by a restart.
 	if err := a.rt.KeepRunning(ctx, c.ID); err != nil {
@@ -353,7 +492,7 @@ func (d *deployment) rollout(ctx context.Context, env map[string]string) error {
 	if err := a.store.PutVersion(d.v); err != nil {
 		return err
 	}
-	d.app.Serving, d.app.ContainerID, d.app.ServingAt, d.app.Env = d.v.Label, c.ID, now, env
+	d.app.Serving, d.app.ContainerID, d.app.ServingAt = d.v.Label, c.ID, now
 	if err := a.store.PutApp(d.app); err != nil {
 		return err
 	}
@@ -380,7 +519,7 @@ func containerEnv(env map[string]string, app, label string, port int) []string {
 // waitHealthy waits for c to pass its health check, streaming each result.
 func (d *deployment) waitHealthy(ctx context.Context, c *runtime.Container) error {
 	a := d.a
-	s := a.HealthSettings(d.app)
+	s := a.healthFor(d.app, d.v)
 	probe, what := a.probeFor(s, d.v.HasHealthcheck, c.ID, c.Addr, d.v.ContainerPort)
 	d.linef("waiting until %s %d times in a row (every %s, deadline %s)", what, s.HealthyThreshold, s.Interval, s.Deadline)
 	started := time.Now()
@@ -414,6 +553,13 @@ func (d *deployment) waitHealthy(ctx context.Context, c *runtime.Container) erro
 		return nil
 	}
 	var we *health.WaitError
+	if errors.As(err, &we) && we.Deadline && d.v.Options.Deploy.IgnoreHealthCheck {
+		if aerr := alive(ctx); aerr == nil {
+			d.linef("warning: %s; swapping %s in anyway because IgnoreHealthCheck is true (.ebextensions)", we.Reason, d.v.Label)
+			d.lastPass = time.Now()
+			return nil
+		}
+	}
 	if errors.As(err, &we) {
 		var b strings.Builder
 		b.WriteString(we.Reason)
@@ -464,6 +610,13 @@ func (d *deployment) fail(err error) error {
 	if errors.Is(err, context.Canceled) {
 		err = errors.New("the deploy was cancelled (the client went away)")
 	}
+	if t := d.v.Options.Deploy.Timeout; errors.Is(err, context.DeadlineExceeded) && t > 0 {
+		err = fmt.Errorf("the deploy ran past its Timeout of %s (aws:elasticbeanstalk:command in .ebextensions): %w", t, err)
+	}
+	if d.op == "deploy" && d.v.BundleDir != "" {
+		os.RemoveAll(d.v.BundleDir)
+		d.v.BundleDir = ""
+	}
 	d.v.Status, d.v.FailedStep, d.v.Error = store.StatusFailed, step, err.Error()
 	a.store.PutVersion(d.v)
 	serving := "nothing was serving before"
@@ -495,6 +648,10 @@ func (a *Agent) pruneImages(ctx context.Context, app string, p Progress) {
 			continue
 		}
 		v.ImagePruned = true
+		if v.BundleDir != "" {
+			os.RemoveAll(v.BundleDir)
+			v.BundleDir = ""
+		}
 		a.store.PutVersion(v)
 		p.Line(fmt.Sprintf("pruned the image of %s (keeping %d earlier versions for rollback)", v.Label, a.cfg.KeepVersions))
 	}

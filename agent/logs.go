@@ -222,3 +222,81 @@ func copyLogLines(r io.Reader, w io.Writer, since time.Time, tail int) error {
 	}
 	return sc.Err()
 }
+
+// maxLogFileBytes bounds how much of one Logging file is printed.
+const maxLogFileBytes = 1 << 20
+
+// LogFiles writes the files a version wrote to its Dockerrun Logging
+// directory (the serving version's when label is empty), each under a
+// header, and the last tail lines of each when tail > 0.
+func (a *Agent) LogFiles(app, label string, tail int, w io.Writer) error {
+	cur, err := a.App(app)
+	if err != nil {
+		return err
+	}
+	if label == "" {
+		label = cur.Serving
+	}
+	v, err := a.store.Version(app, label)
+	if err != nil {
+		return fmt.Errorf("version %q of %s: %w", label, app, err)
+	}
+	if v.Run.LogDir == "" {
+		return fmt.Errorf("%w: %s of %s has no Logging directory in its Dockerrun.aws.json; `sprout logs --app %s` shows its output", ErrNotFound, label, app, app)
+	}
+	root := appLogDir(a.cfg, app, label)
+	var files []string
+	filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			files = append(files, p)
+		}
+		return nil
+	})
+	if len(files) == 0 {
+		fmt.Fprintf(w, "%s of %s has written no files to %s yet\n", label, app, v.Run.LogDir)
+		return nil
+	}
+	for _, p := range files {
+		rel, _ := filepath.Rel(root, p)
+		fmt.Fprintf(w, "==> %s <==\n", filepath.ToSlash(filepath.Join(v.Run.LogDir, rel)))
+		if err := tailFile(p, tail, w); err != nil {
+			fmt.Fprintf(w, "(%v)\n", err)
+		}
+	}
+	return nil
+}
+
+// tailFile writes the end of a file: its last tail lines (all when 0), of
+// at most its last maxLogFileBytes.
+func tailFile(p string, tail int, w io.Writer) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if st.Size() > maxLogFileBytes {
+		f.Seek(st.Size()-maxLogFileBytes, io.SeekStart)
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return err
+	}
+	lines := strings.SplitAfter(string(b), "\n")
+	if lines[len(lines)-1] == "" {
+		lines = lines[:len(lines)-1]
+	}
+	if tail > 0 && len(lines) > tail {
+		lines = lines[len(lines)-tail:]
+	}
+	for _, l := range lines {
+		io.WriteString(w, l)
+	}
+	if len(lines) > 0 && !strings.HasSuffix(lines[len(lines)-1], "\n") {
+		io.WriteString(w, "\n")
+	}
+	return nil
+}

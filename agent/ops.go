@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/sprout-paas/sprout/health"
@@ -34,7 +35,7 @@ func (a *Agent) Rollback(ctx context.Context, app, to string, noWait bool, p Pro
 	a.event(app, target.Label, "rollback", "rollback from %s to %s started", cur.Serving, target.Label)
 	next := *cur
 	d := &deployment{a: a, op: "rollback", app: &next, prev: cur, v: target, p: p, start: time.Now()}
-	if err := d.rollout(ctx, cur.Env); err != nil {
+	if err := d.rollout(ctx); err != nil {
 		return target, d.failRollout(err)
 	}
 	a.event(app, target.Label, "rollback", "rolled back to %s", target.Label)
@@ -92,42 +93,57 @@ func (d *deployment) failRollout(err error) error {
 // the change is rolled out with the same health-gated swap and kept only
 // if the new container becomes healthy.
 func (a *Agent) SetEnv(ctx context.Context, app string, set map[string]string, unset []string, noWait bool, p Progress) error {
-	if err := ValidateAppName(app); err != nil {
+	what := fmt.Sprintf("environment changed (%d set, %d removed)", len(set), len(unset))
+	return a.reconfigure(ctx, app, noWait, p, what, func(cur *store.App) error {
+		env := platform.Apply(cur.Env, set, unset)
+		if err := platform.ValidateEnv(env); err != nil {
+			return fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		cur.Env = env
+		return nil
+	})
+}
+
+// reconfigure changes an app's settings with change and, when a version
+// is serving, rolls the change out to it with the health-gated swap (a
+// configuration deployment, which runs the version's confighooks). The
+// change is kept only if the new container becomes healthy. With nothing
+// serving, it is saved for the first deploy.
+func (a *Agent) reconfigure(ctx context.Context, name string, noWait bool, p Progress, what string, change func(*store.App) error) error {
+	if err := ValidateAppName(name); err != nil {
 		return err
 	}
-	unlock, err := a.lock(ctx, app, noWait, p)
+	unlock, err := a.lock(ctx, name, noWait, p)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	cur, err := a.appOrNew(app)
+	cur, err := a.appOrNew(name)
 	if err != nil {
 		return err
 	}
-	env := platform.Apply(cur.Env, set, unset)
-	if err := platform.ValidateEnv(env); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	next := *cur
+	if err := change(&next); err != nil {
+		return err
 	}
 	if cur.Serving == "" {
-		cur.Env = env
-		if err := a.store.PutApp(cur); err != nil {
+		if err := a.store.PutApp(&next); err != nil {
 			return err
 		}
-		a.event(app, "", "config", "environment changed (%d set, %d removed); it applies from the first deploy", len(set), len(unset))
-		p.Line("saved; no version is serving yet, so the environment applies from the first deploy")
+		a.event(name, "", "config", "%s; it applies from the first deploy", what)
+		p.Line("saved; no version is serving yet, so this applies from the first deploy")
 		return nil
 	}
-	v, err := a.store.Version(app, cur.Serving)
+	v, err := a.store.Version(name, cur.Serving)
 	if err != nil {
 		return err
 	}
-	a.event(app, v.Label, "config", "environment change started (%d set, %d removed)", len(set), len(unset))
-	next := *cur
+	a.event(name, v.Label, "config", "%s: rolling out", what)
 	d := &deployment{a: a, op: "setenv", app: &next, prev: cur, v: v, p: p, start: time.Now()}
-	if err := d.rollout(ctx, env); err != nil {
+	if err := d.rollout(ctx); err != nil {
 		return d.failRollout(err)
 	}
-	a.event(app, v.Label, "config", "environment change is live on %s", v.Label)
+	a.event(name, v.Label, "config", "%s: live on %s", what, v.Label)
 	return nil
 }
 
@@ -194,11 +210,65 @@ func (a *Agent) ContainerStatus(ctx context.Context, app *store.App) ContainerSt
 	return cs
 }
 
-// HealthSettings returns app's health settings, the agent's defaults
-// filling what the app does not set.
+// HealthSettings returns app's health settings: the app's own (set with
+// deploy flags), then the serving version's bundle settings, then the
+// agent's defaults.
 func (a *Agent) HealthSettings(app *store.App) health.Settings {
-	return app.Health.Or(a.cfg.Health)
+	var v *store.Version
+	if app.Serving != "" {
+		v, _ = a.store.Version(app.Name, app.Serving)
+	}
+	return a.healthFor(app, v)
+}
+
+// healthFor returns app's health settings while v serves.
+func (a *Agent) healthFor(app *store.App, v *store.Version) health.Settings {
+	defaults := a.cfg.Health
+	if v != nil && v.Options.HealthPath != "" {
+		defaults.Path = v.Options.HealthPath
+	}
+	return app.Health.Or(defaults)
 }
 
 // Targets returns where the proxy sends app's traffic now.
 func (a *Agent) Targets(app string) []string { return a.router.Targets(app) }
+
+// Environment is what an app's containers get: its properties and where
+// each comes from.
+type Environment struct {
+	Env map[string]string
+	// FromBundle lists the keys that come from the serving version's
+	// .ebextensions and are not overridden with `sprout setenv`.
+	FromBundle []string
+	// Derived lists the keys Sprout builds (DATABASE_URL from RDS_*).
+	Derived []string
+}
+
+// Environment returns the environment app's serving version runs with.
+func (a *Agent) Environment(name string) (Environment, error) {
+	app, err := a.App(name)
+	if err != nil {
+		return Environment{}, err
+	}
+	var bundle map[string]string
+	if app.Serving != "" {
+		if v, err := a.store.Version(name, app.Serving); err == nil {
+			bundle = v.Options.Env
+		}
+	}
+	e := Environment{Env: platform.Effective(bundle, app.Env)}
+	for k := range e.Env {
+		_, own := app.Env[k]
+		_, inBundle := bundle[k]
+		switch {
+		case own:
+		case inBundle:
+			e.FromBundle = append(e.FromBundle, k)
+		default:
+			e.Derived = append(e.Derived, k)
+		}
+	}
+	slices.Sort(e.FromBundle)
+	slices.Sort(e.Derived)
+	return e, nil
+}

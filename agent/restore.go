@@ -114,7 +114,7 @@ func (a *Agent) recover(ctx context.Context, name string) {
 	a.event(name, v.Label, "restore", "serving container %s is not running; starting %s again from its image", shortID(app.ContainerID), v.Label)
 	next := *app
 	d := &deployment{a: a, op: "recover", app: &next, prev: app, v: v, p: p, start: time.Now()}
-	if err := d.rollout(ctx, app.Env); err != nil {
+	if err := d.rollout(ctx); err != nil {
 		d.failRollout(err)
 		return
 	}

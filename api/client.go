@@ -99,7 +99,11 @@ func (c *Client) get(ctx context.Context, path string, q url.Values, out any) er
 // Stream sends a request whose answer is a stream of Messages, calls on for
 // each one, and returns the last. A failed operation returns its error.
 func (c *Client) stream(ctx context.Context, path string, q url.Values, body io.Reader, on func(Message)) (*Message, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url(path, q), body)
+	return c.streamMethod(ctx, http.MethodPost, path, q, body, on)
+}
+
+func (c *Client) streamMethod(ctx context.Context, method, path string, q url.Values, body io.Reader, on func(Message)) (*Message, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.url(path, q), body)
 	if err != nil {
 		return nil, err
 	}
@@ -239,4 +243,27 @@ func (c *Client) Rollback(ctx context.Context, app string, req RollbackRequest, 
 func (c *Client) SetEnv(ctx context.Context, app string, req EnvChange, on func(Message)) (*Message, error) {
 	b, _ := json.Marshal(req)
 	return c.stream(ctx, "/apps/"+url.PathEscape(app)+"/env", nil, bytes.NewReader(b), on)
+}
+
+// Volumes lists an app's volumes.
+func (c *Client) Volumes(ctx context.Context, app string) ([]agent.VolumeInfo, error) {
+	var out []agent.VolumeInfo
+	err := c.get(ctx, "/apps/"+url.PathEscape(app)+"/volumes", nil, &out)
+	return out, err
+}
+
+// ChangeVolumes adds or removes a volume and streams its rollout.
+func (c *Client) ChangeVolumes(ctx context.Context, app string, req VolumeChange, on func(Message)) (*Message, error) {
+	b, _ := json.Marshal(req)
+	return c.stream(ctx, "/apps/"+url.PathEscape(app)+"/volumes", nil, bytes.NewReader(b), on)
+}
+
+// RemoveApp removes an app (and its volumes with purge), streaming what
+// it does.
+func (c *Client) RemoveApp(ctx context.Context, app string, purge bool, on func(Message)) (*Message, error) {
+	q := url.Values{}
+	if purge {
+		q.Set("purge", "1")
+	}
+	return c.streamMethod(ctx, http.MethodDelete, "/apps/"+url.PathEscape(app), q, nil, on)
 }

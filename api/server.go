@@ -42,6 +42,9 @@ func NewServer(ag *agent.Agent, version string, logger *slog.Logger) *Server {
 	s.mux.HandleFunc("POST "+p+"/apps/{app}/env", s.setenv)
 	s.mux.HandleFunc("GET "+p+"/apps/{app}/logs", s.logs)
 	s.mux.HandleFunc("GET "+p+"/apps/{app}/versions/{label}/deploy-log", s.buildLog)
+	s.mux.HandleFunc("GET "+p+"/apps/{app}/volumes", s.volumes)
+	s.mux.HandleFunc("POST "+p+"/apps/{app}/volumes", s.changeVolumes)
+	s.mux.HandleFunc("DELETE "+p+"/apps/{app}", s.removeApp)
 	s.mux.HandleFunc("GET "+p+"/events", s.events)
 	s.mux.HandleFunc("GET "+p+"/health", s.health)
 	return s
@@ -147,14 +150,14 @@ func (s *Server) versions(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) env(w http.ResponseWriter, r *http.Request) {
-	app, err := s.agent.App(r.PathValue("app"))
+	env, err := s.agent.Environment(r.PathValue("app"))
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	out := Env{Env: map[string]string{}}
+	out := Env{Env: map[string]string{}, FromBundle: env.FromBundle, Derived: env.Derived}
 	show := r.URL.Query().Get("show_secrets") == "1"
-	for k, v := range app.Env {
+	for k, v := range env.Env {
 		if !show && platform.IsSecret(k) {
 			v = platform.Mask(v)
 			out.Masked = append(out.Masked, k)
@@ -201,6 +204,12 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 		req.Tail = n
 	}
 	fw := &flushWriter{w: w}
+	if q.Get("files") == "1" {
+		if err := s.agent.LogFiles(req.App, req.Label, req.Tail, fw); err != nil && !fw.started {
+			writeError(w, err)
+		}
+		return
+	}
 	if err := s.agent.Logs(r.Context(), req, fw); err != nil {
 		if !fw.started {
 			writeError(w, err)
@@ -435,4 +444,40 @@ func (s *Server) setenv(w http.ResponseWriter, r *http.Request) {
 	st := &stream{w: w}
 	err := s.agent.SetEnv(r.Context(), r.PathValue("app"), req.Set, req.Unset, req.NoWait, st)
 	st.finish(nil, err)
+}
+
+func (s *Server) volumes(w http.ResponseWriter, r *http.Request) {
+	vs, err := s.agent.Volumes(r.Context(), r.PathValue("app"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if vs == nil {
+		vs = []agent.VolumeInfo{}
+	}
+	writeJSON(w, 200, vs)
+}
+
+func (s *Server) changeVolumes(w http.ResponseWriter, r *http.Request) {
+	var req VolumeChange
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		writeError(w, fmt.Errorf("%w: %v", agent.ErrInvalid, err))
+		return
+	}
+	st := &stream{w: w}
+	var err error
+	switch {
+	case req.Add != nil:
+		err = s.agent.AddVolume(r.Context(), r.PathValue("app"), *req.Add, req.NoWait, st)
+	case req.Remove != "":
+		err = s.agent.RemoveVolume(r.Context(), r.PathValue("app"), req.Remove, req.NoWait, st)
+	default:
+		err = fmt.Errorf("%w: name a volume to add or remove", agent.ErrInvalid)
+	}
+	st.finish(nil, err)
+}
+
+func (s *Server) removeApp(w http.ResponseWriter, r *http.Request) {
+	st := &stream{w: w}
+	st.finish(nil, s.agent.RemoveApp(r.Context(), r.PathValue("app"), r.URL.Query().Get("purge") == "1", st))
 }

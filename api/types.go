@@ -58,6 +58,17 @@ type Env struct {
 	Env map[string]string `json:"env"`
 	// Masked lists the keys whose values were hidden.
 	Masked []string `json:"masked,omitempty"`
+	// FromBundle lists the keys set by the serving bundle's .ebextensions.
+	FromBundle []string `json:"from_bundle,omitempty"`
+	// Derived lists the keys Sprout builds (DATABASE_URL from RDS_*).
+	Derived []string `json:"derived,omitempty"`
+}
+
+// VolumeChange adds or removes (by name) a persistent volume of an app.
+type VolumeChange struct {
+	Add    *store.Volume `json:"add,omitempty"`
+	Remove string        `json:"remove,omitempty"`
+	NoWait bool          `json:"no_wait,omitempty"`
 }
 
 // EnvChange sets and removes environment properties.

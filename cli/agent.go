@@ -67,6 +67,7 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 		return err
 	}
 	defer docker.Close()
+	docker.PullTimeout = cfg.PullTimeout
 	m := metrics.New(func() float64 { return float64(st.Size()) })
 	tracker := health.NewTracker()
 	cfg.Proxy.Observer = proxy.Observers(m, tracker)

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -66,11 +67,17 @@ var defaults = map[string]any{
 	"container.log_max_size":            "10m",
 	"container.log_max_files":           3,
 	"container.kept_logs_per_app":       "50MiB",
+	"container.pull_timeout":            "5m",
+	"hooks.enabled":                     true,
+	"hooks.timeout":                     "5m",
+	"volumes.host_dirs":                 agent.DefaultHostDirs,
 }
 
 // AgentConfig is everything `sprout agent` needs, typed and checked.
 type AgentConfig struct {
 	Socket string
+	// PullTimeout bounds one image pull.
+	PullTimeout time.Duration
 	// MetricsAddress is where /metrics is served, "" for nowhere.
 	MetricsAddress string
 	LogLevel       slog.Level
@@ -185,6 +192,27 @@ func (r *configReader) share(key string) float64 {
 	return f
 }
 
+// absPaths reads a list of absolute paths: a YAML list, or a
+// comma-separated string from the environment.
+func (r *configReader) absPaths(key string) []string {
+	var out []string
+	for _, item := range r.v.GetStringSlice(key) {
+		for _, p := range strings.Split(item, ",") {
+			if p = strings.TrimSpace(p); p == "" {
+				continue
+			}
+			if !filepath.IsAbs(p) {
+				r.fail(key, "%q is not an absolute path", p)
+			}
+			out = append(out, filepath.Clean(p))
+		}
+	}
+	if out == nil {
+		out = []string{}
+	}
+	return out
+}
+
 func (r *configReader) boolean(key string) bool {
 	s := r.str(key)
 	b, err := strconv.ParseBool(s)
@@ -245,6 +273,9 @@ func LoadAgentConfig(flags *pflag.FlagSet) (*AgentConfig, error) {
 		LogBytesPerApp:  r.size("container.kept_logs_per_app"),
 		MonitorInterval: r.duration("health.monitor_interval"),
 		RestartAfter:    r.integer("health.restart_after", 0, 1000),
+		HooksOff:        !r.boolean("hooks.enabled"),
+		HookTimeout:     r.duration("hooks.timeout"),
+		HostDirs:        r.absPaths("volumes.host_dirs"),
 		Rules: health.Rules{
 			Window:             r.duration("health.rules.window"),
 			MinRequests:        int64(r.integer("health.rules.min_requests", 1, 1_000_000)),
@@ -259,6 +290,7 @@ func LoadAgentConfig(flags *pflag.FlagSet) (*AgentConfig, error) {
 			SevereCheckFailing: r.duration("health.rules.severe_check_failing"),
 		},
 	}
+	c.PullTimeout = r.duration("container.pull_timeout")
 	if _, err := units.RAMInBytes(c.Agent.LogMaxSize); err != nil {
 		r.fail("container.log_max_size", "%q is not a size like 10m", c.Agent.LogMaxSize)
 	}

@@ -67,6 +67,7 @@ Run 'sprout agent' on the host, then 'sprout deploy app.zip'.`,
 		newEventsCommand(c),
 		newLogsCommand(c),
 		newHealthCommand(c),
+		newVolumesCommand(c),
 	)
 	return root
 }

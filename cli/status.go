@@ -127,6 +127,7 @@ func newAppsCommand(c *cli) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.AddCommand(newAppsRmCommand(c))
 	return cmd
 }
 

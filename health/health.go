@@ -184,6 +184,9 @@ var ErrUnhealthy = errors.New("app did not become healthy")
 type WaitError struct {
 	Reason string
 	Last   []Result
+	// Deadline is true when the checks were still failing at the
+	// deadline, false when the container died.
+	Deadline bool
 }
 
 func (e *WaitError) Error() string { return e.Reason }
@@ -206,6 +209,9 @@ func Wait(ctx context.Context, p Prober, s Settings, alive func(context.Context)
 	fail := func(format string, args ...any) error {
 		return &WaitError{Reason: fmt.Sprintf(format, args...), Last: last}
 	}
+	failDeadline := func() error {
+		return &WaitError{Reason: fmt.Sprintf("no %d consecutive passing health checks within %s (raise it with --health-deadline)", s.HealthyThreshold, s.Deadline), Last: last, Deadline: true}
+	}
 	wait := s.Grace
 	passes := 0
 	for {
@@ -213,7 +219,7 @@ func Wait(ctx context.Context, p Prober, s Settings, alive func(context.Context)
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		case <-deadline.C:
-			return fail("no %d consecutive passing health checks within %s (raise it with --health-deadline)", s.HealthyThreshold, s.Deadline)
+			return failDeadline()
 		case <-time.After(wait):
 		}
 		wait = s.Interval
@@ -251,7 +257,7 @@ func Wait(ctx context.Context, p Prober, s Settings, alive func(context.Context)
 			return nil
 		}
 		if ctx.Err() == nil && time.Since(start) > s.Deadline {
-			return fail("no %d consecutive passing health checks within %s (raise it with --health-deadline)", s.HealthyThreshold, s.Deadline)
+			return failDeadline()
 		}
 	}
 }

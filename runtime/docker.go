@@ -11,9 +11,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -22,6 +24,8 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/mount"
+	"github.com/docker/docker/api/types/volume"
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/jsonmessage"
 	"github.com/docker/docker/pkg/stdcopy"
@@ -51,6 +55,8 @@ var ErrImageMissing = errors.New("image not available")
 // Docker is a connection to one Docker engine.
 type Docker struct {
 	c *client.Client
+	// PullTimeout bounds one image pull; 5 minutes when zero.
+	PullTimeout time.Duration
 }
 
 // New connects to the engine named by DOCKER_HOST (or the default socket)
@@ -148,6 +154,9 @@ type ImageInfo struct {
 	ExposedPort int
 	// HasHealthcheck is true when the image declares a HEALTHCHECK.
 	HasHealthcheck bool
+	// Volumes are the container paths the image declares with VOLUME,
+	// sorted.
+	Volumes []string
 }
 
 // Image inspects an image by reference or ID.
@@ -170,29 +179,68 @@ func (d *Docker) Image(ctx context.Context, ref string) (ImageInfo, error) {
 		}
 		hc := ins.Config.Healthcheck
 		info.HasHealthcheck = hc != nil && len(hc.Test) > 0 && hc.Test[0] != "NONE"
+		info.Volumes = slices.Sorted(maps.Keys(ins.Config.Volumes))
 	}
 	return info, nil
 }
 
-// EnsureImage makes ref available on the host: it uses a local image when
-// there is one, else pulls it. out hears which.
-func (d *Docker) EnsureImage(ctx context.Context, ref string, out io.Writer) error {
-	if _, err := d.Image(ctx, ref); err == nil {
-		fmt.Fprintf(out, "using local image %s\n", ref)
+// EnsureImage makes ref available on the host. With update it pulls ref
+// first, as Dockerrun's Image.Update asks, and falls back to a local image
+// when no registry answers; without, it uses a local image when there is
+// one and pulls only when there is none. out hears which.
+func (d *Docker) EnsureImage(ctx context.Context, ref string, update bool, out io.Writer) error {
+	local, lerr := d.Image(ctx, ref)
+	if lerr == nil && !update {
+		fmt.Fprintf(out, "using the local image %s (%s); Image.Update is false, so it is not pulled\n", ref, shortID(local.ID))
 		return nil
 	}
-	fmt.Fprintf(out, "image %s is not on this host; pulling it\n", ref)
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	if lerr == nil {
+		fmt.Fprintf(out, "pulling %s (Image.Update); the local image %s is the fallback\n", ref, shortID(local.ID))
+	} else {
+		fmt.Fprintf(out, "image %s is not on this host; pulling it\n", ref)
+	}
+	pctx, cancel := context.WithTimeout(ctx, d.pullTimeout())
 	defer cancel()
 	rc, err := d.c.ImagePull(pctx, ref, image.PullOptions{})
 	if err == nil {
 		err = jsonmessage.DisplayJSONMessagesStream(rc, out, 0, false, nil)
 		rc.Close()
 	}
-	if err != nil {
-		return fmt.Errorf("%w: %s is not on this host and could not be pulled: %v (build or `docker load` it on the host, or fix the name)", ErrImageMissing, ref, err)
+	switch {
+	case err == nil:
+		now, ierr := d.Image(ctx, ref)
+		if ierr != nil {
+			return ierr
+		}
+		if lerr == nil && now.ID == local.ID {
+			fmt.Fprintf(out, "pulled %s: the local image was already the newest\n", ref)
+		} else {
+			fmt.Fprintf(out, "pulled %s (%s)\n", ref, shortID(now.ID))
+		}
+		return nil
+	case lerr == nil && ctx.Err() == nil:
+		fmt.Fprintf(out, "could not pull %s (%s); using the local image %s instead\n", ref, firstLine(err.Error()), shortID(local.ID))
+		return nil
 	}
-	return nil
+	return fmt.Errorf("%w: %s is not on this host and could not be pulled: %v (build or `docker load` it on the host, or fix the name)", ErrImageMissing, ref, err)
+}
+
+// pullTimeout bounds one pull.
+func (d *Docker) pullTimeout() time.Duration {
+	if d.PullTimeout > 0 {
+		return d.PullTimeout
+	}
+	return 5 * time.Minute
+}
+
+func shortID(id string) string {
+	id = strings.TrimPrefix(id, "sha256:")
+	return id[:min(12, len(id))]
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
 }
 
 // Tag gives an image another name.
@@ -221,6 +269,19 @@ type ContainerSpec struct {
 	// LogMaxSize and LogMaxFiles bound the json-file log ("10m", "3").
 	LogMaxSize  string
 	LogMaxFiles string
+	// Entrypoint and Cmd replace the image's when set.
+	Entrypoint []string
+	Cmd        []string
+	// Mounts are named volumes and host directories.
+	Mounts []Mount
+}
+
+// Mount puts a named volume (Volume set) or a host directory (HostDir
+// set) at Target in the container.
+type Mount struct {
+	Volume  string
+	HostDir string
+	Target  string
 }
 
 // Container is a running (or adopted) application container.
@@ -249,6 +310,8 @@ func (d *Docker) Run(ctx context.Context, spec ContainerSpec) (*Container, error
 		Labels:       spec.Labels,
 		ExposedPorts: nat.PortSet{port: {}},
 		StopTimeout:  &grace,
+		Entrypoint:   spec.Entrypoint,
+		Cmd:          spec.Cmd,
 	}
 	logCfg := map[string]string{"max-size": orDefault(spec.LogMaxSize, "10m"), "max-file": orDefault(spec.LogMaxFiles, "3")}
 	hc := &container.HostConfig{
@@ -257,6 +320,13 @@ func (d *Docker) Run(ctx context.Context, spec ContainerSpec) (*Container, error
 		// checked must show as an exit, with its code.
 		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyDisabled},
 		LogConfig:     container.LogConfig{Type: "json-file", Config: logCfg},
+	}
+	for _, m := range spec.Mounts {
+		if m.Volume != "" {
+			hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeVolume, Source: m.Volume, Target: m.Target})
+		} else {
+			hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeBind, Source: m.HostDir, Target: m.Target})
+		}
 	}
 	created, err := d.c.ContainerCreate(ctx, cfg, hc, nil, nil, spec.Name)
 	if err != nil {
@@ -485,4 +555,51 @@ func (d *Docker) List(ctx context.Context, labels map[string]string) ([]*Contain
 		out = append(out, c)
 	}
 	return out, nil
+}
+
+// Volume is a named volume the engine keeps on the host.
+type Volume struct {
+	Name       string
+	Labels     map[string]string
+	Mountpoint string
+	CreatedAt  time.Time
+}
+
+// EnsureVolume creates the named volume, with labels, unless it exists.
+func (d *Docker) EnsureVolume(ctx context.Context, name string, labels map[string]string) error {
+	if _, err := d.c.VolumeInspect(ctx, name); err == nil {
+		return nil
+	}
+	if _, err := d.c.VolumeCreate(ctx, volume.CreateOptions{Name: name, Labels: labels}); err != nil {
+		return fmt.Errorf("create volume %s: %w", name, err)
+	}
+	return nil
+}
+
+// Volumes lists the named volumes that carry every one of labels.
+func (d *Docker) Volumes(ctx context.Context, labels map[string]string) ([]Volume, error) {
+	args := filters.NewArgs()
+	for k, v := range labels {
+		args.Add("label", k+"="+v)
+	}
+	list, err := d.c.VolumeList(ctx, volume.ListOptions{Filters: args})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Volume, 0, len(list.Volumes))
+	for _, v := range list.Volumes {
+		created, _ := time.Parse(time.RFC3339, v.CreatedAt)
+		out = append(out, Volume{Name: v.Name, Labels: v.Labels, Mountpoint: v.Mountpoint, CreatedAt: created})
+	}
+	slices.SortFunc(out, func(a, b Volume) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// RemoveVolume deletes a named volume and its data; a missing one is not
+// an error.
+func (d *Docker) RemoveVolume(ctx context.Context, name string) error {
+	if err := d.c.VolumeRemove(ctx, name, false); err != nil && !client.IsErrNotFound(err) {
+		return fmt.Errorf("remove volume %s: %w", name, err)
+	}
+	return nil
 }

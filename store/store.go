@@ -15,6 +15,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/sprout-paas/sprout/health"
+	"github.com/sprout-paas/sprout/platform"
 )
 
 // ErrNotFound means the app or version does not exist.
@@ -45,6 +46,16 @@ type App struct {
 	ContainerID string    `json:"container_id,omitempty"`
 	ServingAt   time.Time `json:"serving_at,omitzero"`
 	CreatedAt   time.Time `json:"created_at"`
+	// Volumes are named persistent volumes declared with `sprout volumes
+	// add`; they survive every deploy, rollback and agent restart.
+	Volumes []Volume `json:"volumes,omitempty"`
+}
+
+// Volume is a named persistent volume mounted at Path in the app's
+// containers.
+type Volume struct {
+	Name string `json:"name"`
+	Path string `json:"path"`
 }
 
 // Version states.
@@ -81,6 +92,16 @@ type Version struct {
 	DeployedAt time.Time `json:"deployed_at,omitzero"`
 	// Steps holds how long each deploy step took, in milliseconds.
 	Steps map[string]int64 `json:"steps,omitempty"`
+	// Run says how the version's container starts (Dockerrun.aws.json).
+	Run platform.Run `json:"run,omitzero"`
+	// Options are the bundle's .ebextensions settings.
+	Options platform.Options `json:"options,omitzero"`
+	// Hooks are the bundle's .platform hooks, kept in BundleDir.
+	Hooks     platform.Hooks `json:"hooks,omitempty"`
+	BundleDir string         `json:"bundle_dir,omitempty"`
+	// ImageVolumes are the paths the image declares with VOLUME; each
+	// gets a persistent volume of the app.
+	ImageVolumes []string `json:"image_volumes,omitempty"`
 }
 
 // Event is one line of an app's history.
@@ -200,6 +221,20 @@ func (s *Store) Apps() ([]*App, error) {
 		})
 	})
 	return out, err
+}
+
+// DeleteApp removes an app and its versions; its events stay.
+func (s *Store) DeleteApp(name string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketApps).Delete([]byte(name)); err != nil {
+			return err
+		}
+		err := tx.Bucket(bucketVersions).DeleteBucket([]byte(name))
+		if errors.Is(err, bolt.ErrBucketNotFound) {
+			return nil
+		}
+		return err
+	})
 }
 
 // PutVersion creates or replaces a version; a new one gets the next
