@@ -493,7 +493,7 @@ func TestDockerrunBundles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(strings.Join(lines, "\n"), "using local image sprout/"+app+":v1") {
+	if !strings.Contains(strings.Join(lines, "\n"), "using the local image sprout/"+app+":v1") {
 		t.Errorf("deploy did not say which image it used:\n%s", strings.Join(lines, "\n"))
 	}
 	if _, body := get(t, port, "/"); body != "v2 " {

@@ -47,6 +47,9 @@ func testConfig(dataDir string) agent.Config {
 		StreamGrace:  time.Second,
 		StopGrace:    2 * time.Second,
 		Health:       health.Settings{Interval: 100 * time.Millisecond, Deadline: 20 * time.Second},
+		// Dockerrun volume tests mount directories of the tests' own.
+		HostDirs:    []string{"/var/app", os.TempDir()},
+		HookTimeout: 3 * time.Second,
 	}
 }
 

@@ -134,8 +134,8 @@ func FreePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// CleanupAgent removes, when the test ends, every container and image
-// that carries the agent id returned by id (read at clean-up time).
+// CleanupAgent removes, when the test ends, every container, image and
+// volume that carries the agent id returned by id (read at clean-up time).
 func CleanupAgent(t testing.TB, id func() string) {
 	t.Cleanup(func() {
 		label := "label=" + sprt.LabelAgent + "=" + id()
@@ -144,6 +144,9 @@ func CleanupAgent(t testing.TB, id func() string) {
 		}
 		if ids := dockerLines("images", "-q", "--filter", label); len(ids) > 0 {
 			exec.Command("docker", append([]string{"rmi", "-f"}, ids...)...).Run()
+		}
+		if names := dockerLines("volume", "ls", "-q", "--filter", label); len(names) > 0 {
+			exec.Command("docker", append([]string{"volume", "rm", "-f"}, names...)...).Run()
 		}
 	})
 }

@@ -6,18 +6,22 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log"
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
 
 func main() {
 	port := os.Getenv("PORT")
-	if len(os.Args) > 1 && os.Args[1] == "-check" {
+	if slices.Contains(os.Args[1:], "-check") {
 		// For a Dockerfile HEALTHCHECK: exit 0 when /healthz answers 200.
 		resp, err := http.Get("http://127.0.0.1:" + port + "/healthz")
 		if err != nil || resp.StatusCode != 200 {
@@ -58,12 +62,46 @@ func main() {
 	mux.HandleFunc("/env", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, os.Getenv(r.URL.Query().Get("k")))
 	})
+	// For volume and Dockerrun tests: the arguments the app got, and
+	// files it reads and writes.
+	mux.HandleFunc("/args", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, strings.Join(os.Args, " "))
+	})
+	mux.HandleFunc("/file", func(w http.ResponseWriter, r *http.Request) {
+		p := r.URL.Query().Get("path")
+		if r.Method == http.MethodPost {
+			b, _ := io.ReadAll(r.Body)
+			if err := os.WriteFile(p, b, 0o644); err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+			}
+			return
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		w.Write(b)
+	})
 	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
 		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
 		time.Sleep(time.Duration(ms) * time.Millisecond)
 		fmt.Fprintf(w, "%s slow", version)
 	})
-	srv := &http.Server{Addr: ":" + port, Handler: mux}
+	var handler http.Handler = mux
+	if dir := os.Getenv("APP_LOG_DIR"); dir != "" {
+		// One line per request in a log file, as apps that write their
+		// own logs (Dockerrun Logging) do.
+		f, err := os.OpenFile(filepath.Join(dir, "requests.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			log.Fatal(err)
+		}
+		handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(f, "%s %s %s\n", version, r.Method, r.URL.Path)
+			mux.ServeHTTP(w, r)
+		})
+	}
+	srv := &http.Server{Addr: ":" + port, Handler: handler}
 	go func() {
 		sig := make(chan os.Signal, 1)
 		signal.Notify(sig, syscall.SIGTERM)

@@ -1,0 +1,163 @@
+package testenv
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// PG is a throwaway PostgreSQL server.
+type PG struct {
+	// Host is the Docker bridge's gateway address, where containers
+	// reach the server; the host reaches it there and on 127.0.0.1.
+	Host     string
+	Port     int
+	User     string
+	Password string
+	DB       string
+}
+
+// URL is the server's postgres:// URL, as `sprout setenv --rds` takes it.
+func (p PG) URL() string {
+	u := url.URL{Scheme: "postgres", User: url.UserPassword(p.User, p.Password), Host: net.JoinHostPort(p.Host, strconv.Itoa(p.Port)), Path: "/" + p.DB}
+	return u.String()
+}
+
+// Query runs one SQL statement with psql and returns its unaligned output.
+func (p PG) Query(t testing.TB, sql string) string {
+	t.Helper()
+	cmd := exec.Command("psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", strconv.Itoa(p.Port), "-U", p.User, "-d", p.DB, "-c", sql)
+	cmd.Env = append(os.Environ(), "PGPASSWORD="+p.Password)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("psql %q: %v\n%s", sql, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// Postgres starts a PostgreSQL server from Debian's packages for one
+// test, listening on loopback and on the Docker bridge's gateway (so that
+// containers reach it, as an app reaches RDS), with password auth and a
+// database named ebdb, as Elastic Beanstalk names it. It stops when the
+// test ends. Without the server package the test is skipped, except under
+// CI, where it fails.
+func Postgres(t testing.TB) PG {
+	t.Helper()
+	bins, _ := filepath.Glob("/usr/lib/postgresql/*/bin/postgres")
+	if len(bins) == 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("CI=true but PostgreSQL is not installed (scripts/ensure-test-deps.sh installs it)")
+		}
+		t.Skip("PostgreSQL is not installed: apt-get install postgresql, or run scripts/ensure-test-deps.sh as root")
+	}
+	slices.Sort(bins)
+	bin := filepath.Dir(bins[len(bins)-1])
+	gw := dockerLines("network", "inspect", "bridge", "-f", "{{range .IPAM.Config}}{{.Gateway}} {{.Subnet}}{{end}}")
+	if len(gw) < 2 {
+		t.Fatal("cannot read the Docker bridge's gateway and subnet")
+	}
+	pg := PG{Host: gw[0], Port: FreePort(t), User: "sprout", Password: "p@ss:w/rd%" + Name("x"), DB: "ebdb"}
+
+	dir, err := os.MkdirTemp("", "sprout-pg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	// PostgreSQL refuses to run as root: run it as the package's user.
+	var wrap []string
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			t.Fatalf("running as root needs the postgres user of Debian's package: %v", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		os.Chmod(dir, 0o755)
+		if err := os.Chown(dir, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+		wrap = []string{"runuser", "-u", "postgres", "--"}
+	}
+	run := func(name string, args ...string) *exec.Cmd {
+		full := append(slices.Clone(wrap), append([]string{filepath.Join(bin, name)}, args...)...)
+		return exec.Command(full[0], full[1:]...)
+	}
+	pwfile := filepath.Join(dir, "pw")
+	os.WriteFile(pwfile, []byte(pg.Password+"\n"), 0o644)
+	data := filepath.Join(dir, "data")
+	if out, err := run("initdb", "-D", data, "-U", pg.User, "--pwfile", pwfile, "--auth", "scram-sha-256", "-E", "UTF8", "--no-sync").CombinedOutput(); err != nil {
+		t.Fatalf("initdb: %v\n%s", err, out)
+	}
+	hba := fmt.Sprintf("host all all %s scram-sha-256\n", gw[1])
+	f, err := os.OpenFile(filepath.Join(data, "pg_hba.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(hba)
+	f.Close()
+	srv := run("postgres", "-D", data, "-p", strconv.Itoa(pg.Port), "-k", dir,
+		"-c", "listen_addresses=127.0.0.1,"+pg.Host, "-c", "fsync=off", "-c", "synchronous_commit=off")
+	logf := &SyncBuffer{}
+	srv.Stdout, srv.Stderr = logf, logf
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// SIGINT is PostgreSQL's fast shutdown.
+		srv.Process.Signal(os.Interrupt)
+		srv.Wait()
+		if t.Failed() {
+			t.Logf("postgres log:\n%s", logf)
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(pg.Port)), time.Second)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("postgres did not start: %v\n%s", err, logf)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	db := pg.DB
+	pg.DB = "postgres"
+	for i := 0; ; i++ {
+		cmd := exec.Command("psql", "-X", "-h", "127.0.0.1", "-p", strconv.Itoa(pg.Port), "-U", pg.User, "-d", "postgres", "-c", "CREATE DATABASE "+db)
+		cmd.Env = append(os.Environ(), "PGPASSWORD="+pg.Password)
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			break
+		}
+		if i > 50 { // "the database system is starting up"
+			t.Fatalf("create database: %v\n%s", err, out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	pg.DB = db
+	return pg
+}
+
+// BaseImage makes sure the engine has debian:bookworm-slim, which
+// scripts/base-image.sh makes (`make test` runs it). Without it the test
+// is skipped, except under CI, where it fails.
+func BaseImage(t testing.TB) {
+	t.Helper()
+	if err := exec.Command("docker", "image", "inspect", "debian:bookworm-slim").Run(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("CI=true but the engine has no debian:bookworm-slim (scripts/base-image.sh makes it)")
+		}
+		t.Skip("no debian:bookworm-slim image: run scripts/base-image.sh as root")
+	}
+}
