@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -73,7 +74,7 @@ func Postgres(t testing.TB) PG {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	// PostgreSQL refuses to run as root: run it as the package's user.
-	var wrap []string
+	var cred *syscall.Credential
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("postgres")
 		if err != nil {
@@ -85,11 +86,13 @@ func Postgres(t testing.TB) PG {
 		if err := os.Chown(dir, uid, gid); err != nil {
 			t.Fatal(err)
 		}
-		wrap = []string{"runuser", "-u", "postgres", "--"}
+		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 	}
 	run := func(name string, args ...string) *exec.Cmd {
-		full := append(slices.Clone(wrap), append([]string{filepath.Join(bin, name)}, args...)...)
-		return exec.Command(full[0], full[1:]...)
+		cmd := exec.Command(filepath.Join(bin, name), args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		cmd.Dir = dir
+		return cmd
 	}
 	pwfile := filepath.Join(dir, "pw")
 	os.WriteFile(pwfile, []byte(pg.Password+"\n"), 0o644)
