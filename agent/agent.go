@@ -129,6 +129,9 @@ type Config struct {
 	HooksOff bool
 	// HookTimeout bounds one hook.
 	HookTimeout time.Duration
+	// BindAddress is the address public ports listen on ("" for all),
+	// the proxy's and, with ProxyServer none, the containers'.
+	BindAddress string
 	// HostDirs are the host directories (and what is under them) that a
 	// bundle's Dockerrun Volumes may mount.
 	HostDirs []string

@@ -363,3 +363,78 @@ func post(t *testing.T, port int, path, body string) {
 		t.Fatalf("POST %s: %s", path, resp.Status)
 	}
 }
+
+// TestProxyServerNone publishes the container's port straight on the
+// app's port, without the proxy, as ProxyServer none does on Elastic
+// Beanstalk: deploys then stop the old container first. A failed one
+// starts the old container again, and the app can go back to the proxy
+// and to a direct version by rollback, across an agent restart.
+func TestProxyServerNone(t *testing.T) {
+	h := newHarness(t)
+	app, port := testenv.Name("direct"), testenv.FreePort(t)
+	none := ".ebextensions/proxy.config"
+	noneBody := "option_settings:\n  aws:elasticbeanstalk:environment:proxy:\n    ProxyServer: none\n"
+	published := func() string {
+		t.Helper()
+		a, err := h.ag.App(app)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _, _, hostIP, _, _ := inspect(t, a.ContainerID)
+		out, _ := exec.Command("docker", "port", a.ContainerID).Output()
+		return hostIP + " " + strings.TrimSpace(string(out))
+	}
+	h.mustDeploy(app, "v1", testenv.Bundle(t, ""), portParam(port))
+
+	_, lines, err := h.deploy(app, "v2", writeFiles(t, testenv.Bundle(t, ""), map[string]string{none: noneBody}), nil)
+	out := strings.Join(lines, "\n")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, want := range []string{"deploys then have downtime", "port " + strconv.Itoa(port) + " is down until v2 serves", "goes straight to v2's container"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("deploy output lacks %q:\n%s", want, out)
+		}
+	}
+	if _, body := get(t, port, "/"); body != "v2 " {
+		t.Errorf("GET = %q", body)
+	}
+	if got := published(); !strings.HasSuffix(got, fmt.Sprintf("127.0.0.1:%d", port)) {
+		t.Errorf("v2 is published as %q, want on port %d", got, port)
+	}
+	if n := len(testenv.Containers(t, h.ag.ID())); n != 1 {
+		t.Errorf("%d containers", n)
+	}
+
+	// A direct version that never gets healthy: v2 starts again.
+	bad := writeFiles(t, testenv.Bundle(t, "", "ENV APP_HEALTH=500"), map[string]string{none: noneBody + "  aws:elasticbeanstalk:application:\n    Application Healthcheck URL: /healthz\n"})
+	if _, _, err := h.deploy(app, "v3", bad, map[string]string{"health_deadline": "1s"}); err == nil {
+		t.Fatal("v3 deployed")
+	}
+	if _, body := get(t, port, "/"); body != "v2 " {
+		t.Errorf("after the failed direct deploy GET = %q", body)
+	}
+
+	// Back to the proxy, then a rollback to the direct v2 across a restart.
+	h.mustDeploy(app, "v4", testenv.Bundle(t, ""), nil)
+	if _, body := get(t, port, "/"); body != "v4 " {
+		t.Errorf("v4 GET = %q", body)
+	}
+	if got := published(); strings.HasSuffix(got, fmt.Sprintf(":%d", port)) {
+		t.Errorf("v4 is published on the app's port (%s); the proxy should have it", got)
+	}
+	h.restart()
+	if _, body := get(t, port, "/"); body != "v4 " {
+		t.Errorf("after a restart GET = %q", body)
+	}
+	if _, err := h.client.Rollback(context.Background(), app, api.RollbackRequest{To: "v2"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, body := get(t, port, "/"); body != "v2 " {
+		t.Errorf("after the rollback GET = %q", body)
+	}
+	h.restart()
+	if _, body := get(t, port, "/"); body != "v2 " {
+		t.Errorf("after the rollback and a restart GET = %q", body)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/sprout-paas/sprout/bundle"
 	"github.com/sprout-paas/sprout/health"
 	"github.com/sprout-paas/sprout/platform"
+	"github.com/sprout-paas/sprout/proxy"
 	"github.com/sprout-paas/sprout/runtime"
 	"github.com/sprout-paas/sprout/store"
 )
@@ -204,9 +205,14 @@ type deployment struct {
 	newPort  bool               // the public port was opened by this deploy
 	created  *runtime.Container // container started by this deploy
 	swapped  bool
-	spec     *platform.Spec // what the bundle says, on a deploy
-	workDir  string         // the unpacked bundle, removed by cleanup
-	root     string         // the bundle's root: in workDir, or kept
+	// direct and prevDirect: the new and the serving version bypass the
+	// proxy (ProxyServer none); stoppedPrev and closedPort record what
+	// stopPrev did, for fail to undo.
+	direct, prevDirect      bool
+	stoppedPrev, closedPort bool
+	spec                    *platform.Spec // what the bundle says, on a deploy
+	workDir                 string         // the unpacked bundle, removed by cleanup
+	root                    string         // the bundle's root: in workDir, or kept
 }
 
 // cleanup removes the unpacked bundle unless it is kept with the version.
@@ -241,15 +247,6 @@ func (d *deployment) linef(format string, args ...any) { d.p.Line(fmt.Sprintf(fo
 // checks what it says, before anything is built or stopped.
 func (d *deployment) unpack(ctx context.Context, archive string) error {
 	a := d.a
-	// Open a new public port first, so that a port clash fails the deploy
-	// before anything is unpacked or built.
-	if d.app.Port != d.prev.Port || d.prev.Serving == "" {
-		d.begin(StepListen)
-		if err := a.router.Listen(d.app.Name, d.app.Port); err != nil {
-			return err
-		}
-		d.newPort = true
-	}
 	d.begin(StepUnpack)
 	d.workDir = filepath.Join(bundlesDir(a.cfg), d.app.Name+"-"+d.v.Label+"-"+randomID(3))
 	res, err := bundle.UnpackFile(archive, d.workDir, a.cfg.Bundle)
@@ -283,7 +280,71 @@ func (d *deployment) unpack(ctx context.Context, archive string) error {
 			return err
 		}
 	}
+	// Open a new public port before anything is built, so that a port
+	// clash fails the deploy first. A port that the serving container
+	// holds itself (ProxyServer none) opens once that container stops.
+	d.modes()
+	if !d.direct && (d.app.Port != d.prev.Port || d.prev.Serving == "") {
+		d.begin(StepListen)
+		if err := a.router.Listen(d.app.Name, d.app.Port); err != nil {
+			return err
+		}
+		d.newPort = true
+	}
 	return nil
+}
+
+// modes finds out whether the new and the serving version bypass the
+// proxy (ProxyServer none).
+func (d *deployment) modes() {
+	d.direct = d.v.Options.ProxyNone
+	d.prevDirect = false
+	if d.prev.Serving != "" {
+		if pv, err := d.a.store.Version(d.prev.Name, d.prev.Serving); err == nil {
+			d.prevDirect = pv.Options.ProxyNone
+		}
+	}
+}
+
+// stopPrev stops the serving container (keeping it, so that a failure can
+// start it again) and closes the proxy's port when it uses the one the new
+// container takes. Requests fail from here until the new one serves: this
+// is the downtime ProxyServer none brings.
+func (d *deployment) stopPrev(ctx context.Context) error {
+	a := d.a
+	if d.prev.ContainerID == "" || d.stoppedPrev {
+		return nil
+	}
+	if !d.prevDirect && d.prev.Port == d.app.Port {
+		a.router.Close(d.prev.Port, a.cfg.DrainTimeout)
+		d.closedPort = true
+	}
+	d.stoppedPrev = true
+	if err := a.rt.Stop(ctx, d.prev.ContainerID, a.cfg.StopGrace); err != nil {
+		return fmt.Errorf("stop the serving container: %w", err)
+	}
+	d.linef("stopped %s's container: port %d is down until %s serves (ProxyServer none)", d.prev.Serving, d.app.Port, d.v.Label)
+	return nil
+}
+
+// restartPrev starts the container stopped by stopPrev again and routes
+// it, after a failed deploy.
+func (d *deployment) restartPrev(ctx context.Context) {
+	a := d.a
+	if err := a.rt.Restart(ctx, d.prev.ContainerID, a.cfg.StopGrace); err != nil {
+		a.event(d.app.Name, d.prev.Serving, "deploy-failed", "could not start %s again: %v", d.prev.Serving, err)
+		return
+	}
+	if !d.prevDirect {
+		c, err := a.rt.Container(ctx, d.prev.ContainerID)
+		if err == nil {
+			if d.closedPort {
+				a.router.Listen(d.app.Name, d.prev.Port)
+			}
+			a.router.Swap(d.app.Name, []string{c.Addr})
+		}
+	}
+	a.event(d.app.Name, d.prev.Serving, "deploy-failed", "started %s again after the failed deploy", d.prev.Serving)
 }
 
 // needsBundle tells whether a version needs its unpacked bundle after
@@ -389,6 +450,9 @@ func (d *deployment) rollout(ctx context.Context) error {
 	a := d.a
 	env := platform.Effective(d.v.Options.Env, d.app.Env)
 	config := d.op == "setenv"
+	if d.op != "deploy" {
+		d.modes()
+	}
 	if config {
 		if err := d.runHooks(ctx, platform.StagePrebuild, true, env); err != nil {
 			return err
@@ -404,6 +468,13 @@ func (d *deployment) rollout(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	publicPort := 0
+	if d.direct {
+		if err := d.stopPrev(ctx); err != nil {
+			return err
+		}
+		publicPort = d.app.Port
+	}
 	c, err := a.rt.Run(ctx, runtime.ContainerSpec{
 		Name:          fmt.Sprintf("sprout-%s-%s-%s", d.app.Name, d.v.Label, randomID(3)),
 		Image:         d.v.Image,
@@ -411,6 +482,8 @@ func (d *deployment) rollout(ctx context.Context) error {
 		Entrypoint:    d.v.Run.Entrypoint,
 		Cmd:           d.v.Run.Command,
 		Mounts:        mounts,
+		PublicPort:    publicPort,
+		PublicIP:      a.cfg.BindAddress,
 		ContainerPort: d.v.ContainerPort,
 		Labels:        map[string]string{runtime.LabelAgent: a.id, runtime.LabelApp: d.app.Name, runtime.LabelLabel: d.v.Label},
 		StopGrace:     a.cfg.StopGrace,
@@ -431,13 +504,31 @@ func (d *deployment) rollout(ctx context.Context) error {
 	// Traffic moves the moment the app is healthy; the bookkeeping (step
 	// events are written to the store) follows. From here on the new
 	// version takes traffic: finish even if the client goes away.
+	if d.prevDirect && !d.direct && d.prev.Port == d.app.Port {
+		// The serving container holds the public port: stop it, then
+		// the proxy takes the port.
+		if err := d.stopPrev(ctx); err != nil {
+			return err
+		}
+		if err := a.router.Listen(d.app.Name, d.app.Port); err != nil {
+			return err
+		}
+		d.newPort = true
+	}
 	swapAt := time.Now()
-	retired := a.router.Swap(d.app.Name, []string{c.Addr})
+	retired := &proxy.Retired{}
+	if !d.direct {
+		retired = a.router.Swap(d.app.Name, []string{c.Addr})
+	}
 	d.swapped = true
 	ctx = context.WithoutCancel(ctx)
 	d.begin(StepSwap)
 	d.stepAt = swapAt
-	d.linef("traffic on port %d now goes to %s, %s after the last passing check", d.app.Port, d.v.Label, swapAt.Sub(d.lastPass).Round(10*time.Microsecond))
+	if d.direct {
+		d.linef("port %d now goes straight to %s's container (ProxyServer none)", d.app.Port, d.v.Label)
+	} else {
+		d.linef("traffic on port %d now goes to %s, %s after the last passing check", d.app.Port, d.v.Label, swapAt.Sub(d.lastPass).Round(10*time.Microsecond))
+	}
 
 	d.begin(StepDrain)
 	st := retired.Drain(ctx, a.cfg.DrainTimeout, a.cfg.StreamGrace)
@@ -447,9 +538,12 @@ func (d *deployment) rollout(ctx context.Context) error {
 	}
 	if d.op != "recover" {
 		if err := d.runHooks(ctx, platform.StagePostdeploy, config, env); err != nil {
+			d.swapped = false
+			if d.stoppedPrev {
+				return err // fail starts the old container again
+			}
 			// The old container still runs: give it its traffic back.
 			back := a.router.Swap(d.app.Name, old)
-			d.swapped = false
 			if len(old) > 0 {
 				d.linef("traffic went back to %s; draining %s", d.prev.Serving, d.v.Label)
 			}
@@ -459,9 +553,12 @@ func (d *deployment) rollout(ctx context.Context) error {
 	}
 
 	d.begin(StepRetire)
-	if d.newPort && d.prev.Serving != "" && d.prev.Port != d.app.Port {
+	if d.prev.Serving != "" && d.prev.Port != d.app.Port && !d.prevDirect {
 		a.router.Close(d.prev.Port, a.cfg.DrainTimeout)
 		d.linef("closed the old public port %d", d.prev.Port)
+	}
+	if d.direct && !d.prevDirect && d.prev.Serving != "" && d.prev.Port == d.app.Port {
+		d.linef("the proxy no longer serves port %d", d.app.Port)
 	}
 	// Only now may the engine restart the container: a crash before the
 	// swap must fail the deploy, not be hidden by a restart.
@@ -606,6 +703,9 @@ func (d *deployment) fail(err error) error {
 	if d.newPort {
 		// Opened for this deploy only: a serving app keeps its old port.
 		a.router.Close(d.app.Port, time.Second)
+	}
+	if d.stoppedPrev {
+		d.restartPrev(ctx)
 	}
 	if errors.Is(err, context.Canceled) {
 		err = errors.New("the deploy was cancelled (the client went away)")

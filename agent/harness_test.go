@@ -50,6 +50,7 @@ func testConfig(dataDir string) agent.Config {
 		// Dockerrun volume tests mount directories of the tests' own.
 		HostDirs:    []string{"/var/app", os.TempDir()},
 		HookTimeout: 3 * time.Second,
+		BindAddress: "127.0.0.1",
 	}
 }
 

@@ -33,14 +33,23 @@ func (a *Agent) Start(ctx context.Context) error {
 		if app.Serving == "" {
 			continue
 		}
-		if err := a.router.Listen(app.Name, app.Port); err != nil {
-			a.event(app.Name, app.Serving, "restore", "cannot listen on port %d: %v", app.Port, err)
-			continue
+		// With ProxyServer none the container publishes the port itself.
+		direct := false
+		if v, err := a.store.Version(app.Name, app.Serving); err == nil {
+			direct = v.Options.ProxyNone
+		}
+		if !direct {
+			if err := a.router.Listen(app.Name, app.Port); err != nil {
+				a.event(app.Name, app.Serving, "restore", "cannot listen on port %d: %v", app.Port, err)
+				continue
+			}
 		}
 		c, ok := byID[app.ContainerID]
 		if ok && c.Running && c.Addr != "" {
 			serving[c.ID] = true
-			a.router.Swap(app.Name, []string{c.Addr})
+			if !direct {
+				a.router.Swap(app.Name, []string{c.Addr})
+			}
 			a.metrics.Serving(app.Name, app.Serving)
 			a.event(app.Name, app.Serving, "restore", "re-adopted container %s of %s at %s", shortID(c.ID), app.Serving, c.Addr)
 			continue

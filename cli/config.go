@@ -273,6 +273,7 @@ func LoadAgentConfig(flags *pflag.FlagSet) (*AgentConfig, error) {
 		LogBytesPerApp:  r.size("container.kept_logs_per_app"),
 		MonitorInterval: r.duration("health.monitor_interval"),
 		RestartAfter:    r.integer("health.restart_after", 0, 1000),
+		BindAddress:     r.str("proxy.bind_address"),
 		HooksOff:        !r.boolean("hooks.enabled"),
 		HookTimeout:     r.duration("hooks.timeout"),
 		HostDirs:        r.absPaths("volumes.host_dirs"),

@@ -211,6 +211,9 @@ func (p *Proxy) Close(port int, grace time.Duration) {
 	if !ok {
 		return
 	}
+	// The port is free when Close returns; its connections drain after.
+	l.closing.Store(true)
+	l.ln.Close()
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), grace)
 		defer cancel()

@@ -274,6 +274,11 @@ type ContainerSpec struct {
 	Cmd        []string
 	// Mounts are named volumes and host directories.
 	Mounts []Mount
+	// PublicPort, when set, publishes the container's port straight on
+	// this host port of PublicIP ("" for every address) instead of a
+	// random loopback port: Elastic Beanstalk's ProxyServer none.
+	PublicPort int
+	PublicIP   string
 }
 
 // Mount puts a named volume (Volume set) or a host directory (HostDir
@@ -320,6 +325,9 @@ func (d *Docker) Run(ctx context.Context, spec ContainerSpec) (*Container, error
 		// checked must show as an exit, with its code.
 		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyDisabled},
 		LogConfig:     container.LogConfig{Type: "json-file", Config: logCfg},
+	}
+	if spec.PublicPort != 0 {
+		hc.PortBindings = nat.PortMap{port: {{HostIP: spec.PublicIP, HostPort: strconv.Itoa(spec.PublicPort)}}}
 	}
 	for _, m := range spec.Mounts {
 		if m.Volume != "" {
