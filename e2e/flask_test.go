@@ -228,3 +228,46 @@ func TestFlaskWithSQLiteOnAVolume(t *testing.T) {
 		t.Error("the volume survived --purge")
 	}
 }
+
+// TestBadBundlesNameTheFile deploys bundles with a malformed
+// Dockerrun.aws.json, .ebextensions file and hook through the CLI: each is
+// refused with the file, the line or key, and the fix, and v1 keeps
+// serving.
+func TestBadBundlesNameTheFile(t *testing.T) {
+	a := startAgent(t)
+	app, port := testenv.Name("badeb"), testenv.FreePort(t)
+	a.mustSprout("deploy", testenv.Bundle(t, ""), "--app", app, "--label", "v1", "--port", fmt.Sprint(port))
+	cases := []struct {
+		file, body string
+		mode       os.FileMode
+		want       []string
+	}{
+		{"Dockerrun.aws.json", `{"AWSEBDockerrunVersion": "1", "Logging": "logs"}`, 0o644,
+			[]string{"Dockerrun.aws.json: Logging:", `"logs" is not an absolute path`}},
+		{".ebextensions/01-options.config", "option_settings:\n  aws:elasticbeanstalk:command:\n    Timeout: soon\n", 0o644,
+			[]string{".ebextensions/01-options.config line 3", "Timeout", "from 1 to 3600"}},
+		{".platform/hooks/predeploy/01.sh", "#!/bin/bash\r\necho hi\r\n", 0o755,
+			[]string{".platform/hooks/predeploy/01.sh", "Windows line endings", "dos2unix"}},
+	}
+	for _, tc := range cases {
+		dir := testenv.Bundle(t, "")
+		p := filepath.Join(dir, tc.file)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(tc.body), tc.mode); err != nil {
+			t.Fatal(err)
+		}
+		out, errOut, code := a.sprout("deploy", dir, "--app", app)
+		all := out + errOut
+		if code != 1 || !strings.Contains(all, "v1 keeps serving") {
+			t.Errorf("%s: exit %d:\n%s", tc.file, code, all)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(all, w) {
+				t.Errorf("%s: output lacks %q:\n%s", tc.file, w, all)
+			}
+		}
+		if body := get(t, port); body != "v1 " {
+			t.Errorf("after %s GET = %q", tc.file, body)
+		}
+	}
+}
