@@ -1,0 +1,237 @@
+package source
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
+)
+
+// S3Options say how to reach S3 or an S3-compatible store.
+type S3Options struct {
+	// Region, when empty, comes from the standard chain: AWS_REGION, the
+	// shared config, then the instance's metadata (IMDSv2).
+	Region string
+	// Endpoint overrides S3's for an S3-compatible store.
+	Endpoint string
+	// PathStyle addresses buckets as endpoint/bucket/key.
+	PathStyle bool
+}
+
+// S3 reads and writes bundles and manifests in S3, with the SDK's
+// standard credential chain (environment, shared config, the instance
+// role through IMDSv2).
+type S3 struct {
+	client *s3.Client
+	region string
+}
+
+// NewS3 loads the AWS configuration. It reaches no network until used.
+func NewS3(ctx context.Context, o S3Options) (*S3, error) {
+	opts := []func(*config.LoadOptions) error{config.WithEC2IMDSRegion()}
+	if o.Region != "" {
+		opts = append(opts, config.WithRegion(o.Region))
+	}
+	cfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("load the AWS configuration: %w", err)
+	}
+	if cfg.Region == "" && o.Endpoint != "" {
+		cfg.Region = "us-east-1" // S3-compatible stores mostly ignore it
+	}
+	client := s3.NewFromConfig(cfg, func(so *s3.Options) {
+		if o.Endpoint != "" {
+			so.BaseEndpoint = aws.String(o.Endpoint)
+		}
+		so.UsePathStyle = o.PathStyle
+		// Objects put by other tools often carry no checksum; that is
+		// not worth a log line on every fetch.
+		so.DisableLogOutputChecksumValidationSkipped = true
+	})
+	return &S3{client: client, region: cfg.Region}, nil
+}
+
+// Object names an object in a bucket.
+type Object struct{ Bucket, Key string }
+
+func (o Object) String() string { return "s3://" + o.Bucket + "/" + o.Key }
+
+// ParseS3URL reads s3://bucket/key.
+func ParseS3URL(s string) (Object, error) {
+	u, err := url.Parse(s)
+	if err != nil || u.Scheme != "s3" || u.Host == "" {
+		return Object{}, fmt.Errorf("%w: %q is not an S3 URL like s3://bucket/key", ErrInvalid, s)
+	}
+	return Object{Bucket: u.Host, Key: strings.TrimPrefix(u.Path, "/")}, nil
+}
+
+// Fetched describes a fetched bundle.
+type Fetched struct {
+	// Ref is where it came from, without credentials.
+	Ref string
+	// Bytes is its size; SHA256 its digest as Sprout computed it.
+	Bytes  int64
+	SHA256 string
+	// ETag is the S3 object's; Commit the git commit.
+	ETag   string
+	Commit string
+}
+
+// Fetch streams an object into w, at most max bytes, and returns its size,
+// SHA-256 and ETag.
+func (s *S3) Fetch(ctx context.Context, obj Object, w io.Writer, max int64) (Fetched, error) {
+	if err := s.ready(obj); err != nil {
+		return Fetched{}, err
+	}
+	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &obj.Bucket, Key: &obj.Key})
+	if err != nil {
+		return Fetched{}, s.explain(obj, err)
+	}
+	defer out.Body.Close()
+	if out.ContentLength != nil && *out.ContentLength > max {
+		return Fetched{}, fmt.Errorf("%w: %s is %d bytes, more than bundle.max_upload_bytes (%d)", ErrTooLarge, obj, *out.ContentLength, max)
+	}
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(w, h), io.LimitReader(out.Body, max+1))
+	if err != nil {
+		return Fetched{}, fmt.Errorf("%s: reading the object: %w", obj, err)
+	}
+	if n > max {
+		return Fetched{}, fmt.Errorf("%w: %s is more than bundle.max_upload_bytes (%d)", ErrTooLarge, obj, max)
+	}
+	return Fetched{Ref: obj.String(), Bytes: n, SHA256: hex.EncodeToString(h.Sum(nil)), ETag: strings.Trim(aws.ToString(out.ETag), `"`)}, nil
+}
+
+// PutNew uploads body as a new object; an existing object is never
+// overwritten (a conditional put, If-None-Match: *).
+func (s *S3) PutNew(ctx context.Context, obj Object, body io.ReadSeeker, size int64) (string, error) {
+	if err := s.ready(obj); err != nil {
+		return "", err
+	}
+	// Stores that ignore conditional puts still get the check.
+	if _, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &obj.Bucket, Key: &obj.Key}); err == nil {
+		return "", fmt.Errorf("%w: %s already exists; application versions are never overwritten (choose another --label)", ErrExists, obj)
+	} else if !isNotFound(err) {
+		return "", s.explain(obj, err)
+	}
+	out, err := s.client.PutObject(ctx, &s3.PutObjectInput{Bucket: &obj.Bucket, Key: &obj.Key, Body: body, ContentLength: aws.Int64(size), IfNoneMatch: aws.String("*")})
+	if err != nil {
+		var re *smithyhttp.ResponseError
+		if errors.As(err, &re) && re.HTTPStatusCode() == http.StatusPreconditionFailed {
+			return "", fmt.Errorf("%w: %s already exists; application versions are never overwritten (choose another --label)", ErrExists, obj)
+		}
+		return "", s.explain(obj, err)
+	}
+	return strings.Trim(aws.ToString(out.ETag), `"`), nil
+}
+
+// Put writes a small object, replacing what is there.
+func (s *S3) Put(ctx context.Context, obj Object, body []byte, contentType string) (string, error) {
+	if err := s.ready(obj); err != nil {
+		return "", err
+	}
+	out, err := s.client.PutObject(ctx, &s3.PutObjectInput{Bucket: &obj.Bucket, Key: &obj.Key, Body: bytes.NewReader(body), ContentType: aws.String(contentType)})
+	if err != nil {
+		return "", s.explain(obj, err)
+	}
+	return strings.Trim(aws.ToString(out.ETag), `"`), nil
+}
+
+// maxSmall bounds a manifest.
+const maxSmall = 1 << 20
+
+// GetIfChanged reads a small object unless its ETag is still etag; then
+// it returns changed false.
+func (s *S3) GetIfChanged(ctx context.Context, obj Object, etag string) (body []byte, newETag string, changed bool, err error) {
+	if err := s.ready(obj); err != nil {
+		return nil, "", false, err
+	}
+	in := &s3.GetObjectInput{Bucket: &obj.Bucket, Key: &obj.Key}
+	if etag != "" {
+		in.IfNoneMatch = aws.String(`"` + etag + `"`)
+	}
+	out, err := s.client.GetObject(ctx, in)
+	if err != nil {
+		var re *smithyhttp.ResponseError
+		if errors.As(err, &re) && re.HTTPStatusCode() == http.StatusNotModified {
+			return nil, etag, false, nil
+		}
+		return nil, "", false, s.explain(obj, err)
+	}
+	defer out.Body.Close()
+	body, err = io.ReadAll(io.LimitReader(out.Body, maxSmall+1))
+	if err != nil {
+		return nil, "", false, fmt.Errorf("%s: reading the object: %w", obj, err)
+	}
+	if len(body) > maxSmall {
+		return nil, "", false, fmt.Errorf("%w: %s is larger than %d bytes; a manifest is small JSON", ErrTooLarge, obj, maxSmall)
+	}
+	return body, strings.Trim(aws.ToString(out.ETag), `"`), true, nil
+}
+
+func (s *S3) ready(obj Object) error {
+	if s.region == "" {
+		return fmt.Errorf("%s: no AWS region is set: set s3.region in the agent's config, or AWS_REGION (on EC2 it comes from the instance's metadata)", obj)
+	}
+	if obj.Key == "" || strings.HasSuffix(obj.Key, "/") {
+		return fmt.Errorf("%w: %s names no object (a key is needed after the bucket)", ErrInvalid, obj)
+	}
+	return nil
+}
+
+func isNotFound(err error) bool {
+	var re *smithyhttp.ResponseError
+	return errors.As(err, &re) && re.HTTPStatusCode() == http.StatusNotFound
+}
+
+// explain turns an S3 error into one sentence naming the bucket, the key
+// and the cause.
+func (s *S3) explain(obj Object, err error) error {
+	var nsk *types.NoSuchKey
+	var nsb *types.NoSuchBucket
+	var nf *types.NotFound
+	var api smithy.APIError
+	switch {
+	case errors.As(err, &nsb):
+		return fmt.Errorf("%w: %s: bucket %s does not exist (check its name and the region %s)", ErrNotFound, obj, obj.Bucket, s.region)
+	case errors.As(err, &nsk), errors.As(err, &nf):
+		return fmt.Errorf("%w: %s: no such object in bucket %s (check the key)", ErrNotFound, obj, obj.Bucket)
+	case errors.As(err, &api):
+		switch api.ErrorCode() {
+		case "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch":
+			return fmt.Errorf("%w: %s: access denied (%s); give the instance role or user s3:GetObject and s3:PutObject on it", ErrDenied, obj, api.ErrorCode())
+		case "PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException", "301", "MovedPermanently":
+			return fmt.Errorf("%s: bucket %s is in another region than %s; set s3.region (or AWS_REGION) to the bucket's region", obj, obj.Bucket, s.region)
+		case "NoSuchKey", "NotFound":
+			return fmt.Errorf("%w: %s: no such object in bucket %s (check the key)", ErrNotFound, obj, obj.Bucket)
+		case "NoSuchBucket":
+			return fmt.Errorf("%w: %s: bucket %s does not exist (check its name and the region %s)", ErrNotFound, obj, obj.Bucket, s.region)
+		}
+		return fmt.Errorf("%s: %s: %s", obj, api.ErrorCode(), api.ErrorMessage())
+	}
+	var re *smithyhttp.ResponseError
+	if errors.As(err, &re) {
+		switch re.HTTPStatusCode() {
+		case http.StatusNotFound:
+			return fmt.Errorf("%w: %s: no such object or bucket", ErrNotFound, obj)
+		case http.StatusForbidden:
+			return fmt.Errorf("%w: %s: access denied; give the instance role or user s3:GetObject on it", ErrDenied, obj)
+		case http.StatusMovedPermanently:
+			return fmt.Errorf("%s: bucket %s is in another region than %s; set s3.region (or AWS_REGION) to the bucket's region", obj, obj.Bucket, s.region)
+		}
+	}
+	return fmt.Errorf("%s: cannot reach S3: %w", obj, err)
+}

@@ -1,0 +1,175 @@
+package source_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sprout-paas/sprout/bundle"
+	"github.com/sprout-paas/sprout/internal/testenv"
+	"github.com/sprout-paas/sprout/source"
+)
+
+func newS3(t *testing.T) (*testenv.FakeS3, *source.S3) {
+	t.Helper()
+	fake := testenv.S3(t, "bundles")
+	s, err := source.NewS3(context.Background(), source.S3Options{Endpoint: fake.URL, PathStyle: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fake, s
+}
+
+// TestS3 runs the real SDK client against a real S3 wire protocol on
+// loopback: versions are never overwritten, fetches are bounded and
+// checksummed, conditional reads use the ETag, and each failure is one
+// sentence naming the bucket, the key and the cause.
+func TestS3(t *testing.T) {
+	_, s := newS3(t)
+	ctx := context.Background()
+	obj := source.Object{Bucket: "bundles", Key: "web/v1.zip"}
+	body := bytes.Repeat([]byte("bundle "), 1000)
+	etag, err := s.PutNew(ctx, obj, bytes.NewReader(body), int64(len(body)))
+	if err != nil || etag == "" {
+		t.Fatalf("put: %q %v", etag, err)
+	}
+	if _, err := s.PutNew(ctx, obj, bytes.NewReader(body), int64(len(body))); !errors.Is(err, source.ErrExists) || !strings.Contains(err.Error(), "s3://bundles/web/v1.zip already exists") {
+		t.Errorf("second put: %v", err)
+	}
+	var got bytes.Buffer
+	f, err := s.Fetch(ctx, obj, &got, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(body)
+	if !bytes.Equal(got.Bytes(), body) || f.SHA256 != hex.EncodeToString(sum[:]) || f.ETag != etag || f.Bytes != int64(len(body)) || f.Ref != "s3://bundles/web/v1.zip" {
+		t.Errorf("fetched %+v", f)
+	}
+	if _, err := s.Fetch(ctx, obj, &bytes.Buffer{}, 100); !errors.Is(err, source.ErrTooLarge) {
+		t.Errorf("over the cap: %v", err)
+	}
+
+	for _, tc := range []struct {
+		obj  source.Object
+		want string
+	}{
+		{source.Object{Bucket: "bundles", Key: "web/v9.zip"}, "s3://bundles/web/v9.zip: no such object in bucket bundles (check the key)"},
+		{source.Object{Bucket: "nobucket", Key: "a.zip"}, "s3://nobucket/a.zip: bucket nobucket does not exist"},
+		{source.Object{Bucket: "denied", Key: "a.zip"}, "s3://denied/a.zip: access denied (AccessDenied)"},
+		{source.Object{Bucket: "elsewhere", Key: "a.zip"}, "s3://elsewhere/a.zip: bucket elsewhere is in another region than us-east-1; set s3.region"},
+	} {
+		_, err := s.Fetch(ctx, tc.obj, &bytes.Buffer{}, 1<<20)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v\nwant %q", tc.obj, err, tc.want)
+		}
+	}
+
+	// Manifests: a conditional GET with the ETag answers 304 until the
+	// object changes.
+	m := source.Object{Bucket: "bundles", Key: "envs/web/current.json"}
+	if _, err := s.Put(ctx, m, []byte(`{"label":"v1"}`), "application/json"); err != nil {
+		t.Fatal(err)
+	}
+	b, tag, changed, err := s.GetIfChanged(ctx, m, "")
+	if err != nil || !changed || string(b) != `{"label":"v1"}` {
+		t.Fatalf("first read: %q %v %v", b, changed, err)
+	}
+	if _, tag2, changed, err := s.GetIfChanged(ctx, m, tag); err != nil || changed || tag2 != tag {
+		t.Errorf("unchanged read: %v %v", changed, err)
+	}
+	if _, err := s.Put(ctx, m, []byte(`{"label":"v2"}`), "application/json"); err != nil {
+		t.Fatal(err)
+	}
+	if b, _, changed, err := s.GetIfChanged(ctx, m, tag); err != nil || !changed || string(b) != `{"label":"v2"}` {
+		t.Errorf("changed read: %q %v %v", b, changed, err)
+	}
+}
+
+func TestParse(t *testing.T) {
+	g, err := source.ParseGit("https://bot:s3cr3t@git.example.com/team/app.git#release/1.2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.String() != "https://git.example.com/team/app.git#release/1.2" || strings.Contains(g.String(), "s3cr3t") {
+		t.Errorf("git ref = %s", g)
+	}
+	for _, bad := range []string{"https://host/repo.git#--upload-pack=x", "https://host/repo.git#a..b", "ftp://host/x", "s3://", "s3:///key", "./local.zip"} {
+		if err := source.Check(bad); !errors.Is(err, source.ErrInvalid) {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+	if !source.IsRemote("s3://b/k") || !source.IsRemote("https://h/r.git") || source.IsRemote("app.zip") {
+		t.Error("IsRemote")
+	}
+}
+
+// TestGit fetches branches, tags and commits of a real repository with
+// the real git client, shallowly, and packs the tree without .git.
+func TestGit(t *testing.T) {
+	repo := t.TempDir()
+	git := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command("git", args...)
+		cmd.Dir = repo
+		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@e", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@e")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("git %v: %v %s", args, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	git("init", "-q", "-b", "main")
+	os.WriteFile(filepath.Join(repo, "Dockerfile"), []byte("FROM scratch\n"), 0o644)
+	git("add", ".")
+	git("commit", "-qm", "one")
+	first := git("rev-parse", "HEAD")
+	git("tag", "v1")
+	os.WriteFile(filepath.Join(repo, "two.txt"), []byte("2"), 0o644)
+	git("add", ".")
+	git("commit", "-qm", "two")
+	second := git("rev-parse", "HEAD")
+
+	f := &source.Fetcher{WorkDir: t.TempDir()}
+	for ref, want := range map[string]string{"main": second, "v1": first, first: first, "": second} {
+		var buf bytes.Buffer
+		url := "file://" + repo
+		if ref != "" {
+			url += "#" + ref
+		}
+		got, err := f.Fetch(context.Background(), url, &buf, 1<<20, func(string) {})
+		if err != nil {
+			t.Fatalf("%s: %v", ref, err)
+		}
+		if got.Commit != want {
+			t.Errorf("%s: commit %s, want %s", ref, got.Commit, want)
+		}
+		dst := t.TempDir()
+		arch := filepath.Join(t.TempDir(), "b.tgz")
+		os.WriteFile(arch, buf.Bytes(), 0o644)
+		res, err := bundle.UnpackFile(arch, dst, bundle.Limits{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join(res.Root, ".git")); err == nil {
+			t.Errorf("%s: .git was packed", ref)
+		}
+		_, err = os.Stat(filepath.Join(res.Root, "two.txt"))
+		if (want == second) != (err == nil) {
+			t.Errorf("%s: two.txt present = %v", ref, err == nil)
+		}
+	}
+	_, err := f.Fetch(context.Background(), "file://"+repo+"#nope", &bytes.Buffer{}, 1<<20, func(string) {})
+	if err == nil || !strings.Contains(err.Error(), "git fetch file://"+repo+"#nope") {
+		t.Errorf("missing ref: %v", err)
+	}
+	if _, err := f.Fetch(context.Background(), "file://"+repo, &bytes.Buffer{}, 100, func(string) {}); !errors.Is(err, source.ErrTooLarge) {
+		t.Errorf("over the cap: %v", err)
+	}
+}
