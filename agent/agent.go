@@ -24,6 +24,7 @@ import (
 	"github.com/sprout-paas/sprout/health"
 	"github.com/sprout-paas/sprout/proxy"
 	"github.com/sprout-paas/sprout/runtime"
+	"github.com/sprout-paas/sprout/source"
 	"github.com/sprout-paas/sprout/store"
 )
 
@@ -48,6 +49,12 @@ type Runtime interface {
 	EnsureVolume(ctx context.Context, name string, labels map[string]string) error
 	Volumes(ctx context.Context, labels map[string]string) ([]runtime.Volume, error)
 	RemoveVolume(ctx context.Context, name string) error
+}
+
+// Fetcher gets the bundles the agent pulls itself (from S3 or git) into
+// w, at most max bytes.
+type Fetcher interface {
+	Fetch(ctx context.Context, ref string, w io.Writer, max int64, progress func(string)) (source.Fetched, error)
 }
 
 // Router is what the agent needs from the proxy.
@@ -216,6 +223,7 @@ type Progress interface {
 
 // Agent deploys and runs the apps of one host.
 type Agent struct {
+	fetcher Fetcher
 	cfg     Config
 	rt      Runtime
 	router  Router
@@ -253,6 +261,10 @@ func New(cfg Config, rt Runtime, router Router, st *store.Store, m Metrics, trac
 	return &Agent{cfg: cfg, rt: rt, router: router, store: st, metrics: m, tracker: tracker, log: logger, id: id,
 		locks: map[string]chan struct{}{}, health: map[string]*appHealth{}, busy: map[string]int{}}, nil
 }
+
+// SetFetcher gives the agent its remote bundle sources; call it before
+// Start. Without one, deploys from S3 or git are refused.
+func (a *Agent) SetFetcher(f Fetcher) { a.fetcher = f }
 
 // ID is this agent's identity, written on every container it owns.
 func (a *Agent) ID() string { return a.id }

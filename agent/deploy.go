@@ -17,11 +17,13 @@ import (
 	"github.com/sprout-paas/sprout/platform"
 	"github.com/sprout-paas/sprout/proxy"
 	"github.com/sprout-paas/sprout/runtime"
+	"github.com/sprout-paas/sprout/source"
 	"github.com/sprout-paas/sprout/store"
 )
 
 // Deploy steps, named the same in progress, events and version records.
 const (
+	StepFetch  = "fetch"
 	StepListen = "listen"
 	StepUnpack = "unpack"
 	StepBuild  = "build"
@@ -86,8 +88,13 @@ type DeployRequest struct {
 	Label string
 	// BundlePath is an archive in the data dir; the agent removes it.
 	BundlePath string
-	// Source says where the bundle came from, for the record.
+	// From, instead of BundlePath, names a bundle the agent fetches
+	// itself: s3://bucket/key or a git URL#ref.
+	From string
+	// Source says where the bundle came from, for the record, and Commit
+	// which git commit it is, when known (git push).
 	Source   string
+	Commit   string
 	Settings Settings
 	NoWait   bool
 }
@@ -108,9 +115,19 @@ var ErrNoPort = errors.New("the bundle does not say which port the app listens o
 // step fails, the serving version keeps serving and the new one's leftovers
 // are removed; the version is recorded as failed with the step and reason.
 func (a *Agent) Deploy(ctx context.Context, req DeployRequest, p Progress) (*store.Version, error) {
-	defer os.Remove(req.BundlePath)
+	if req.BundlePath != "" {
+		defer os.Remove(req.BundlePath)
+	}
 	if err := ValidateAppName(req.App); err != nil {
 		return nil, err
+	}
+	if req.From != "" {
+		if err := source.Check(req.From); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		if a.fetcher == nil {
+			return nil, fmt.Errorf("%w: this agent fetches no remote bundles", ErrInvalid)
+		}
 	}
 	if req.Label != "" {
 		if err := ValidateLabel(req.Label); err != nil {
@@ -146,7 +163,7 @@ func (a *Agent) Deploy(ctx context.Context, req DeployRequest, p Progress) (*sto
 			return nil, err
 		}
 	}
-	v := &store.Version{App: req.App, Label: label, Status: store.StatusPending, Source: req.Source, CreatedAt: time.Now(), Steps: map[string]int64{}}
+	v := &store.Version{App: req.App, Label: label, Status: store.StatusPending, Source: req.Source, Commit: req.Commit, CreatedAt: time.Now(), Steps: map[string]int64{}}
 	if err := a.store.PutVersion(v); err != nil {
 		return nil, err
 	}
@@ -155,7 +172,16 @@ func (a *Agent) Deploy(ctx context.Context, req DeployRequest, p Progress) (*sto
 	d := &deployment{a: a, op: "deploy", app: &next, prev: app, v: v, p: tr, start: time.Now(), steps: v.Steps}
 
 	defer d.cleanup()
-	err = d.unpack(ctx, req.BundlePath)
+	archive := req.BundlePath
+	if req.From != "" {
+		archive, err = d.fetch(ctx, req.From)
+		if archive != "" {
+			defer os.Remove(archive)
+		}
+	}
+	if err == nil {
+		err = d.unpack(ctx, archive)
+	}
 	if t := d.v.Options.Deploy.Timeout; err == nil && t > 0 {
 		// aws:elasticbeanstalk:command Timeout bounds the deploy up to
 		// the swap.
@@ -242,6 +268,33 @@ func (d *deployment) end() {
 }
 
 func (d *deployment) linef(format string, args ...any) { d.p.Line(fmt.Sprintf(format, args...)) }
+
+// fetch gets a remote bundle into an upload file and records where it
+// came from: the object's ETag, the commit, and the bundle's SHA-256.
+func (d *deployment) fetch(ctx context.Context, from string) (string, error) {
+	a := d.a
+	d.begin(StepFetch)
+	f, err := a.NewUpload()
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	got, err := a.fetcher.Fetch(ctx, from, f, a.cfg.MaxUploadBytes, func(s string) { d.linef("%s", s) })
+	if err != nil {
+		return f.Name(), err
+	}
+	d.v.Source, d.v.ETag, d.v.Commit, d.v.SHA256 = got.Ref, got.ETag, got.Commit, got.SHA256
+	switch {
+	case got.Commit != "":
+		d.linef("fetched commit %s of %s (%d bytes packed)", got.Commit, got.Ref, got.Bytes)
+	default:
+		d.linef("fetched %s: %d bytes, ETag %s, sha256 %s", got.Ref, got.Bytes, got.ETag, got.SHA256[:16])
+	}
+	if err := a.store.PutVersion(d.v); err != nil {
+		return f.Name(), err
+	}
+	return f.Name(), f.Close()
+}
 
 // unpack opens the app's port when it is new, unpacks the bundle and
 // checks what it says, before anything is built or stopped.

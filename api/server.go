@@ -333,16 +333,21 @@ func (s *Server) deploy(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	path, err := s.receive(w, r)
-	if err != nil {
-		os.Remove(path)
-		writeJSON(w, http.StatusRequestEntityTooLarge, ErrorBody{Error: err.Error()})
-		return
+	// from= names a bundle the agent fetches itself; otherwise the body
+	// is the bundle.
+	from, path := q.Get("from"), ""
+	if from == "" {
+		path, err = s.receive(w, r)
+		if err != nil {
+			os.Remove(path)
+			writeJSON(w, http.StatusRequestEntityTooLarge, ErrorBody{Error: err.Error()})
+			return
+		}
 	}
 	st := &stream{w: w}
 	v, err := s.agent.Deploy(r.Context(), agent.DeployRequest{
-		App: r.PathValue("app"), Label: q.Get("label"), BundlePath: path,
-		Source: orDefault(q.Get("source"), "upload"), Settings: settings, NoWait: q.Get("no_wait") == "1",
+		App: r.PathValue("app"), Label: q.Get("label"), BundlePath: path, From: from,
+		Source: orDefault(q.Get("source"), "upload"), Commit: q.Get("commit"), Settings: settings, NoWait: q.Get("no_wait") == "1",
 	}, st)
 	st.finish(v, err)
 }

@@ -15,10 +15,12 @@ import (
 
 	"github.com/sprout-paas/sprout/agent"
 	"github.com/sprout-paas/sprout/api"
+	"github.com/sprout-paas/sprout/gitpush"
 	"github.com/sprout-paas/sprout/health"
 	"github.com/sprout-paas/sprout/metrics"
 	"github.com/sprout-paas/sprout/proxy"
 	"github.com/sprout-paas/sprout/runtime"
+	"github.com/sprout-paas/sprout/source"
 	"github.com/sprout-paas/sprout/store"
 )
 
@@ -76,6 +78,7 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 	if err != nil {
 		return err
 	}
+	ag.SetFetcher(&source.Fetcher{S3Options: cfg.S3, WorkDir: filepath.Join(cfg.Agent.DataDir, "bundles")})
 	if cfg.MetricsAddress != "" {
 		mln, err := net.Listen("tcp", cfg.MetricsAddress)
 		if err != nil {
@@ -85,6 +88,13 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 		go msrv.Serve(mln)
 		defer msrv.Close()
 		log.Info("metrics served", "addr", "http://"+mln.Addr().String()+"/metrics")
+	}
+	if cfg.Git.Address != "" {
+		stop, err := serveGit(cfg, log.With("component", "git"))
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	ln, err := listenSocket(cfg.Socket)
 	if err != nil {
@@ -110,6 +120,34 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 		return err
 	}
 	return nil
+}
+
+// serveGit serves git push deploys on git.address.
+func serveGit(cfg *AgentConfig, log *slog.Logger) (func(), error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	sock, err := filepath.Abs(cfg.Socket)
+	if err != nil {
+		return nil, err
+	}
+	gs, err := gitpush.New(gitpush.Options{
+		Root: filepath.Join(cfg.Agent.DataDir, "git"), Token: cfg.Git.Token, Branch: cfg.Git.Branch,
+		Hook: []string{exe, "git-hook"}, Env: []string{"SPROUT_SOCKET=" + sock}, Log: log,
+		MaxPushBytes: cfg.Agent.MaxUploadBytes,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("config git: %w", err)
+	}
+	ln, err := net.Listen("tcp", cfg.Git.Address)
+	if err != nil {
+		return nil, fmt.Errorf("config git.address: cannot listen on %s: %w", cfg.Git.Address, err)
+	}
+	srv := &http.Server{Handler: gs, ReadHeaderTimeout: 30 * time.Second}
+	go srv.Serve(ln)
+	log.Info("git push deploys served", "remote", "http://"+ln.Addr().String()+"/<app>.git", "branch", cfg.Git.Branch)
+	return func() { srv.Close() }, nil
 }
 
 func metricsMux(m *metrics.Metrics) http.Handler {

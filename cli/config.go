@@ -19,6 +19,7 @@ import (
 	"github.com/sprout-paas/sprout/bundle"
 	"github.com/sprout-paas/sprout/health"
 	"github.com/sprout-paas/sprout/proxy"
+	"github.com/sprout-paas/sprout/source"
 )
 
 // DefaultConfigFile is read when it exists and no --config is given.
@@ -68,9 +69,22 @@ var defaults = map[string]any{
 	"container.log_max_files":           3,
 	"container.kept_logs_per_app":       "50MiB",
 	"container.pull_timeout":            "5m",
+	"git.address":                       "",
+	"git.token":                         "",
+	"git.token_file":                    "",
+	"git.branch":                        "main",
+	"s3.region":                         "",
+	"s3.endpoint":                       "",
+	"s3.path_style":                     false,
 	"hooks.enabled":                     true,
 	"hooks.timeout":                     "5m",
 	"volumes.host_dirs":                 agent.DefaultHostDirs,
+}
+
+// GitConfig configures the git push server.
+type GitConfig struct {
+	// Address is where git is served ("" for off).
+	Address, Token, Branch string
 }
 
 // AgentConfig is everything `sprout agent` needs, typed and checked.
@@ -78,6 +92,10 @@ type AgentConfig struct {
 	Socket string
 	// PullTimeout bounds one image pull.
 	PullTimeout time.Duration
+	// S3 says how the agent reaches S3 for bundles and manifests.
+	S3 source.S3Options
+	// Git configures git push deploys.
+	Git GitConfig
 	// MetricsAddress is where /metrics is served, "" for nowhere.
 	MetricsAddress string
 	LogLevel       slog.Level
@@ -292,6 +310,18 @@ func LoadAgentConfig(flags *pflag.FlagSet) (*AgentConfig, error) {
 		},
 	}
 	c.PullTimeout = r.duration("container.pull_timeout")
+	c.Git = GitConfig{Address: r.str("git.address"), Token: r.str("git.token"), Branch: r.str("git.branch")}
+	if f := r.str("git.token_file"); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			r.fail("git.token_file", "%v", err)
+		}
+		c.Git.Token = strings.TrimSpace(string(b))
+	}
+	if c.Git.Address != "" && c.Git.Token == "" {
+		r.fail("git.token", "is empty while git.address is set: set the token git pushers use as their password (or git.token_file)")
+	}
+	c.S3 = source.S3Options{Region: r.str("s3.region"), Endpoint: r.str("s3.endpoint"), PathStyle: r.boolean("s3.path_style")}
 	if _, err := units.RAMInBytes(c.Agent.LogMaxSize); err != nil {
 		r.fail("container.log_max_size", "%q is not a size like 10m", c.Agent.LogMaxSize)
 	}
@@ -317,6 +347,17 @@ func LoadAgentConfig(flags *pflag.FlagSet) (*AgentConfig, error) {
 		return nil, r.err
 	}
 	return c, nil
+}
+
+// s3Options reads how to reach S3, for the agent and for `deploy --s3`.
+func s3Options(flags *pflag.FlagSet) (source.S3Options, error) {
+	v, err := newViper(flags)
+	if err != nil {
+		return source.S3Options{}, err
+	}
+	r := &configReader{v: v}
+	o := source.S3Options{Region: r.str("s3.region"), Endpoint: r.str("s3.endpoint"), PathStyle: r.boolean("s3.path_style")}
+	return o, r.err
 }
 
 // socketPath is where the CLI finds the agent: --socket, SPROUT_SOCKET,

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -12,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sprout-paas/sprout/bundle"
+	"github.com/sprout-paas/sprout/source"
 )
 
 type deployOptions struct {
@@ -19,6 +21,9 @@ type deployOptions struct {
 	app    string
 	label  string
 	noWait bool
+	// git and ref name a repository commit instead of a bundle;
+	// s3Prefix uploads the bundle as an application version first.
+	git, ref, s3Prefix string
 }
 
 // settingFlags maps deploy flags to the API's query parameters.
@@ -46,10 +51,29 @@ fails, the version that was serving keeps serving.
 Settings given as flags (--port, --health-path, ...) are kept for the app's
 later deploys.`,
 		Example: `  sprout deploy app.zip --app web --label v2 --port 8080
-  sprout deploy ./myapp --health-path /healthz`,
-		Args: cobra.ExactArgs(1),
+  sprout deploy ./myapp --health-path /healthz
+  sprout deploy s3://my-bucket/web/v7.zip --app web --label v7      # the agent fetches it
+  sprout deploy app.zip --app web --label v8 --s3 s3://my-bucket/versions/
+                                         # upload as an application version, then deploy it
+  sprout deploy https://git.example.com/team/web.git#main --app web  # shallow clone of that ref
+  sprout deploy --git https://git.example.com/team/web.git --ref v1.4.2 --app web`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			o.bundle = args[0]
+			switch {
+			case o.git != "" && len(args) > 0:
+				return errors.New("give either a BUNDLE or --git, not both")
+			case o.git != "":
+				o.bundle = o.git
+				if o.ref != "" {
+					o.bundle += "#" + o.ref
+				}
+			case len(args) == 0:
+				return errors.New("name a bundle: a .zip, .tar.gz, directory, s3://bucket/key or git URL (or --git URL)")
+			case o.ref != "":
+				return errors.New("--ref goes with --git")
+			default:
+				o.bundle = args[0]
+			}
 			q := url.Values{}
 			for _, s := range settingFlags {
 				if f := cmd.Flags().Lookup(s.flag); f.Changed {
@@ -63,6 +87,9 @@ later deploys.`,
 	f.StringVar(&o.app, "app", "", "app name (default: the bundle's base name)")
 	f.StringVar(&o.label, "label", "", "version label (default: v<N>)")
 	f.BoolVar(&o.noWait, "no-wait", false, "fail instead of waiting when another deploy of the app is running")
+	f.StringVar(&o.git, "git", "", "deploy a commit of this git repository (the agent clones it shallowly)")
+	f.StringVar(&o.ref, "ref", "", "with --git: the branch, tag or commit (default: the remote's HEAD)")
+	f.StringVar(&o.s3Prefix, "s3", "", "upload the bundle to s3://bucket/prefix/<app>/<label>.<ext> first (never overwriting), then deploy it from there")
 	for _, s := range settingFlags {
 		f.String(s.flag, "", s.usage)
 	}
@@ -70,6 +97,25 @@ later deploys.`,
 }
 
 func runDeploy(cmd *cobra.Command, c *cli, o *deployOptions, q url.Values) error {
+	if o.label != "" {
+		q.Set("label", o.label)
+	}
+	if o.noWait {
+		q.Set("no_wait", "1")
+	}
+	if source.IsRemote(o.bundle) {
+		if o.s3Prefix != "" {
+			return errors.New("--s3 uploads a local bundle; this one is already remote")
+		}
+		return deployRemote(cmd, c, o, q, o.bundle)
+	}
+	if o.s3Prefix != "" {
+		ref, err := uploadVersion(cmd, c, o)
+		if err != nil {
+			return err
+		}
+		return deployRemote(cmd, c, o, q, ref)
+	}
 	st, err := os.Stat(o.bundle)
 	if err != nil {
 		return fmt.Errorf("bundle %s: %w", o.bundle, err)
@@ -79,12 +125,6 @@ func runDeploy(cmd *cobra.Command, c *cli, o *deployOptions, q url.Values) error
 		app = appNameFromPath(o.bundle)
 	}
 	q.Set("source", filepath.Base(o.bundle))
-	if o.label != "" {
-		q.Set("label", o.label)
-	}
-	if o.noWait {
-		q.Set("no_wait", "1")
-	}
 	var body io.Reader
 	if st.IsDir() {
 		pr, pw := io.Pipe()
@@ -125,4 +165,104 @@ func appNameFromPath(p string) string {
 		return "app"
 	}
 	return name
+}
+
+// deployRemote asks the agent to fetch ref (s3:// or git) and deploy it;
+// only the reference crosses the socket.
+func deployRemote(cmd *cobra.Command, c *cli, o *deployOptions, q url.Values, ref string) error {
+	if err := source.Check(ref); err != nil {
+		return err
+	}
+	if o.app == "" {
+		return fmt.Errorf("name the app with --app when deploying %s", redactRef(ref))
+	}
+	q.Set("from", ref)
+	client, err := c.client(cmd)
+	if err != nil {
+		return err
+	}
+	p := newPrinter(c.out)
+	fmt.Fprintf(c.out, "%s deploying %s to app %s\n", p.elapsed(), redactRef(ref), o.app)
+	last, err := client.Deploy(cmd.Context(), o.app, q, nil, p.on)
+	if err != nil {
+		return fmt.Errorf("deploy of %s failed: %w%s", o.app, err, stillServing(cmd, client, o.app))
+	}
+	return p.done(cmd, client, last)
+}
+
+// redactRef hides credentials in a git URL for printing.
+func redactRef(ref string) string {
+	if g, err := source.ParseGit(ref); err == nil {
+		return g.String()
+	}
+	return ref
+}
+
+// uploadVersion packs (when needed) and uploads the bundle to
+// s3://bucket/prefix/<app>/<label>.<ext>, as Elastic Beanstalk keeps
+// application versions, never replacing one, and returns its URL.
+func uploadVersion(cmd *cobra.Command, c *cli, o *deployOptions) (string, error) {
+	if o.label == "" {
+		return "", errors.New("--s3 needs --label: the label names the application version in S3")
+	}
+	if o.app == "" {
+		o.app = appNameFromPath(o.bundle)
+	}
+	prefix, err := source.ParseS3URL(strings.TrimSuffix(o.s3Prefix, "/") + "/x")
+	if err != nil {
+		return "", fmt.Errorf("--s3: %w", err)
+	}
+	st, err := os.Stat(o.bundle)
+	if err != nil {
+		return "", fmt.Errorf("bundle %s: %w", o.bundle, err)
+	}
+	path, ext := o.bundle, bundleExt(o.bundle)
+	if st.IsDir() {
+		tmp, err := os.CreateTemp("", "sprout-bundle-*.tar.gz")
+		if err != nil {
+			return "", err
+		}
+		defer os.Remove(tmp.Name())
+		if err := bundle.Pack(o.bundle, tmp); err != nil {
+			tmp.Close()
+			return "", err
+		}
+		tmp.Close()
+		path, ext = tmp.Name(), ".tar.gz"
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	info, _ := f.Stat()
+	key := strings.TrimSuffix(strings.TrimSuffix(prefix.Key, "x"), "/")
+	if key != "" {
+		key += "/"
+	}
+	obj := source.Object{Bucket: prefix.Bucket, Key: key + o.app + "/" + o.label + ext}
+	opts, err := s3Options(cmd.Flags())
+	if err != nil {
+		return "", err
+	}
+	s, err := source.NewS3(cmd.Context(), opts)
+	if err != nil {
+		return "", err
+	}
+	fmt.Fprintf(c.out, "uploading %s (%d bytes) to %s\n", o.bundle, info.Size(), obj)
+	etag, err := s.PutNew(cmd.Context(), obj, f, info.Size())
+	if err != nil {
+		return "", err
+	}
+	fmt.Fprintf(c.out, "uploaded application version %s (ETag %s)\n", obj, etag)
+	return obj.String(), nil
+}
+
+func bundleExt(p string) string {
+	for _, ext := range []string{".tar.gz", ".tgz", ".zip", ".tar"} {
+		if strings.HasSuffix(p, ext) {
+			return ext
+		}
+	}
+	return ".zip"
 }

@@ -68,6 +68,7 @@ Run 'sprout agent' on the host, then 'sprout deploy app.zip'.`,
 		newLogsCommand(c),
 		newHealthCommand(c),
 		newVolumesCommand(c),
+		newGitHookCommand(c),
 	)
 	return root
 }

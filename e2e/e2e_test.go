@@ -36,7 +36,7 @@ type agentProc struct {
 	metricsAddr string
 }
 
-func startAgent(t *testing.T) *agentProc {
+func startAgent(t *testing.T, env ...string) *agentProc {
 	t.Helper()
 	testenv.Docker(t)
 	dir := t.TempDir()
@@ -46,6 +46,7 @@ func startAgent(t *testing.T) *agentProc {
 		"SPROUT_HEALTH_INTERVAL=100ms", "SPROUT_DEPLOY_STOP_GRACE=2s", "SPROUT_PROXY_BIND_ADDRESS=127.0.0.1")
 	a.metricsAddr = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	a.env = append(a.env, "SPROUT_METRICS_ADDRESS="+a.metricsAddr)
+	a.env = append(a.env, env...)
 	testenv.CleanupAgent(t, func() string { return a.id })
 	a.start()
 	t.Cleanup(func() {

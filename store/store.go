@@ -73,8 +73,14 @@ type Version struct {
 	Seq   uint64 `json:"seq"`
 	// Status is one of the Status constants.
 	Status string `json:"status"`
-	// Source describes where the bundle came from (a file name).
+	// Source describes where the bundle came from: a file name, an S3
+	// URL or a git URL#ref (never with credentials).
 	Source string `json:"source,omitempty"`
+	// Commit is the git commit deployed; ETag the S3 object's; SHA256
+	// the fetched bundle's digest.
+	Commit string `json:"commit,omitempty"`
+	ETag   string `json:"etag,omitempty"`
+	SHA256 string `json:"sha256,omitempty"`
 	// Kind is "dockerfile" or "image".
 	Kind string `json:"kind,omitempty"`
 	// Image is the tag Sprout gave the version's image.

@@ -1,0 +1,237 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sprout-paas/sprout/bundle"
+	"github.com/sprout-paas/sprout/internal/loadgen"
+	"github.com/sprout-paas/sprout/internal/testenv"
+	"github.com/sprout-paas/sprout/store"
+)
+
+func s3Env(fake *testenv.FakeS3) []string {
+	return []string{"SPROUT_S3_ENDPOINT=" + fake.URL, "SPROUT_S3_PATH_STYLE=true"}
+}
+
+func packed(t *testing.T, dir string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := bundle.Pack(dir, &buf); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func versionsOf(t *testing.T, a *agentProc, app string) map[string]store.Version {
+	t.Helper()
+	var vs []store.Version
+	if err := json.Unmarshal([]byte(a.mustSprout("versions", "--app", app, "--json")), &vs); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]store.Version{}
+	for _, v := range vs {
+		out[v.Label] = v
+	}
+	return out
+}
+
+// TestS3Bundles deploys bundles the agent fetches from S3 itself (a real
+// SDK client against a real S3 wire protocol on loopback), uploads a
+// local bundle as an application version that is never overwritten, and
+// fails cleanly, before anything stops, on a missing object, a denied
+// bucket and a bucket in another region.
+func TestS3Bundles(t *testing.T) {
+	fake := testenv.S3(t, "bundles")
+	a := startAgent(t, s3Env(fake)...)
+	app, port := testenv.Name("s3"), testenv.FreePort(t)
+	fake.Put(t, "bundles", "web/v1.tar.gz", packed(t, testenv.Bundle(t, "")))
+
+	out := a.mustSprout("deploy", "s3://bundles/web/v1.tar.gz", "--app", app, "--label", "v1", "--port", fmt.Sprint(port))
+	if !strings.Contains(out, "==> fetch") || !strings.Contains(out, "fetched s3://bundles/web/v1.tar.gz") {
+		t.Errorf("deploy output:\n%s", out)
+	}
+	if body := get(t, port); body != "v1 " {
+		t.Errorf("GET = %q", body)
+	}
+	v1 := versionsOf(t, a, app)["v1"]
+	if v1.Source != "s3://bundles/web/v1.tar.gz" || v1.ETag == "" || len(v1.SHA256) != 64 {
+		t.Errorf("v1 record: %+v", v1)
+	}
+
+	dir := testenv.Bundle(t, "", "ENV GREETING=two")
+	out = a.mustSprout("deploy", dir, "--app", app, "--label", "v2", "--s3", "s3://bundles/versions/")
+	key := "versions/" + app + "/v2.tar.gz"
+	if _, ok := fake.Get(t, "bundles", key); !ok || !strings.Contains(out, "uploaded application version s3://bundles/"+key) {
+		t.Errorf("upload: %s", out)
+	}
+	if body := get(t, port); body != "v2 two" {
+		t.Errorf("GET = %q", body)
+	}
+	if _, errOut, code := a.sprout("deploy", dir, "--app", app, "--label", "v2", "--s3", "s3://bundles/versions/"); code == 0 || !strings.Contains(errOut, "s3://bundles/"+key+" already exists; application versions are never overwritten") {
+		t.Errorf("second upload of v2: exit %d %s", code, errOut)
+	}
+
+	for ref, want := range map[string]string{
+		"s3://bundles/web/v9.tar.gz": "no such object in bucket bundles",
+		"s3://denied/web.zip":        "s3://denied/web.zip: access denied",
+		"s3://elsewhere/web.zip":     "bucket elsewhere is in another region than us-east-1",
+		"s3://bundles/":              "names no object",
+	} {
+		_, errOut, code := a.sprout("deploy", ref, "--app", app)
+		if code != 1 || !strings.Contains(errOut, want) || !strings.Contains(errOut, "v2 keeps serving") {
+			t.Errorf("%s: exit %d:\n%s", ref, code, errOut)
+		}
+	}
+	if body := get(t, port); body != "v2 two" {
+		t.Errorf("after the failed fetches GET = %q", body)
+	}
+	for _, v := range versionsOf(t, a, app) {
+		if v.Status == store.StatusFailed && v.FailedStep != "fetch" {
+			t.Errorf("%s failed at %q, want fetch", v.Label, v.FailedStep)
+		}
+	}
+}
+
+// gitRepo makes a repository holding the test app's bundle, with git's
+// identity set for commits.
+type gitRepo struct {
+	t   *testing.T
+	dir string
+}
+
+func newGitRepo(t *testing.T) *gitRepo {
+	r := &gitRepo{t: t, dir: testenv.Bundle(t, "")}
+	r.git("init", "-q", "-b", "main")
+	r.commit("v1")
+	return r
+}
+
+func (r *gitRepo) git(args ...string) (string, error) {
+	cmd := exec.Command("git", args...)
+	cmd.Dir = r.dir
+	cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=dev", "GIT_AUTHOR_EMAIL=dev@example.com", "GIT_COMMITTER_NAME=dev", "GIT_COMMITTER_EMAIL=dev@example.com", "GIT_TERMINAL_PROMPT=0")
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (r *gitRepo) must(args ...string) string {
+	r.t.Helper()
+	out, err := r.git(args...)
+	if err != nil {
+		r.t.Fatalf("git %v: %v\n%s", args, err, out)
+	}
+	return strings.TrimSpace(out)
+}
+
+// commit changes the app's GREETING (or crashes it) and commits.
+func (r *gitRepo) commit(msg string, extra ...string) string {
+	r.t.Helper()
+	df := testenv.DefaultDockerfile + "ENV GREETING=" + msg + "\n" + strings.Join(extra, "\n") + "\n"
+	os.WriteFile(filepath.Join(r.dir, "Dockerfile"), []byte(df), 0o644)
+	r.must("add", "-A")
+	r.must("commit", "-qm", msg)
+	return r.must("rev-parse", "HEAD")
+}
+
+// TestGitDeploys deploys a commit the agent clones itself, then runs git
+// push deploys through the agent's git server with the real git client:
+// push v1, push v2 under load with 0 failed requests, push a broken
+// commit and see it rejected while v2 keeps serving. The token never
+// shows in the agent's log, events, versions or status.
+func TestGitDeploys(t *testing.T) {
+	token := "tok-" + testenv.Name("s3cr3t")
+	gitPort := testenv.FreePort(t)
+	a := startAgent(t, fmt.Sprintf("SPROUT_GIT_ADDRESS=127.0.0.1:%d", gitPort), "SPROUT_GIT_TOKEN="+token)
+	repo := newGitRepo(t)
+	app, port := testenv.Name("push"), testenv.FreePort(t)
+
+	// The agent clones a ref itself.
+	first := repo.must("rev-parse", "HEAD")
+	out := a.mustSprout("deploy", "--git", "file://"+repo.dir, "--ref", "main", "--app", app+"-clone", "--port", fmt.Sprint(testenv.FreePort(t)))
+	if !strings.Contains(out, "fetched commit "+first) {
+		t.Errorf("clone deploy:\n%s", out)
+	}
+	if v := versionsOf(t, a, app+"-clone")["v1"]; v.Commit != first || v.Source != "file://"+repo.dir+"#main" {
+		t.Errorf("clone record: %+v", v)
+	}
+
+	// git push deploys. A wrong token is refused.
+	remote := fmt.Sprintf("http://deploy:%s@127.0.0.1:%d/%s.git", token, gitPort, app)
+	repo.must("remote", "add", "bad", fmt.Sprintf("http://deploy:wrong@127.0.0.1:%d/%s.git", gitPort, app))
+	if out, err := repo.git("push", "bad", "main"); err == nil || !strings.Contains(out, "Authentication failed") {
+		t.Errorf("push with a wrong token: %v\n%s", err, out)
+	}
+	repo.must("remote", "add", "prod", remote)
+	// Push options set what deploy flags set: the first push names the port.
+	out, err := repo.git("push", "-o", fmt.Sprintf("port=%d", port), "prod", "main")
+	if err != nil {
+		t.Fatalf("push v1: %v\n%s", err, out)
+	}
+	for _, want := range []string{"remote: ", "deploying commit " + first[:12] + " to app " + app, "==> build", "is serving"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("push output lacks %q:\n%s", want, out)
+		}
+	}
+	if body := get(t, port); body != "v1 v1" {
+		t.Errorf("after push v1 GET = %q", body)
+	}
+
+	// v2 under load.
+	second := repo.commit("v2")
+	ctx, cancel := context.WithCancel(context.Background())
+	res := make(chan loadgen.Result, 1)
+	go func() {
+		res <- loadgen.Run(ctx, loadgen.Options{URL: fmt.Sprintf("http://127.0.0.1:%d/", port), Workers: 8, Duration: 5 * time.Minute})
+	}()
+	time.Sleep(300 * time.Millisecond)
+	if out, err := repo.git("push", "prod", "main"); err != nil {
+		t.Fatalf("push v2: %v\n%s", err, out)
+	}
+	time.Sleep(300 * time.Millisecond)
+	cancel()
+	r := <-res
+	t.Logf("load during push v2: %s", r)
+	if r.Failed != 0 || r.Bodies["v2 v2"] == 0 {
+		t.Errorf("load during push v2: %s", r)
+	}
+
+	// A broken commit: the push is rejected with the reason, the branch
+	// on the server stays at v2, and v2 keeps serving.
+	repo.commit("v3", "ENV APP_CRASH=1")
+	out, err = repo.git("push", "prod", "main")
+	if err == nil || !strings.Contains(out, "pre-receive hook declined") || !strings.Contains(out, "crashing on purpose") || !strings.Contains(out, "v2 keeps serving") {
+		t.Errorf("push of a broken commit: %v\n%s", err, out)
+	}
+	if body := get(t, port); body != "v2 v2" {
+		t.Errorf("after the rejected push GET = %q", body)
+	}
+	if head := strings.Fields(repo.must("ls-remote", "prod", "refs/heads/main")); len(head) == 0 || head[0] != second {
+		t.Errorf("the server's main is %v, want %s", head, second)
+	}
+	vs := versionsOf(t, a, app)
+	if vs["v2"].Commit != second || vs["v3"].Status != store.StatusFailed {
+		t.Errorf("versions: v2 %+v, v3 %+v", vs["v2"], vs["v3"])
+	}
+	// Another branch is kept, not deployed.
+	repo.must("checkout", "-qb", "feature")
+	if out := repo.must("push", "prod", "feature"); !strings.Contains(out, "feature is not the deploy branch (main): kept, not deployed") {
+		t.Errorf("push of another branch:\n%s", out)
+	}
+
+	// The agent clones from its own git server with the token in the URL;
+	// the token shows nowhere.
+	a.mustSprout("deploy", remote+"#main", "--app", app+"-http", "--port", fmt.Sprint(testenv.FreePort(t)))
+	seen := a.log.String() + a.mustSprout("events") + a.mustSprout("versions", "--app", app+"-http", "--json") + a.mustSprout("status", "--app", app+"-http", "--json") + a.mustSprout("apps")
+	if strings.Contains(seen, token) {
+		t.Errorf("the git token shows in the agent's log, events, versions or status")
+	}
+}
