@@ -55,6 +55,8 @@ type Runtime interface {
 // w, at most max bytes.
 type Fetcher interface {
 	Fetch(ctx context.Context, ref string, w io.Writer, max int64, progress func(string)) (source.Fetched, error)
+	// GetIfChanged reads a manifest unless its ETag is still etag.
+	GetIfChanged(ctx context.Context, ref, etag string) (body []byte, newETag string, changed bool, err error)
 }
 
 // Router is what the agent needs from the proxy.
@@ -223,15 +225,16 @@ type Progress interface {
 
 // Agent deploys and runs the apps of one host.
 type Agent struct {
-	fetcher Fetcher
-	cfg     Config
-	rt      Runtime
-	router  Router
-	store   *store.Store
-	metrics Metrics
-	tracker *health.Tracker
-	log     *slog.Logger
-	id      string
+	fetcher   Fetcher
+	manifests follower
+	cfg       Config
+	rt        Runtime
+	router    Router
+	store     *store.Store
+	metrics   Metrics
+	tracker   *health.Tracker
+	log       *slog.Logger
+	id        string
 
 	mu     sync.Mutex
 	locks  map[string]chan struct{}

@@ -93,8 +93,11 @@ type DeployRequest struct {
 	From string
 	// Source says where the bundle came from, for the record, and Commit
 	// which git commit it is, when known (git push).
-	Source   string
-	Commit   string
+	Source string
+	Commit string
+	// Env, when not nil, replaces the app's environment properties if the
+	// version becomes healthy (pull mode).
+	Env      map[string]string
 	Settings Settings
 	NoWait   bool
 }
@@ -147,6 +150,9 @@ func (a *Agent) Deploy(ctx context.Context, req DeployRequest, p Progress) (*sto
 	next, err := req.Settings.apply(*app)
 	if err != nil {
 		return nil, err
+	}
+	if req.Env != nil {
+		next.Env = req.Env
 	}
 	label := req.Label
 	if label == "" {

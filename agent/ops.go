@@ -16,6 +16,12 @@ import (
 // same health-gated swap. With to empty it picks the version that served
 // before the current one.
 func (a *Agent) Rollback(ctx context.Context, app, to string, noWait bool, p Progress) (*store.Version, error) {
+	return a.rollback(ctx, app, to, nil, noWait, p)
+}
+
+// rollback serves version to again; with env not nil, with that
+// environment (kept only if the version becomes healthy).
+func (a *Agent) rollback(ctx context.Context, app, to string, env map[string]string, noWait bool, p Progress) (*store.Version, error) {
 	unlock, err := a.lock(ctx, app, noWait, p)
 	if err != nil {
 		return nil, err
@@ -34,6 +40,9 @@ func (a *Agent) Rollback(ctx context.Context, app, to string, noWait bool, p Pro
 	}
 	a.event(app, target.Label, "rollback", "rollback from %s to %s started", cur.Serving, target.Label)
 	next := *cur
+	if env != nil {
+		next.Env = env
+	}
 	d := &deployment{a: a, op: "rollback", app: &next, prev: cur, v: target, p: p, start: time.Now()}
 	if err := d.rollout(ctx); err != nil {
 		return target, d.failRollout(err)

@@ -267,3 +267,18 @@ func (c *Client) RemoveApp(ctx context.Context, app string, purge bool, on func(
 	}
 	return c.streamMethod(ctx, http.MethodDelete, "/apps/"+url.PathEscape(app), q, nil, on)
 }
+
+// Watch makes an app follow a manifest ("" stops following).
+func (c *Client) Watch(ctx context.Context, app string, req WatchRequest) error {
+	b, _ := json.Marshal(req)
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url("/apps/"+url.PathEscape(app)+"/watch", nil), bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	resp, err := c.do(hreq)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}

@@ -45,6 +45,7 @@ func NewServer(ag *agent.Agent, version string, logger *slog.Logger) *Server {
 	s.mux.HandleFunc("GET "+p+"/apps/{app}/volumes", s.volumes)
 	s.mux.HandleFunc("POST "+p+"/apps/{app}/volumes", s.changeVolumes)
 	s.mux.HandleFunc("DELETE "+p+"/apps/{app}", s.removeApp)
+	s.mux.HandleFunc("POST "+p+"/apps/{app}/watch", s.watch)
 	s.mux.HandleFunc("GET "+p+"/events", s.events)
 	s.mux.HandleFunc("GET "+p+"/health", s.health)
 	return s
@@ -89,6 +90,12 @@ func (s *Server) appStatus(ctx context.Context, app *store.App) AppStatus {
 		ContainerID: cs.ID, Container: cs.State, HostPort: cs.HostPort, Restarts: cs.RestartCount,
 		StartedAt: cs.StartedAt, Targets: s.agent.Targets(app.Name), HealthConfig: s.agent.HealthSettings(app),
 		EnvCount: len(app.Env), Health: "unknown",
+	}
+	if app.Watch != "" {
+		st.Follows = s.agent.Following(app.Name)
+		if st.Follows == nil {
+			st.Follows = &agent.FollowState{Manifest: app.Watch}
+		}
 	}
 	if v, err := s.agent.Versions(app.Name); err == nil {
 		for _, x := range v {
@@ -485,4 +492,17 @@ func (s *Server) changeVolumes(w http.ResponseWriter, r *http.Request) {
 func (s *Server) removeApp(w http.ResponseWriter, r *http.Request) {
 	st := &stream{w: w}
 	st.finish(nil, s.agent.RemoveApp(r.Context(), r.PathValue("app"), r.URL.Query().Get("purge") == "1", st))
+}
+
+func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
+	var req WatchRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		writeError(w, fmt.Errorf("%w: %v", agent.ErrInvalid, err))
+		return
+	}
+	if err := s.agent.SetWatch(r.Context(), r.PathValue("app"), req.Manifest, req.Port); err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, 200, map[string]string{"manifest": req.Manifest})
 }

@@ -7,6 +7,7 @@ package api
 import (
 	"time"
 
+	"github.com/sprout-paas/sprout/agent"
 	"github.com/sprout-paas/sprout/health"
 	"github.com/sprout-paas/sprout/store"
 )
@@ -51,6 +52,14 @@ type AppStatus struct {
 	StartedAt    time.Time       `json:"started_at,omitzero"`
 	HealthConfig health.Settings `json:"health_settings"`
 	EnvCount     int             `json:"env_count"`
+	// Follows is the manifest the app follows (pull mode), if any.
+	Follows *agent.FollowState `json:"follows,omitempty"`
+}
+
+// WatchRequest makes an app follow a manifest ("" stops).
+type WatchRequest struct {
+	Manifest string `json:"manifest"`
+	Port     int    `json:"port,omitempty"`
 }
 
 // Env is an app's environment as printenv shows it.

@@ -104,8 +104,14 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 		ln.Close()
 		return err
 	}
+	for _, d := range cfg.Apps {
+		if err := ag.SetWatch(ctx, d.Name, d.Manifest, d.Port); err != nil {
+			return fmt.Errorf("config apps: %s: %w", d.Name, err)
+		}
+	}
 	go ag.Watch(ctx)
 	go ag.Monitor(ctx)
+	go ag.Follow(ctx, cfg.WatchInterval)
 	srv := &http.Server{Handler: api.NewServer(ag, Version, log.With("component", "api")), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()

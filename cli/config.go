@@ -69,6 +69,8 @@ var defaults = map[string]any{
 	"container.log_max_files":           3,
 	"container.kept_logs_per_app":       "50MiB",
 	"container.pull_timeout":            "5m",
+	"watch.interval":                    "10s",
+	"apps":                              []any{},
 	"git.address":                       "",
 	"git.token":                         "",
 	"git.token_file":                    "",
@@ -79,6 +81,14 @@ var defaults = map[string]any{
 	"hooks.enabled":                     true,
 	"hooks.timeout":                     "5m",
 	"volumes.host_dirs":                 agent.DefaultHostDirs,
+}
+
+// DeclaredApp is an app the config declares: it follows a manifest in S3
+// from the agent's first start, as a fresh instance must.
+type DeclaredApp struct {
+	Name     string
+	Manifest string
+	Port     int
 }
 
 // GitConfig configures the git push server.
@@ -96,6 +106,10 @@ type AgentConfig struct {
 	S3 source.S3Options
 	// Git configures git push deploys.
 	Git GitConfig
+	// WatchInterval is how often followed manifests are polled; Apps are
+	// the apps declared in the config, which follow manifests.
+	WatchInterval time.Duration
+	Apps          []DeclaredApp
 	// MetricsAddress is where /metrics is served, "" for nowhere.
 	MetricsAddress string
 	LogLevel       slog.Level
@@ -210,6 +224,41 @@ func (r *configReader) share(key string) float64 {
 	return f
 }
 
+// apps reads the declared apps: a list of {name, manifest, port}.
+func (r *configReader) apps(key string) []DeclaredApp {
+	raw, _ := r.v.Get(key).([]any)
+	var out []DeclaredApp
+	for i, item := range raw {
+		m, ok := item.(map[string]any)
+		if !ok {
+			r.fail(key, "entry %d must be a mapping with name, manifest and port", i+1)
+			continue
+		}
+		var d DeclaredApp
+		for k, v := range m {
+			switch k {
+			case "name":
+				d.Name = fmt.Sprint(v)
+			case "manifest":
+				d.Manifest = fmt.Sprint(v)
+			case "port":
+				n, err := strconv.Atoi(fmt.Sprint(v))
+				if err != nil || n < 1 || n > 65535 {
+					r.fail(key, "entry %d: port %v is not a port", i+1, v)
+				}
+				d.Port = n
+			default:
+				r.fail(key, "entry %d: unknown key %q (use name, manifest and port)", i+1, k)
+			}
+		}
+		if d.Name == "" || !strings.HasPrefix(d.Manifest, "s3://") {
+			r.fail(key, "entry %d needs a name and a manifest s3://bucket/key", i+1)
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
 // absPaths reads a list of absolute paths: a YAML list, or a
 // comma-separated string from the environment.
 func (r *configReader) absPaths(key string) []string {
@@ -310,6 +359,8 @@ func LoadAgentConfig(flags *pflag.FlagSet) (*AgentConfig, error) {
 		},
 	}
 	c.PullTimeout = r.duration("container.pull_timeout")
+	c.WatchInterval = r.duration("watch.interval")
+	c.Apps = r.apps("apps")
 	c.Git = GitConfig{Address: r.str("git.address"), Token: r.str("git.token"), Branch: r.str("git.branch")}
 	if f := r.str("git.token_file"); f != "" {
 		b, err := os.ReadFile(f)

@@ -174,7 +174,7 @@ func deployRemote(cmd *cobra.Command, c *cli, o *deployOptions, q url.Values, re
 		return err
 	}
 	if o.app == "" {
-		return fmt.Errorf("name the app with --app when deploying %s", redactRef(ref))
+		return fmt.Errorf("name the app with --app when deploying %s", source.RedactRef(ref))
 	}
 	q.Set("from", ref)
 	client, err := c.client(cmd)
@@ -182,20 +182,12 @@ func deployRemote(cmd *cobra.Command, c *cli, o *deployOptions, q url.Values, re
 		return err
 	}
 	p := newPrinter(c.out)
-	fmt.Fprintf(c.out, "%s deploying %s to app %s\n", p.elapsed(), redactRef(ref), o.app)
+	fmt.Fprintf(c.out, "%s deploying %s to app %s\n", p.elapsed(), source.RedactRef(ref), o.app)
 	last, err := client.Deploy(cmd.Context(), o.app, q, nil, p.on)
 	if err != nil {
 		return fmt.Errorf("deploy of %s failed: %w%s", o.app, err, stillServing(cmd, client, o.app))
 	}
 	return p.done(cmd, client, last)
-}
-
-// redactRef hides credentials in a git URL for printing.
-func redactRef(ref string) string {
-	if g, err := source.ParseGit(ref); err == nil {
-		return g.String()
-	}
-	return ref
 }
 
 // uploadVersion packs (when needed) and uploads the bundle to

@@ -69,6 +69,8 @@ Run 'sprout agent' on the host, then 'sprout deploy app.zip'.`,
 		newHealthCommand(c),
 		newVolumesCommand(c),
 		newGitHookCommand(c),
+		newWatchCommand(c),
+		newPublishCommand(c),
 	)
 	return root
 }

@@ -84,6 +84,12 @@ func printStatus(out io.Writer, st api.AppStatus) {
 	}
 	fmt.Fprintf(tw, "health check:\t%s every %s, %d in a row, timeout %s, grace %s, deadline %s\n", check, h.Interval, h.HealthyThreshold, h.Timeout, h.Grace, h.Deadline)
 	fmt.Fprintf(tw, "environment:\t%d properties (sprout printenv --app %s)\n", st.EnvCount, st.Name)
+	if f := st.Follows; f != nil {
+		fmt.Fprintf(tw, "follows:\t%s (checked %s)\n", f.Manifest, ago(f.CheckedAt))
+		if f.Result != "" {
+			fmt.Fprintf(tw, "\t%s\n", f.Result)
+		}
+	}
 	tw.Flush()
 }
 

@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +17,7 @@ import (
 	"github.com/sprout-paas/sprout/bundle"
 	"github.com/sprout-paas/sprout/internal/loadgen"
 	"github.com/sprout-paas/sprout/internal/testenv"
+	"github.com/sprout-paas/sprout/source"
 	"github.com/sprout-paas/sprout/store"
 )
 
@@ -233,5 +236,104 @@ func TestGitDeploys(t *testing.T) {
 	seen := a.log.String() + a.mustSprout("events") + a.mustSprout("versions", "--app", app+"-http", "--json") + a.mustSprout("status", "--app", app+"-http", "--json") + a.mustSprout("apps")
 	if strings.Contains(seen, token) {
 		t.Errorf("the git token shows in the agent's log, events, versions or status")
+	}
+}
+
+// waitBody polls the app's port until it answers want.
+func waitBody(t *testing.T, port int, want string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	last := ""
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", port)); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if last = string(b); last == want {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("the app answers %q, not %q, after %s", last, want, within)
+}
+
+// TestPullMode runs an app that follows a manifest in S3: `sprout publish`
+// writes it, the agent converges on each change (a new version under load
+// with 0 failed requests, an environment change, a version it still has),
+// and a manifest naming a missing bundle leaves the serving version
+// serving and says why.
+func TestPullMode(t *testing.T) {
+	fake := testenv.S3(t, "fleet")
+	a := startAgent(t, append(s3Env(fake), "SPROUT_WATCH_INTERVAL=300ms")...)
+	app, port := testenv.Name("pull"), testenv.FreePort(t)
+	fake.Put(t, "fleet", "web/v1.tar.gz", packed(t, testenv.Bundle(t, "")))
+	fake.Put(t, "fleet", "web/v2.tar.gz", packed(t, testenv.Bundle(t, "")))
+	manifest := "s3://fleet/envs/" + app + "/current.json"
+	publish := func(args ...string) string {
+		t.Helper()
+		return a.mustSprout(append([]string{"publish", "--manifest", manifest, "--app", app}, args...)...)
+	}
+
+	out := publish("--label", "v1", "--bundle", "s3://fleet/web/v1.tar.gz", "--env", "GREETING=hello", "--port", fmt.Sprint(port))
+	if !strings.Contains(out, "published v1") {
+		t.Errorf("publish: %s", out)
+	}
+	a.mustSprout("watch", "--app", app, manifest)
+	waitBody(t, port, "v1 hello", time.Minute)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	res := make(chan loadgen.Result, 1)
+	go func() {
+		res <- loadgen.Run(ctx, loadgen.Options{URL: fmt.Sprintf("http://127.0.0.1:%d/", port), Workers: 8, Duration: 5 * time.Minute})
+	}()
+	publish("--label", "v2", "--bundle", "s3://fleet/web/v2.tar.gz")
+	waitBody(t, port, "v2 hello", time.Minute)
+	publish("--label", "v2", "--bundle", "s3://fleet/web/v2.tar.gz", "--env", "GREETING=bye")
+	waitBody(t, port, "v2 bye", time.Minute)
+	time.Sleep(300 * time.Millisecond)
+	cancel()
+	r := <-res
+	t.Logf("load while converging on v2 and its new environment: %s", r)
+	if r.Failed != 0 {
+		t.Errorf("load: %s", r)
+	}
+
+	// A manifest naming a missing bundle (publish itself refuses it, so
+	// it is written directly).
+	if _, errOut, code := a.sprout("publish", "--manifest", manifest, "--label", "v3", "--bundle", "s3://fleet/web/v3.tar.gz"); code == 0 || !strings.Contains(errOut, "no such object") {
+		t.Errorf("publish of a missing bundle: exit %d %s", code, errOut)
+	}
+	s, err := source.NewS3(context.Background(), source.S3Options{Endpoint: fake.URL, PathStyle: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := &source.Manifest{App: app, Label: "v3", Bundle: "web/v3.tar.gz", Env: map[string]string{"GREETING": "bye"}}
+	if _, err := s.Put(context.Background(), source.Object{Bucket: "fleet", Key: "envs/" + app + "/current.json"}, bad.Marshal(), "application/json"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for !strings.Contains(a.mustSprout("events", "--app", app), "not applied") && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	events := a.mustSprout("events", "--app", app)
+	if !strings.Contains(events, "s3://fleet/web/v3.tar.gz: no such object") || !strings.Contains(events, "v2 keeps serving") {
+		t.Errorf("events:\n%s", events)
+	}
+	if body := get(t, port); body != "v2 bye" {
+		t.Errorf("after the bad manifest GET = %q", body)
+	}
+	if st := a.mustSprout("status", "--app", app); !strings.Contains(st, "follows:") || !strings.Contains(st, "not applied") {
+		t.Errorf("status:\n%s", st)
+	}
+
+	// Back to a version the host still has: served again from its image.
+	publish("--label", "v1", "--bundle", "s3://fleet/web/v1.tar.gz")
+	waitBody(t, port, "v1 bye", time.Minute)
+	n := len(versionsOf(t, a, app))
+	a.kill(15)
+	a.start()
+	time.Sleep(time.Second)
+	if body := get(t, port); body != "v1 bye" || len(versionsOf(t, a, app)) != n {
+		t.Errorf("after a restart: GET = %q, %d versions (was %d)", body, len(versionsOf(t, a, app)), n)
 	}
 }

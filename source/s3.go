@@ -150,6 +150,18 @@ func (s *S3) Put(ctx context.Context, obj Object, body []byte, contentType strin
 	return strings.Trim(aws.ToString(out.ETag), `"`), nil
 }
 
+// Exists tells whether an object exists, with an error that names why
+// when it cannot tell or it does not.
+func (s *S3) Exists(ctx context.Context, obj Object) error {
+	if err := s.ready(obj); err != nil {
+		return err
+	}
+	if _, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &obj.Bucket, Key: &obj.Key}); err != nil {
+		return s.explain(obj, err)
+	}
+	return nil
+}
+
 // maxSmall bounds a manifest.
 const maxSmall = 1 << 20
 

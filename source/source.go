@@ -77,3 +77,14 @@ func (f *Fetcher) Fetch(ctx context.Context, ref string, w io.Writer, max int64,
 	progress("cloning " + g.String() + " (shallow)")
 	return FetchGit(ctx, g, f.WorkDir, w, max)
 }
+
+// RedactRef returns ref without credentials, for printing.
+func RedactRef(ref string) string {
+	if isGitURL(ref) {
+		if g, err := ParseGit(ref); err == nil {
+			return g.String()
+		}
+		return redact(ref)
+	}
+	return ref
+}

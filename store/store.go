@@ -49,6 +49,8 @@ type App struct {
 	// Volumes are named persistent volumes declared with `sprout volumes
 	// add`; they survive every deploy, rollback and agent restart.
 	Volumes []Volume `json:"volumes,omitempty"`
+	// Watch is the manifest (s3://bucket/key) the app follows, if any.
+	Watch string `json:"watch,omitempty"`
 }
 
 // Volume is a named persistent volume mounted at Path in the app's
