@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # ensure-test-deps.sh: install the real servers the tests run against, from
 # Debian's packages, when they are missing: prometheus (the metrics test
-# scrapes the agent with it) and postgresql (the Flask example stores its
-# records in it). Idempotent; as another user it says what to do.
+# scrapes the agent with it), postgresql (the Flask example stores its
+# records in it) and shellcheck (scripts/user-data.sh is checked with it).
+# Idempotent; as another user it says what to do.
 set -euo pipefail
 
 missing=()
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

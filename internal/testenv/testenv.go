@@ -183,3 +183,15 @@ func dockerLines(args ...string) []string {
 	}
 	return strings.Fields(string(out))
 }
+
+// CleanupApp removes the containers and images of app (by label), for
+// agents a test cannot ask (one inside a container).
+func CleanupApp(t testing.TB, app string) {
+	label := "label=" + sprt.LabelApp + "=" + app
+	if ids := dockerLines("ps", "-aq", "--filter", label); len(ids) > 0 {
+		exec.Command("docker", append([]string{"rm", "-f"}, ids...)...).Run()
+	}
+	if ids := dockerLines("images", "-q", "--filter", label); len(ids) > 0 {
+		exec.Command("docker", append([]string{"rmi", "-f"}, ids...)...).Run()
+	}
+}
