@@ -75,6 +75,9 @@ type Metrics interface {
 	DeployDone(app, op, result string)
 	// Step records how long a deploy step took.
 	Step(app, step string, d time.Duration)
+	// Fetch counts a fetch of a remote bundle (kind s3 or git) or a poll
+	// of a manifest (kind manifest), by result.
+	Fetch(app, kind, result string)
 	// Serving records the label an app serves.
 	Serving(app, label string)
 	// Check counts a health check of a serving container.
@@ -90,6 +93,7 @@ type nopMetrics struct{}
 
 func (nopMetrics) DeployDone(string, string, string)  {}
 func (nopMetrics) Step(string, string, time.Duration) {}
+func (nopMetrics) Fetch(string, string, string)       {}
 func (nopMetrics) Serving(string, string)             {}
 func (nopMetrics) Check(string, bool, time.Duration)  {}
 func (nopMetrics) Usage(string, float64, uint64, int) {}

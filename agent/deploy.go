@@ -286,6 +286,11 @@ func (d *deployment) fetch(ctx context.Context, from string) (string, error) {
 	}
 	defer f.Close()
 	got, err := a.fetcher.Fetch(ctx, from, f, a.cfg.MaxUploadBytes, func(s string) { d.linef("%s", s) })
+	kind := "git"
+	if strings.HasPrefix(from, "s3://") {
+		kind = "s3"
+	}
+	a.metrics.Fetch(d.app.Name, kind, fetchResult(err))
 	if err != nil {
 		return f.Name(), err
 	}
@@ -838,4 +843,21 @@ func shortID(id string) string {
 func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\n")
 	return line
+}
+
+// fetchResult names a fetch's outcome for the metrics.
+func fetchResult(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, source.ErrNotFound):
+		return "not_found"
+	case errors.Is(err, source.ErrDenied):
+		return "denied"
+	case errors.Is(err, source.ErrTooLarge):
+		return "too_large"
+	case errors.Is(err, source.ErrInvalid):
+		return "invalid"
+	}
+	return "error"
 }

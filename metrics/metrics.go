@@ -26,6 +26,7 @@ type Metrics struct {
 	upstreamErrors *prometheus.CounterVec
 
 	deploys     *prometheus.CounterVec
+	fetches     *prometheus.CounterVec
 	steps       *prometheus.HistogramVec
 	serving     *prometheus.GaugeVec
 	lastSuccess *prometheus.GaugeVec
@@ -64,6 +65,9 @@ func New(storeSize func() float64) *Metrics {
 	m.deploys = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sprout_deploys_total", Help: "Finished deploys, rollbacks and environment rollouts, by result.",
 	}, []string{"app", "op", "result"})
+	m.fetches = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sprout_source_fetches_total", Help: "Fetches of bundles (s3, git) and manifest polls (manifest), by result (ok, unchanged, not_found, denied, too_large, invalid, error).",
+	}, []string{"app", "kind", "result"})
 	m.steps = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "sprout_deploy_step_duration_seconds", Help: "Duration of each deploy step.",
 		Buckets: []float64{.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300},
@@ -93,7 +97,7 @@ func New(storeSize func() float64) *Metrics {
 	m.restarts = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "sprout_container_restarts", Help: "Times the engine restarted the serving container.",
 	}, []string{"app"})
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.inFlight, m.bytes, m.upstreamErrors, m.deploys, m.steps, m.serving, m.lastSuccess,
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.inFlight, m.bytes, m.upstreamErrors, m.deploys, m.fetches, m.steps, m.serving, m.lastSuccess,
 		m.status, m.checks, m.checkDur, m.cpu, m.memory, m.restarts} {
 		f(c)
 	}
@@ -172,6 +176,11 @@ func (o *appObserver) UpstreamError(kind string) { o.errs.WithLabelValues(o.app,
 // recover) with its result (success or failed).
 func (m *Metrics) DeployDone(app, op, result string) {
 	m.deploys.WithLabelValues(app, op, result).Inc()
+}
+
+// Fetch counts a fetch of a remote bundle or a poll of a manifest.
+func (m *Metrics) Fetch(app, kind, result string) {
+	m.fetches.WithLabelValues(app, kind, result).Inc()
 }
 
 // Step records how long a deploy step took.

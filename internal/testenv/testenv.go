@@ -137,18 +137,21 @@ func FreePort(t testing.TB) int {
 // CleanupAgent removes, when the test ends, every container, image and
 // volume that carries the agent id returned by id (read at clean-up time).
 func CleanupAgent(t testing.TB, id func() string) {
-	t.Cleanup(func() {
-		label := "label=" + sprt.LabelAgent + "=" + id()
-		if ids := dockerLines("ps", "-aq", "--filter", label); len(ids) > 0 {
-			exec.Command("docker", append([]string{"rm", "-f"}, ids...)...).Run()
-		}
-		if ids := dockerLines("images", "-q", "--filter", label); len(ids) > 0 {
-			exec.Command("docker", append([]string{"rmi", "-f"}, ids...)...).Run()
-		}
-		if names := dockerLines("volume", "ls", "-q", "--filter", label); len(names) > 0 {
-			exec.Command("docker", append([]string{"volume", "rm", "-f"}, names...)...).Run()
-		}
-	})
+	t.Cleanup(func() { removeLabelled("label=" + sprt.LabelAgent + "=" + id()) })
+}
+
+// removeLabelled removes the containers, images and volumes that match a
+// docker label filter.
+func removeLabelled(label string) {
+	if ids := dockerLines("ps", "-aq", "--filter", label); len(ids) > 0 {
+		exec.Command("docker", append([]string{"rm", "-f"}, ids...)...).Run()
+	}
+	if ids := dockerLines("images", "-q", "--filter", label); len(ids) > 0 {
+		exec.Command("docker", append([]string{"rmi", "-f"}, ids...)...).Run()
+	}
+	if names := dockerLines("volume", "ls", "-q", "--filter", label); len(names) > 0 {
+		exec.Command("docker", append([]string{"volume", "rm", "-f"}, names...)...).Run()
+	}
 }
 
 // SyncBuffer is a bytes.Buffer safe for concurrent writers, for capturing
@@ -184,14 +187,8 @@ func dockerLines(args ...string) []string {
 	return strings.Fields(string(out))
 }
 
-// CleanupApp removes the containers and images of app (by label), for
-// agents a test cannot ask (one inside a container).
+// CleanupApp removes the containers, images and volumes of app (by
+// label), for agents a test cannot ask (one inside a container).
 func CleanupApp(t testing.TB, app string) {
-	label := "label=" + sprt.LabelApp + "=" + app
-	if ids := dockerLines("ps", "-aq", "--filter", label); len(ids) > 0 {
-		exec.Command("docker", append([]string{"rm", "-f"}, ids...)...).Run()
-	}
-	if ids := dockerLines("images", "-q", "--filter", label); len(ids) > 0 {
-		exec.Command("docker", append([]string{"rmi", "-f"}, ids...)...).Run()
-	}
+	removeLabelled("label=" + sprt.LabelApp + "=" + app)
 }
