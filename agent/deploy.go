@@ -128,6 +128,7 @@ func (a *Agent) Deploy(ctx context.Context, req DeployRequest, p Progress) (*sto
 		if err := source.Check(req.From); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 		}
+		req.Source = source.RedactRef(req.From)
 		if a.fetcher == nil {
 			return nil, fmt.Errorf("%w: this agent fetches no remote bundles", ErrInvalid)
 		}

@@ -30,7 +30,7 @@ type agentProc struct {
 	dataDir string
 	socket  string
 	cmd     *exec.Cmd
-	log     *bytes.Buffer
+	log     *testenv.SyncBuffer
 	id      string
 
 	metricsAddr string
@@ -60,7 +60,7 @@ func startAgent(t *testing.T, env ...string) *agentProc {
 
 func (a *agentProc) start() {
 	a.t.Helper()
-	a.log = &bytes.Buffer{}
+	a.log = &testenv.SyncBuffer{}
 	a.cmd = exec.Command(a.bin, "agent")
 	a.cmd.Env = a.env
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
