@@ -438,3 +438,59 @@ func TestProxyServerNone(t *testing.T) {
 		t.Errorf("after the rollback and a restart GET = %q", body)
 	}
 }
+
+// TestImageUpdatePulls runs Dockerrun bundles against a real registry on
+// loopback: Image.Update (the default) pulls an image that is not on the
+// host, and pulls a newer one pushed under the same tag; Update false
+// keeps the local image; with the registry gone, Update falls back to
+// the local image and says so.
+func TestImageUpdatePulls(t *testing.T) {
+	reg := testenv.StartRegistry(t)
+	h := newHarness(t)
+	app, port := testenv.Name("pull"), testenv.FreePort(t)
+	ref := reg.Addr + "/sprout-test/" + app + ":stable"
+	t.Cleanup(func() { exec.Command("docker", "rmi", "-f", ref).Run() })
+	dockerrun := func(update string) string {
+		u := ""
+		if update != "" {
+			u = `, "Update": "` + update + `"`
+		}
+		return writeFiles(t, t.TempDir(), map[string]string{"Dockerrun.aws.json": `{"AWSEBDockerrunVersion": "1", "Image": {"Name": "` + ref + `"` + u + `}, "Ports": [{"ContainerPort": 8080}]}`})
+	}
+	// Two images built here and pushed under one tag, one after the other.
+	h.mustDeploy(app, "one", testenv.Bundle(t, "", "ENV GREETING=one"), portParam(port))
+	h.mustDeploy(app, "two", testenv.Bundle(t, "", "ENV GREETING=two"), nil)
+	reg.Push(t, "sprout/"+app+":one", ref)
+
+	deploy := func(label, update string, want ...string) {
+		t.Helper()
+		_, lines, err := h.deploy(app, label, dockerrun(update), nil)
+		out := strings.Join(lines, "\n")
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", label, err, out)
+		}
+		for _, w := range want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%s: output lacks %q:\n%s", label, w, out)
+			}
+		}
+	}
+	deploy("p1", "", "image "+ref+" is not on this host; pulling it", "pulled "+ref)
+	if _, body := get(t, port, "/"); body != "p1 one" {
+		t.Errorf("p1 GET = %q", body)
+	}
+	reg.Push(t, "sprout/"+app+":two", ref)
+	deploy("p2", "false", "using the local image "+ref, "Image.Update is false, so it is not pulled")
+	if _, body := get(t, port, "/"); body != "p2 one" {
+		t.Errorf("p2 (Update false) GET = %q", body)
+	}
+	deploy("p3", "true", "pulling "+ref+" (Image.Update)", "pulled "+ref)
+	if _, body := get(t, port, "/"); body != "p3 two" {
+		t.Errorf("p3 (newer image pulled) GET = %q", body)
+	}
+	reg.Stop()
+	deploy("p4", "", "could not pull "+ref, "using the local image")
+	if _, body := get(t, port, "/"); body != "p4 two" {
+		t.Errorf("p4 (no registry) GET = %q", body)
+	}
+}

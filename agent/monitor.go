@@ -103,8 +103,8 @@ func (a *Agent) probeServing(ctx context.Context, app *store.App) {
 	}
 	v, _ := a.store.Version(app.Name, app.Serving)
 	hasHC := v != nil && v.HasHealthcheck
-	probe, _ := a.probeFor(a.HealthSettings(app), hasHC, c.ID, c.Addr, 0)
 	s := a.HealthSettings(app)
+	probe, _ := a.probeFor(s, hasHC, c.ID, c.Addr, 0)
 	pctx, cancel := context.WithTimeout(ctx, s.Timeout)
 	t0 := time.Now()
 	perr := probe.Probe(pctx)

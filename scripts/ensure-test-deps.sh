@@ -2,7 +2,8 @@
 # ensure-test-deps.sh: install the real servers the tests run against, from
 # Debian's packages, when they are missing: prometheus (the metrics test
 # scrapes the agent with it), postgresql (the Flask example stores its
-# records in it) and shellcheck (scripts/user-data.sh is checked with it).
+# records in it), shellcheck (scripts/user-data.sh is checked with it)
+# and docker-registry (Dockerrun Image.Update pulls from it).
 # Idempotent; as another user it says what to do.
 set -euo pipefail
 
@@ -11,6 +12,7 @@ command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then
