@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -47,7 +48,11 @@ func newVersionsCommand(c *cli) *cobra.Command {
 				case v.ImagePruned:
 					image, note = "pruned", "image pruned; redeploy the bundle to serve it"
 				}
-				fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mark, v.Label, v.Status, ago(v.CreatedAt), ago(v.DeployedAt), orDash(v.Source), orDash(image), note)
+				src := v.Source
+				if v.Commit != "" && !strings.Contains(src, v.Commit[:min(12, len(v.Commit))]) {
+					src += " @" + v.Commit[:min(12, len(v.Commit))]
+				}
+				fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mark, v.Label, v.Status, ago(v.CreatedAt), ago(v.DeployedAt), orDash(src), orDash(image), note)
 			}
 			return tw.Flush()
 		},
