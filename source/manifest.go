@@ -48,6 +48,11 @@ func ParseManifest(b []byte) (*Manifest, error) {
 // BundleRef resolves the manifest's bundle: a bare key is in the bucket
 // of the manifest at manifestURL.
 func (m *Manifest) BundleRef(manifestURL string) (string, error) {
+	if strings.HasPrefix(m.Bundle, "file://") {
+		// A manifest comes from whoever can write the bucket: it may not
+		// read the host's own repositories.
+		return "", fmt.Errorf("%w: the manifest names a local repository (%s); name s3://bucket/key or a remote git URL", ErrInvalid, m.Bundle)
+	}
 	if IsRemote(m.Bundle) {
 		return m.Bundle, Check(m.Bundle)
 	}

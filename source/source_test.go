@@ -173,3 +173,36 @@ func TestGit(t *testing.T) {
 		t.Errorf("over the cap: %v", err)
 	}
 }
+
+func TestManifest(t *testing.T) {
+	m, err := source.ParseManifest([]byte(`{"app": "web", "label": "v7", "bundle": "web/v7.zip", "env": {"A": "1"}, "port": 8080}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ref, err := m.BundleRef("s3://fleet/envs/web/current.json"); err != nil || ref != "s3://fleet/web/v7.zip" {
+		t.Errorf("relative bundle = %q, %v", ref, err)
+	}
+	m.Bundle = "https://git.example.com/web.git#v7"
+	if ref, _ := m.BundleRef("s3://fleet/x.json"); ref != m.Bundle {
+		t.Errorf("git bundle = %q", ref)
+	}
+	m.Bundle = "file:///etc"
+	if _, err := m.BundleRef("s3://fleet/x.json"); !errors.Is(err, source.ErrInvalid) {
+		t.Errorf("local repository accepted: %v", err)
+	}
+	back, err := source.ParseManifest(m.Marshal())
+	if err != nil || back.Label != "v7" || back.Env["A"] != "1" || back.Port != 8080 {
+		t.Errorf("round trip: %+v %v", back, err)
+	}
+	for body, want := range map[string]string{
+		`{"label": "v1"}`:                               "no bundle",
+		`{"bundle": "x.zip"}`:                           "no label",
+		`{"label": "v1", "bundle": "x", "lable": 1}`:    `unknown field "lable"`,
+		`{"label": "v1", "bundle": "x", "port": 70000}`: "not a port",
+		`not json`: "not valid",
+	} {
+		if _, err := source.ParseManifest([]byte(body)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", body, err, want)
+		}
+	}
+}
