@@ -94,17 +94,13 @@ func (a *Agent) probeServing(ctx context.Context, app *store.App) {
 		h.usage, h.memory = usageSample{u.CPU, u.System}, u.Memory
 		a.metrics.Usage(app.Name, h.cpu, h.memory, st.RestartCount)
 	}
-	if !st.Running {
-		return
-	}
-	c, err := a.rt.Container(ctx, app.ContainerID)
-	if err != nil || c.Addr == "" {
+	if !st.Running || st.Addr == "" {
 		return
 	}
 	v, _ := a.store.Version(app.Name, app.Serving)
 	hasHC := v != nil && v.HasHealthcheck
 	s := a.HealthSettings(app)
-	probe, _ := a.probeFor(s, hasHC, c.ID, c.Addr, 0)
+	probe, _ := a.probeFor(s, hasHC, app.ContainerID, st.Addr, 0)
 	pctx, cancel := context.WithTimeout(ctx, s.Timeout)
 	t0 := time.Now()
 	perr := probe.Probe(pctx)

@@ -382,32 +382,42 @@ func (d *Docker) Container(ctx context.Context, id string) (*Container, error) {
 	if ins.State != nil {
 		c.Running = ins.State.Running
 	}
+	c.Addr, c.HostPort = addrOf(ins)
+	return c, nil
+}
+
+// addrOf says where an inspected container's app listens: its bridge
+// address and TCP port (skipping docker-proxy), else its loopback
+// binding; and the host port the engine published.
+func addrOf(ins container.InspectResponse) (addr string, hostPort int) {
+	if ins.NetworkSettings == nil {
+		return "", 0
+	}
 	var containerPort string
-	if ins.NetworkSettings != nil {
-		for p, bindings := range ins.NetworkSettings.Ports {
-			if p.Proto() != "tcp" {
-				continue
-			}
-			containerPort = p.Port()
-			for _, b := range bindings {
-				if n, err := strconv.Atoi(b.HostPort); err == nil {
-					c.HostPort = n
-				}
-			}
+	for p, bindings := range ins.NetworkSettings.Ports {
+		if p.Proto() != "tcp" {
+			continue
 		}
-		ip := ins.NetworkSettings.IPAddress
-		for _, n := range ins.NetworkSettings.Networks {
-			if ip == "" && n != nil {
-				ip = n.IPAddress
+		containerPort = p.Port()
+		for _, b := range bindings {
+			if n, err := strconv.Atoi(b.HostPort); err == nil {
+				hostPort = n
 			}
-		}
-		if ip != "" && containerPort != "" {
-			c.Addr = net.JoinHostPort(ip, containerPort)
-		} else if c.HostPort != 0 {
-			c.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(c.HostPort))
 		}
 	}
-	return c, nil
+	ip := ins.NetworkSettings.IPAddress
+	for _, n := range ins.NetworkSettings.Networks {
+		if ip == "" && n != nil {
+			ip = n.IPAddress
+		}
+	}
+	switch {
+	case ip != "" && containerPort != "":
+		addr = net.JoinHostPort(ip, containerPort)
+	case hostPort != 0:
+		addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(hostPort))
+	}
+	return addr, hostPort
 }
 
 // State is a container's life as the engine sees it.
@@ -422,6 +432,8 @@ type State struct {
 	Health    string
 	StartedAt time.Time
 	Error     string
+	// Addr is where the app listens, as Container says.
+	Addr string
 }
 
 // State inspects a container's state.
@@ -431,6 +443,7 @@ func (d *Docker) State(ctx context.Context, id string) (State, error) {
 		return State{}, err
 	}
 	s := State{RestartCount: ins.RestartCount}
+	s.Addr, _ = addrOf(ins)
 	if st := ins.State; st != nil {
 		s.Running, s.Restarting, s.ExitCode, s.OOMKilled, s.Error = st.Running, st.Restarting, st.ExitCode, st.OOMKilled, st.Error
 		s.StartedAt, _ = time.Parse(time.RFC3339Nano, st.StartedAt)
