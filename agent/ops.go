@@ -198,23 +198,20 @@ func (a *Agent) ContainerStatus(ctx context.Context, app *store.App) ContainerSt
 	if app.ContainerID == "" {
 		return cs
 	}
-	c, err := a.rt.Container(ctx, app.ContainerID)
+	st, err := a.rt.State(ctx, app.ContainerID)
 	if err != nil {
 		cs.State = "missing"
 		return cs
 	}
-	cs.Addr, cs.HostPort = c.Addr, c.HostPort
-	st, err := a.rt.State(ctx, app.ContainerID)
-	if err == nil {
-		cs.RestartCount, cs.StartedAt, cs.Health = st.RestartCount, st.StartedAt, st.Health
-		switch {
-		case st.Restarting:
-			cs.State = "restarting"
-		case st.Running:
-			cs.State = "running"
-		default:
-			cs.State = fmt.Sprintf("exited (%d)", st.ExitCode)
-		}
+	cs.Addr, cs.HostPort = st.Addr, st.HostPort
+	cs.RestartCount, cs.StartedAt, cs.Health = st.RestartCount, st.StartedAt, st.Health
+	switch {
+	case st.Restarting:
+		cs.State = "restarting"
+	case st.Running:
+		cs.State = "running"
+	default:
+		cs.State = fmt.Sprintf("exited (%d)", st.ExitCode)
 	}
 	return cs
 }

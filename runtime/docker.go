@@ -432,8 +432,10 @@ type State struct {
 	Health    string
 	StartedAt time.Time
 	Error     string
-	// Addr is where the app listens, as Container says.
-	Addr string
+	// Addr is where the app listens and HostPort the port the engine
+	// published, as Container says.
+	Addr     string
+	HostPort int
 }
 
 // State inspects a container's state.
@@ -443,7 +445,7 @@ func (d *Docker) State(ctx context.Context, id string) (State, error) {
 		return State{}, err
 	}
 	s := State{RestartCount: ins.RestartCount}
-	s.Addr, _ = addrOf(ins)
+	s.Addr, s.HostPort = addrOf(ins)
 	if st := ins.State; st != nil {
 		s.Running, s.Restarting, s.ExitCode, s.OOMKilled, s.Error = st.Running, st.Restarting, st.ExitCode, st.OOMKilled, st.Error
 		s.StartedAt, _ = time.Parse(time.RFC3339Nano, st.StartedAt)
