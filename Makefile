@@ -11,7 +11,7 @@ TEST_TIMEOUT ?= 18m
 all: build
 
 build:
-	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/sprout ./cmd/sprout
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/sprout ./cmd/sprout
 
 tools:
 	$(GO) build -o bin/hammer ./tools/hammer
