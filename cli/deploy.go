@@ -41,12 +41,17 @@ var settingFlags = []struct{ flag, param, usage string }{
 func newDeployCommand(c *cli) *cobra.Command {
 	o := &deployOptions{}
 	cmd := &cobra.Command{
-		Use:   "deploy BUNDLE",
-		Short: "Deploy a new version of an app from a .zip, .tar.gz or directory",
+		Use:   "deploy BUNDLE | s3://bucket/key | GIT-URL#ref",
+		Short: "Deploy a new version of an app from a bundle, an S3 object or a git commit",
 		Long: `Deploy a bundle: a .zip, .tar.gz/.tgz or a directory with a Dockerfile or a
 Dockerrun.aws.json at its root. The agent builds it, starts it, waits until it
 is healthy, then swaps traffic to it with no dropped requests. If anything
 fails, the version that was serving keeps serving.
+
+An s3://bucket/key or a git URL (https://host/repo.git#ref, or --git URL
+--ref REF) is fetched by the agent itself: only the reference is sent.
+--s3 s3://bucket/prefix/ uploads a local bundle first, as an application
+version that is never overwritten, then deploys it from there.
 
 Settings given as flags (--port, --health-path, ...) are kept for the app's
 later deploys.`,
