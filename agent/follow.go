@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -123,8 +124,6 @@ func (a *Agent) Follow(ctx context.Context, interval time.Duration) {
 	if interval <= 0 {
 		interval = DefaultWatchInterval
 	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
 	for {
 		apps, _ := a.store.Apps()
 		for _, app := range apps {
@@ -132,11 +131,16 @@ func (a *Agent) Follow(ctx context.Context, interval time.Duration) {
 				a.pollAsync(ctx, app.Name, app.Watch)
 			}
 		}
+		// ±10% of jitter, so that a fleet started together does not
+		// poll S3 in step.
+		t := time.NewTimer(interval + time.Duration((rand.Float64()-0.5)*0.2*float64(interval)))
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return
 		case <-t.C:
 		case <-a.manifests.poke:
+			t.Stop()
 		}
 	}
 }

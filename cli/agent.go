@@ -89,6 +89,9 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 		defer msrv.Close()
 		log.Info("metrics served", "addr", "http://"+mln.Addr().String()+"/metrics")
 	}
+	for _, w := range cfg.Warnings {
+		log.Warn(w)
+	}
 	if cfg.Git.Address != "" {
 		stop, err := serveGit(cfg, log.With("component", "git"))
 		if err != nil {

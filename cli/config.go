@@ -106,6 +106,8 @@ type AgentConfig struct {
 	S3 source.S3Options
 	// Git configures git push deploys.
 	Git GitConfig
+	// Warnings are things the agent logs at start: allowed, but unwise.
+	Warnings []string
 	// WatchInterval is how often followed manifests are polled; Apps are
 	// the apps declared in the config, which follow manifests.
 	WatchInterval time.Duration
@@ -368,6 +370,11 @@ func LoadAgentConfig(flags *pflag.FlagSet) (*AgentConfig, error) {
 			r.fail("git.token_file", "%v", err)
 		}
 		c.Git.Token = strings.TrimSpace(string(b))
+	}
+	if f := v.ConfigFileUsed(); f != "" && v.InConfig("git") && r.str("git.token") != "" {
+		if st, err := os.Stat(f); err == nil && st.Mode().Perm()&0o044 != 0 {
+			c.Warnings = append(c.Warnings, fmt.Sprintf("config file %s holds git.token and other users can read it (mode %o): chmod 600 it, or use git.token_file", f, st.Mode().Perm()))
+		}
 	}
 	if c.Git.Address != "" && c.Git.Token == "" {
 		r.fail("git.token", "is empty while git.address is set: set the token git pushers use as their password (or git.token_file)")

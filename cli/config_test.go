@@ -53,6 +53,11 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"log_level: loud\n", "", "log_level"},
 		{"metrics:\n  address: nowhere\n", "", "metrics.address"},
 		{"health:\n  grace: 10m\n  deadline: 1m\n", "", "grace"},
+		{"git:\n  address: 127.0.0.1:7070\n", "", "git.token"},
+		{"apps:\n  - name: web\n    manifest: s3://b/k\n    prot: 80\n", "", `apps: entry 1: unknown key "prot"`},
+		{"apps:\n  - name: web\n    manifest: /local.json\n", "", "needs a name and a manifest s3://bucket/key"},
+		{"volumes:\n  host_dirs: [relative/dir]\n", "", "volumes.host_dirs"},
+		{"hooks:\n  enabled: sometimes\n", "", "hooks.enabled"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.want, func(t *testing.T) {
@@ -79,5 +84,34 @@ func TestAppNameFromPath(t *testing.T) {
 		if got := appNameFromPath(in); got != want {
 			t.Errorf("%s -> %s, want %s", in, got, want)
 		}
+	}
+}
+
+func TestConfigNewKeys(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "agent.yaml")
+	os.WriteFile(file, []byte("git:\n  address: 127.0.0.1:7070\n  token: s3cret\nwatch:\n  interval: 2s\napps:\n  - name: web\n    manifest: s3://fleet/envs/web/current.json\n    port: 8080\ns3:\n  endpoint: http://127.0.0.1:9000\n  path_style: true\nvolumes:\n  host_dirs: [/srv/data, /var/app]\nhooks:\n  enabled: false\n  timeout: 30s\n"), 0o644)
+	os.Chmod(file, 0o644)
+	cfg, err := LoadAgentConfig(flagsFor(t, "--config", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Git.Token != "s3cret" || cfg.WatchInterval != 2*time.Second || len(cfg.Apps) != 1 || cfg.Apps[0] != (DeclaredApp{Name: "web", Manifest: "s3://fleet/envs/web/current.json", Port: 8080}) {
+		t.Errorf("cfg = %+v", cfg)
+	}
+	if !cfg.S3.PathStyle || cfg.S3.Endpoint != "http://127.0.0.1:9000" || !cfg.Agent.HooksOff || cfg.Agent.HookTimeout != 30*time.Second || strings.Join(cfg.Agent.HostDirs, ",") != "/srv/data,/var/app" {
+		t.Errorf("cfg = %+v", cfg)
+	}
+	// The token sits in a file others can read: said at start.
+	if len(cfg.Warnings) != 1 || !strings.Contains(cfg.Warnings[0], "holds git.token and other users can read it") {
+		t.Errorf("warnings = %v", cfg.Warnings)
+	}
+	os.Chmod(file, 0o600)
+	if cfg, _ := LoadAgentConfig(flagsFor(t, "--config", file)); len(cfg.Warnings) != 0 {
+		t.Errorf("warnings for a 0600 file: %v", cfg.Warnings)
+	}
+	t.Setenv("SPROUT_VOLUMES_HOST_DIRS", "/a,/b")
+	if cfg, _ := LoadAgentConfig(flagsFor(t, "--config", file)); strings.Join(cfg.Agent.HostDirs, ",") != "/a,/b" {
+		t.Errorf("host dirs from the environment: %v", cfg.Agent.HostDirs)
 	}
 }
