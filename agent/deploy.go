@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -495,7 +496,7 @@ func (d *deployment) build(ctx context.Context) error {
 		return err
 	}
 	d.v.Image, d.v.ImageID, d.v.HasHealthcheck, d.v.ImageVolumes = tag, info.ID, info.HasHealthcheck, info.Volumes
-	d.v.ContainerPort = firstNonZero(d.app.ContainerPort, spec.ContainerPort, info.ExposedPort)
+	d.v.ContainerPort = cmp.Or(d.app.ContainerPort, spec.ContainerPort, info.ExposedPort)
 	if d.v.ContainerPort == 0 {
 		return ErrNoPort
 	}
@@ -823,15 +824,6 @@ func (a *Agent) pruneImages(ctx context.Context, app string, p Progress) {
 }
 
 func imageTag(app, label string) string { return "sprout/" + app + ":" + label }
-
-func firstNonZero(xs ...int) int {
-	for _, x := range xs {
-		if x != 0 {
-			return x
-		}
-	}
-	return 0
-}
 
 func shortID(id string) string {
 	id = strings.TrimPrefix(id, "sha256:")

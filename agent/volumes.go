@@ -20,7 +20,10 @@ import (
 // LabelVolume names an app's persistent volume on the engine.
 const LabelVolume = "io.sprout.volume"
 
-var volumeNameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
+var (
+	volumeNameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
+	notVolumeRe  = regexp.MustCompile(`[^a-z0-9_.-]+`)
+)
 
 // ValidateVolume checks a volume's name and container path.
 func ValidateVolume(v store.Volume) error {
@@ -40,7 +43,7 @@ func engineVolume(app, name string) string { return "sprout-" + app + "-" + name
 // /var/lib/data becomes var-lib-data.
 func imageVolumeName(p string) string {
 	name := strings.ToLower(strings.Trim(strings.ReplaceAll(path.Clean(p), "/", "-"), "-"))
-	name = regexp.MustCompile(`[^a-z0-9_.-]+`).ReplaceAllString(name, "_")
+	name = notVolumeRe.ReplaceAllString(name, "_")
 	if name == "" || !volumeNameRe.MatchString(name) {
 		name = "v" + randomID(4)
 	}

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -354,7 +355,7 @@ func (s *Server) deploy(w http.ResponseWriter, r *http.Request) {
 	st := &stream{w: w}
 	v, err := s.agent.Deploy(r.Context(), agent.DeployRequest{
 		App: r.PathValue("app"), Label: q.Get("label"), BundlePath: path, From: from,
-		Source: orDefault(q.Get("source"), "upload"), Commit: q.Get("commit"), Settings: settings, NoWait: q.Get("no_wait") == "1",
+		Source: cmp.Or(q.Get("source"), "upload"), Commit: q.Get("commit"), Settings: settings, NoWait: q.Get("no_wait") == "1",
 	}, st)
 	st.finish(v, err)
 }
@@ -376,13 +377,6 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request) (string, error)
 		return f.Name(), fmt.Errorf("receiving the bundle: %w", err)
 	}
 	return f.Name(), f.Close()
-}
-
-func orDefault(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
 
 // parseSettings reads per-app settings from query parameters.

@@ -3,6 +3,7 @@ package platform
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -106,7 +107,7 @@ func inspectImage(dir string) (*Spec, error) {
 			return nil, err
 		}
 		spec.Run = dr.Run
-		spec.ContainerPort = firstPort(dr.ContainerPort, spec.ContainerPort)
+		spec.ContainerPort = cmp.Or(dr.ContainerPort, spec.ContainerPort)
 		spec.Notes = append(spec.Notes, dr.Notes...)
 		if dr.Image != "" {
 			spec.Notes = append(spec.Notes, "Dockerrun.aws.json: Image "+dr.Image+" is ignored: the image is built from the Dockerfile, as on Elastic Beanstalk")
@@ -207,13 +208,4 @@ func parsePort(s string) (int, error) {
 		return 0, fmt.Errorf("%q is not a port number between 1 and 65535", s)
 	}
 	return p, nil
-}
-
-func firstPort(ports ...int) int {
-	for _, p := range ports {
-		if p != 0 {
-			return p
-		}
-	}
-	return 0
 }

@@ -430,18 +430,7 @@ func (fc *fastConn) forward() (status int, written int64, target string, keep bo
 	bw.WriteString("HTTP/1.1 ")
 	bw.WriteString(resp.Status)
 	bw.WriteString("\r\n")
-	hop := connectionTokens(resp.Header)
-	for k, vs := range resp.Header {
-		if hopHeaders[k] || hop[k] || k == "Content-Length" {
-			continue
-		}
-		for _, v := range vs {
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			bw.WriteString(v)
-			bw.WriteString("\r\n")
-		}
-	}
+	writeFields(bw, resp.Header, contentLength)
 	noBody := h.method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
 	chunked := false
 	switch {
@@ -464,11 +453,7 @@ func (fc *fastConn) forward() (status int, written int64, target string, keep bo
 	}
 	written, err = fc.copyBody(resp.Body, noBody, chunked, streaming)
 	resp.Body.Close()
-	if err != nil || resp.Close {
-		uc.close()
-	} else {
-		t.pool.put(uc)
-	}
+	t.releaseConn(uc, err == nil && !resp.Close)
 	if err == nil {
 		err = bw.Flush()
 	}
@@ -718,11 +703,7 @@ func (fc *fastConn) relayFast(t *Target, uc *upConn, r *fastResp) (int64, error)
 	}
 	bw.WriteString("\r\n\r\n")
 	n, err := io.CopyN(bw, uc.br, r.contentLength)
-	if err != nil || r.close {
-		uc.close()
-	} else {
-		t.pool.put(uc)
-	}
+	t.releaseConn(uc, err == nil && !r.close)
 	if err == nil {
 		err = bw.Flush()
 	}

@@ -159,6 +159,37 @@ func headerHasToken(values []string, token string) bool {
 	return false
 }
 
+// contentLength is skipped by writeFields where the proxy writes the
+// length itself.
+var contentLength = map[string]bool{"Content-Length": true}
+
+// writeFields writes h's fields, leaving out hop-by-hop ones (those of
+// hopHeaders and those h's Connection header names) and skip's.
+func writeFields(bw *bufio.Writer, h http.Header, skip map[string]bool) {
+	hop := connectionTokens(h)
+	for k, vs := range h {
+		if hopHeaders[k] || hop[k] || skip[k] {
+			continue
+		}
+		for _, v := range vs {
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			bw.WriteString(v)
+			bw.WriteString("\r\n")
+		}
+	}
+}
+
+// releaseConn returns an upstream connection to the target's pool when it
+// can carry another request, and closes it otherwise.
+func (t *Target) releaseConn(uc *upConn, reuse bool) {
+	if reuse {
+		t.pool.put(uc)
+	} else {
+		uc.close()
+	}
+}
+
 // connectionTokens lists the headers a Connection header marks as
 // hop-by-hop.
 func connectionTokens(h http.Header) map[string]bool {
@@ -232,18 +263,7 @@ func (t *Target) send(uc *upConn, r *http.Request, timeout time.Duration) (*http
 	bw.WriteString(" HTTP/1.1\r\nHost: ")
 	bw.WriteString(r.Host)
 	bw.WriteString("\r\n")
-	hop := connectionTokens(r.Header)
-	for k, vs := range r.Header {
-		if hopHeaders[k] || skipRequestHeaders[k] || hop[k] {
-			continue
-		}
-		for _, v := range vs {
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			bw.WriteString(v)
-			bw.WriteString("\r\n")
-		}
-	}
+	writeFields(bw, r.Header, skipRequestHeaders)
 	clientIP, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err == nil {
 		bw.WriteString("X-Forwarded-For: ")
@@ -362,14 +382,9 @@ func (t *Target) respond(w *requestState, r *http.Request, uc *upConn, resp *htt
 	w.WriteHeader(resp.StatusCode)
 	err := copyResponseBody(w, resp.Body, streaming)
 	resp.Body.Close()
-	switch {
-	case err != nil:
-		uc.close()
+	t.releaseConn(uc, err == nil && !resp.Close)
+	if err != nil {
 		panic(http.ErrAbortHandler)
-	case resp.Close:
-		uc.close()
-	default:
-		t.pool.put(uc)
 	}
 }
 

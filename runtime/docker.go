@@ -6,6 +6,7 @@ package runtime
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -318,7 +319,7 @@ func (d *Docker) Run(ctx context.Context, spec ContainerSpec) (*Container, error
 		Entrypoint:   spec.Entrypoint,
 		Cmd:          spec.Cmd,
 	}
-	logCfg := map[string]string{"max-size": orDefault(spec.LogMaxSize, "10m"), "max-file": orDefault(spec.LogMaxFiles, "3")}
+	logCfg := map[string]string{"max-size": cmp.Or(spec.LogMaxSize, "10m"), "max-file": cmp.Or(spec.LogMaxFiles, "3")}
 	hc := &container.HostConfig{
 		PortBindings: nat.PortMap{port: {{HostIP: "127.0.0.1", HostPort: ""}}},
 		// No restart until KeepRunning: a crash while the app is being
@@ -362,13 +363,6 @@ func (d *Docker) KeepRunning(ctx context.Context, id string) error {
 		return fmt.Errorf("set the restart policy: %w", err)
 	}
 	return nil
-}
-
-func orDefault(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
 
 // Container inspects one container and says where its app listens.
@@ -558,11 +552,7 @@ func (d *Docker) Remove(ctx context.Context, id string) error {
 // List returns every container, running or not, that carries all the given
 // labels.
 func (d *Docker) List(ctx context.Context, labels map[string]string) ([]*Container, error) {
-	args := filters.NewArgs()
-	for k, v := range labels {
-		args.Add("label", k+"="+v)
-	}
-	list, err := d.c.ContainerList(ctx, container.ListOptions{All: true, Filters: args})
+	list, err := d.c.ContainerList(ctx, container.ListOptions{All: true, Filters: labelFilter(labels)})
 	if err != nil {
 		return nil, err
 	}
@@ -601,11 +591,7 @@ func (d *Docker) EnsureVolume(ctx context.Context, name string, labels map[strin
 
 // Volumes lists the named volumes that carry every one of labels.
 func (d *Docker) Volumes(ctx context.Context, labels map[string]string) ([]Volume, error) {
-	args := filters.NewArgs()
-	for k, v := range labels {
-		args.Add("label", k+"="+v)
-	}
-	list, err := d.c.VolumeList(ctx, volume.ListOptions{Filters: args})
+	list, err := d.c.VolumeList(ctx, volume.ListOptions{Filters: labelFilter(labels)})
 	if err != nil {
 		return nil, err
 	}
@@ -625,4 +611,13 @@ func (d *Docker) RemoveVolume(ctx context.Context, name string) error {
 		return fmt.Errorf("remove volume %s: %w", name, err)
 	}
 	return nil
+}
+
+// labelFilter selects what carries every one of labels.
+func labelFilter(labels map[string]string) filters.Args {
+	args := filters.NewArgs()
+	for k, v := range labels {
+		args.Add("label", k+"="+v)
+	}
+	return args
 }
