@@ -314,6 +314,29 @@ func (a *Agent) lock(ctx context.Context, app string, noWait bool, p Progress) (
 	}, nil
 }
 
+// Wait returns once no operation (deploy, rollback, setenv, recover)
+// runs, or with ctx's error.
+func (a *Agent) Wait(ctx context.Context) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		a.mu.Lock()
+		running := 0
+		for _, n := range a.busy {
+			running += n
+		}
+		a.mu.Unlock()
+		if running == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d operation(s) still running: %w", running, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
 // deploying tells whether an operation (deploy, rollback, setenv,
 // recover) of app is running.
 func (a *Agent) deploying(app string) bool {

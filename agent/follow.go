@@ -181,11 +181,11 @@ func (a *Agent) pollAsync(ctx context.Context, app, ref string) {
 // cannot be deployed waits for the manifest to change.
 func (a *Agent) poll(ctx context.Context, app, ref, etag string) (result, newETag string, changed bool) {
 	body, newETag, changed, err := a.fetcher.GetIfChanged(ctx, ref, etag)
-	result = fetchResult(err)
+	outcome := fetchResult(err)
 	if err == nil && !changed {
-		result = "unchanged"
+		outcome = "unchanged"
 	}
-	a.metrics.Fetch(app, "manifest", result)
+	a.metrics.Fetch(app, "manifest", outcome)
 	if err != nil {
 		a.noteOnce(app, fmt.Sprintf("cannot read the manifest %s: %v", ref, err))
 		return "", "", false

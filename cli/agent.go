@@ -116,20 +116,35 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 	go ag.Monitor(ctx)
 	go ag.Follow(ctx, cfg.WatchInterval)
 	srv := &http.Server{Handler: api.NewServer(ag, Version, log.With("component", "api")), ReadHeaderTimeout: 10 * time.Second}
+	stopped := make(chan struct{})
 	go func() {
+		defer close(stopped)
 		<-ctx.Done()
 		log.Info("shutting down: apps keep running; the proxy stops until the agent starts again")
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		// Operations in flight (a CLI deploy, a manifest's rollout) get
+		// to finish, so that a swap is also recorded, within a bound
+		// under the systemd unit's TimeoutStopSec; the proxy keeps
+		// serving meanwhile. What is cut is recorded as interrupted at
+		// the next start.
+		sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 		defer cancel()
 		srv.Shutdown(sctx)
+		if err := ag.Wait(sctx); err != nil {
+			log.Warn("stopping with an operation still running; the next start recovers it", "error", err)
+		}
 		px.Shutdown(sctx)
 	}()
 	log.Info("agent ready", "id", ag.ID(), "socket", cfg.Socket, "data_dir", cfg.Agent.DataDir, "version", Version)
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
+	<-stopped
 	return nil
 }
+
+// shutdownGrace bounds how long a stopping agent waits for operations in
+// flight; configs/sprout-agent.service gives it 20 s before SIGKILL.
+const shutdownGrace = 15 * time.Second
 
 // serveGit serves git push deploys on git.address.
 func serveGit(cfg *AgentConfig, log *slog.Logger) (func(), error) {

@@ -379,7 +379,7 @@ func LoadAgentConfig(flags *pflag.FlagSet) (*AgentConfig, error) {
 	if c.Git.Address != "" && c.Git.Token == "" {
 		r.fail("git.token", "is empty while git.address is set: set the token git pushers use as their password (or git.token_file)")
 	}
-	c.S3 = source.S3Options{Region: r.str("s3.region"), Endpoint: r.str("s3.endpoint"), PathStyle: r.boolean("s3.path_style")}
+	c.S3 = r.s3()
 	if _, err := units.RAMInBytes(c.Agent.LogMaxSize); err != nil {
 		r.fail("container.log_max_size", "%q is not a size like 10m", c.Agent.LogMaxSize)
 	}
@@ -414,8 +414,12 @@ func s3Options(flags *pflag.FlagSet) (source.S3Options, error) {
 		return source.S3Options{}, err
 	}
 	r := &configReader{v: v}
-	o := source.S3Options{Region: r.str("s3.region"), Endpoint: r.str("s3.endpoint"), PathStyle: r.boolean("s3.path_style")}
+	o := r.s3()
 	return o, r.err
+}
+
+func (r *configReader) s3() source.S3Options {
+	return source.S3Options{Region: r.str("s3.region"), Endpoint: r.str("s3.endpoint"), PathStyle: r.boolean("s3.path_style")}
 }
 
 // socketPath is where the CLI finds the agent: --socket, SPROUT_SOCKET,

@@ -205,7 +205,7 @@ func uploadVersion(cmd *cobra.Command, c *cli, o *deployOptions) (string, error)
 	if o.app == "" {
 		o.app = appNameFromPath(o.bundle)
 	}
-	prefix, err := source.ParseS3URL(strings.TrimSuffix(o.s3Prefix, "/") + "/x")
+	prefix, err := source.ParseS3URL(o.s3Prefix)
 	if err != nil {
 		return "", fmt.Errorf("--s3: %w", err)
 	}
@@ -233,7 +233,7 @@ func uploadVersion(cmd *cobra.Command, c *cli, o *deployOptions) (string, error)
 	}
 	defer f.Close()
 	info, _ := f.Stat()
-	key := strings.TrimSuffix(strings.TrimSuffix(prefix.Key, "x"), "/")
+	key := strings.Trim(prefix.Key, "/")
 	if key != "" {
 		key += "/"
 	}

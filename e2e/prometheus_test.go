@@ -20,10 +20,7 @@ import (
 func TestPrometheusScrapesTheAgent(t *testing.T) {
 	promBin, err := exec.LookPath("prometheus")
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI=true but prometheus is not installed (scripts/ensure-test-deps.sh installs it)")
-		}
-		t.Skip("prometheus is not installed: apt-get install prometheus, or run scripts/ensure-test-deps.sh as root")
+		testenv.Missing(t, "prometheus is not installed", "scripts/ensure-test-deps.sh installs it as root: apt-get install prometheus")
 	}
 	a := startAgent(t)
 	app, port := testenv.Name("prom"), testenv.FreePort(t)

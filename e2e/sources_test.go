@@ -329,11 +329,21 @@ func TestPullMode(t *testing.T) {
 	// Back to a version the host still has: served again from its image.
 	publish("--label", "v1", "--bundle", "s3://fleet/web/v1.tar.gz")
 	waitBody(t, port, "v1 bye", time.Minute)
+	// After a restart the agent reads the manifest again (it has no ETag
+	// yet), finds it served, and changes nothing.
 	n := len(versionsOf(t, a, app))
+	swaps := strings.Count(a.mustSprout("events", "--app", app), ": swap")
 	a.kill(15)
 	a.start()
-	time.Sleep(time.Second)
-	if body := get(t, port); body != "v1 bye" || len(versionsOf(t, a, app)) != n {
-		t.Errorf("after a restart: GET = %q, %d versions (was %d)", body, len(versionsOf(t, a, app)), n)
+	deadline = time.Now().Add(time.Minute)
+	for !strings.Contains(a.mustSprout("status", "--app", app), "serving v1 as manifest") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the manifest was not read after the restart:\n%s", a.mustSprout("status", "--app", app))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	events = a.mustSprout("events", "--app", app)
+	if body := get(t, port); body != "v1 bye" || len(versionsOf(t, a, app)) != n || strings.Count(events, ": swap") != swaps {
+		t.Errorf("after a restart: GET = %q, %d versions (was %d), events:\n%s", body, len(versionsOf(t, a, app)), n, events)
 	}
 }

@@ -55,10 +55,7 @@ func Postgres(t testing.TB) PG {
 	t.Helper()
 	bins, _ := filepath.Glob("/usr/lib/postgresql/*/bin/postgres")
 	if len(bins) == 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI=true but PostgreSQL is not installed (scripts/ensure-test-deps.sh installs it)")
-		}
-		t.Skip("PostgreSQL is not installed: apt-get install postgresql, or run scripts/ensure-test-deps.sh as root")
+		Missing(t, "PostgreSQL is not installed", "scripts/ensure-test-deps.sh installs it as root: apt-get install postgresql")
 	}
 	slices.Sort(bins)
 	bin := filepath.Dir(bins[len(bins)-1])
@@ -158,9 +155,6 @@ func Postgres(t testing.TB) PG {
 func BaseImage(t testing.TB) {
 	t.Helper()
 	if err := exec.Command("docker", "image", "inspect", "debian:bookworm-slim").Run(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI=true but the engine has no debian:bookworm-slim (scripts/base-image.sh makes it)")
-		}
-		t.Skip("no debian:bookworm-slim image: run scripts/base-image.sh as root")
+		Missing(t, "the engine has no debian:bookworm-slim image", "scripts/base-image.sh makes it as root")
 	}
 }

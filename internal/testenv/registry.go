@@ -27,10 +27,7 @@ func StartRegistry(t testing.TB) *Registry {
 	t.Helper()
 	bin, err := exec.LookPath("docker-registry")
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI=true but docker-registry is not installed (scripts/ensure-test-deps.sh installs it)")
-		}
-		t.Skip("docker-registry is not installed: apt-get install docker-registry, or run scripts/ensure-test-deps.sh as root")
+		Missing(t, "docker-registry is not installed", "scripts/ensure-test-deps.sh installs it as root: apt-get install docker-registry")
 	}
 	dir := t.TempDir()
 	port := FreePort(t)

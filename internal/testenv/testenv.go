@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -21,16 +22,24 @@ import (
 	sprt "github.com/sprout-paas/sprout/runtime"
 )
 
+// Missing stops a test that needs what is missing: under CI (CI=true) it
+// fails, since CI must run every test; elsewhere it skips, saying how to
+// get it.
+func Missing(t testing.TB, what, fix string) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("CI=true but %s (%s)", what, fix)
+	}
+	t.Skipf("%s: %s", what, fix)
+}
+
 // Docker returns a client of the local engine. Without one, the test is
 // skipped with a message, except under CI (CI=true), where it fails.
 func Docker(t testing.TB) *sprt.Docker {
 	t.Helper()
 	d, err := sprt.New(context.Background())
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true but no Docker engine: %v (scripts/ensure-docker.sh starts one)", err)
-		}
-		t.Skipf("no Docker engine (%v); run scripts/ensure-docker.sh as root, or set DOCKER_HOST", err)
+		Missing(t, fmt.Sprintf("no Docker engine answers (%v)", err), "scripts/ensure-docker.sh starts one as root, or set DOCKER_HOST")
 	}
 	t.Cleanup(func() { d.Close() })
 	return d
