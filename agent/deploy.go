@@ -296,7 +296,7 @@ func (d *deployment) fetch(ctx context.Context, from string) (string, error) {
 	if err != nil {
 		return f.Name(), err
 	}
-	d.v.Source, d.v.ETag, d.v.Commit, d.v.SHA256 = got.Ref, got.ETag, got.Commit, got.SHA256
+	d.v.ETag, d.v.Commit, d.v.SHA256 = got.ETag, got.Commit, got.SHA256
 	switch {
 	case got.Commit != "":
 		d.linef("fetched commit %s of %s (%d bytes packed)", got.Commit, got.Ref, got.Bytes)

@@ -171,18 +171,20 @@ func (s *Server) create(repo string) error {
 	if err != nil {
 		return fmt.Errorf("git init: %v: %s", err, out)
 	}
+	// Pushers may send push options (git push -o port=8080), which the
+	// hook reads.
+	if out, err := exec.Command(s.git, "--git-dir", tmp, "config", "receive.advertisePushOptions", "true").CombinedOutput(); err != nil {
+		return fmt.Errorf("git config: %v: %s", err, out)
+	}
 	if err := s.installHook(tmp); err != nil {
 		return err
 	}
 	return os.Rename(tmp, repo)
 }
 
-// installHook writes the pre-receive hook and lets pushers send push
-// options (git push -o port=8080), which the hook reads.
+// installHook writes the pre-receive hook, which runs the current
+// binary.
 func (s *Server) installHook(repo string) error {
-	if out, err := exec.Command(s.git, "--git-dir", repo, "config", "receive.advertisePushOptions", "true").CombinedOutput(); err != nil {
-		return fmt.Errorf("git config: %v: %s", err, out)
-	}
 	var b strings.Builder
 	b.WriteString("#!/bin/sh\n# Installed by the sprout agent: deploys pushes of the deploy branch.\nexec")
 	for _, a := range s.o.Hook {
