@@ -366,7 +366,7 @@ func (a *Agent) waitLock(ctx context.Context, app string, noWait bool, p Progres
 
 var (
 	appNameRe = regexp.MustCompile(`^[a-z0-9]+([._-][a-z0-9]+)*$`)
-	labelRe   = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+	labelRe   = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*$`) // and at most 128 bytes
 )
 
 // ValidateAppName checks an app name: it becomes part of image names.
@@ -379,7 +379,7 @@ func ValidateAppName(name string) error {
 
 // ValidateLabel checks a version label: it becomes an image tag.
 func ValidateLabel(label string) error {
-	if !labelRe.MatchString(label) {
+	if len(label) > 128 || !labelRe.MatchString(label) {
 		return fmt.Errorf("%w: version label %q: use letters, digits, _ . - (not first), at most 128 characters", ErrInvalid, label)
 	}
 	return nil

@@ -21,13 +21,13 @@ import (
 const LabelVolume = "io.sprout.volume"
 
 var (
-	volumeNameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
+	volumeNameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]*$`) // and at most 63 bytes
 	notVolumeRe  = regexp.MustCompile(`[^a-z0-9_.-]+`)
 )
 
 // ValidateVolume checks a volume's name and container path.
 func ValidateVolume(v store.Volume) error {
-	if !volumeNameRe.MatchString(v.Name) {
+	if !validVolumeName(v.Name) {
 		return fmt.Errorf("%w: volume name %q: use lowercase letters, digits, _ . and -, starting with a letter or digit", ErrInvalid, v.Name)
 	}
 	if !path.IsAbs(v.Path) || path.Clean(v.Path) != v.Path || v.Path == "/" {
@@ -35,6 +35,8 @@ func ValidateVolume(v store.Volume) error {
 	}
 	return nil
 }
+
+func validVolumeName(s string) bool { return len(s) <= 63 && volumeNameRe.MatchString(s) }
 
 // engineVolume is the engine's name of an app's volume.
 func engineVolume(app, name string) string { return "sprout-" + app + "-" + name }
@@ -44,7 +46,7 @@ func engineVolume(app, name string) string { return "sprout-" + app + "-" + name
 func imageVolumeName(p string) string {
 	name := strings.ToLower(strings.Trim(strings.ReplaceAll(path.Clean(p), "/", "-"), "-"))
 	name = notVolumeRe.ReplaceAllString(name, "_")
-	if name == "" || !volumeNameRe.MatchString(name) {
+	if !validVolumeName(name) {
 		name = "v" + randomID(4)
 	}
 	return name

@@ -36,7 +36,7 @@ func (g Git) String() string {
 	return g.URL + "#" + g.Ref
 }
 
-var refRe = regexp.MustCompile(`^[A-Za-z0-9._/@+-]{1,200}$`)
+var refRe = regexp.MustCompile(`^[A-Za-z0-9._/@+-]+$`) // and at most 200 bytes
 
 func isGitURL(s string) bool {
 	for _, p := range []string{"https://", "http://", "file://", "git://", "ssh://"} {
@@ -56,7 +56,7 @@ func ParseGit(s string) (Git, error) {
 	if err != nil || !isGitURL(raw) || (u.Host == "" && u.Scheme != "file") {
 		return Git{}, fmt.Errorf("%w: %q is not a git URL like https://host/owner/repo.git#main", ErrInvalid, redact(raw))
 	}
-	if ref != "" && (!refRe.MatchString(ref) || strings.HasPrefix(ref, "-") || strings.Contains(ref, "..")) {
+	if ref != "" && (len(ref) > 200 || !refRe.MatchString(ref) || strings.HasPrefix(ref, "-") || strings.Contains(ref, "..")) {
 		return Git{}, fmt.Errorf("%w: %q is not a branch, tag or commit name", ErrInvalid, ref)
 	}
 	g := Git{Ref: ref}

@@ -100,7 +100,10 @@ func TestParse(t *testing.T) {
 	if g.String() != "https://git.example.com/team/app.git#release/1.2" || strings.Contains(g.String(), "s3cr3t") {
 		t.Errorf("git ref = %s", g)
 	}
-	for _, bad := range []string{"https://host/repo.git#--upload-pack=x", "https://host/repo.git#a..b", "ftp://host/x", "s3://", "s3:///key", "./local.zip"} {
+	if err := source.Check("https://host/repo.git#" + strings.Repeat("r", 200)); err != nil {
+		t.Errorf("200-byte ref: %v", err)
+	}
+	for _, bad := range []string{"https://host/repo.git#" + strings.Repeat("r", 201), "https://host/repo.git#--upload-pack=x", "https://host/repo.git#a..b", "ftp://host/x", "s3://", "s3:///key", "./local.zip"} {
 		if err := source.Check(bad); !errors.Is(err, source.ErrInvalid) {
 			t.Errorf("%q: %v", bad, err)
 		}
