@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -221,68 +220,4 @@ func (a *Agent) RemoveVolume(ctx context.Context, name, vol string, noWait bool,
 		app.Volumes = slices.Delete(slices.Clone(app.Volumes), i, i+1)
 		return nil
 	})
-}
-
-// RemoveApp stops and removes an app: its container, port, images, kept
-// bundles and state. Its persistent volumes and logs are kept, so that a
-// new deploy of the same name finds its data, unless purge is set.
-func (a *Agent) RemoveApp(ctx context.Context, name string, purge bool, p Progress) error {
-	unlock, err := a.lock(ctx, name, false, p)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	app, err := a.App(name)
-	if err != nil {
-		return err
-	}
-	ctx = context.WithoutCancel(ctx)
-	a.router.Close(app.Port, a.cfg.DrainTimeout)
-	p.Line(fmt.Sprintf("closed port %d", app.Port))
-	cs, err := a.rt.List(ctx, map[string]string{runtime.LabelAgent: a.id, runtime.LabelApp: name})
-	if err != nil {
-		return err
-	}
-	for _, c := range cs {
-		a.rt.Stop(ctx, c.ID, a.cfg.StopGrace)
-		a.archiveLogs(ctx, name, c.Labels[runtime.LabelLabel], c.ID)
-		if err := a.rt.Remove(ctx, c.ID); err != nil {
-			return err
-		}
-		p.Line("removed container " + c.Name)
-	}
-	versions, _ := a.store.Versions(name)
-	for _, v := range versions {
-		if v.Image != "" && !v.ImagePruned {
-			a.rt.RemoveImage(ctx, v.Image)
-		}
-	}
-	os.RemoveAll(filepath.Join(a.cfg.DataDir, "versions", name))
-	if err := a.store.DeleteApp(name); err != nil {
-		return err
-	}
-	a.metrics.Serving(name, "")
-	vols, err := a.rt.Volumes(ctx, map[string]string{runtime.LabelApp: name})
-	if err != nil {
-		return err
-	}
-	if !purge {
-		if len(vols) > 0 {
-			p.Line(fmt.Sprintf("kept %d volume(s) and the app's logs; a new deploy of %s mounts the volumes again, and `sprout apps rm %s --purge` deletes them", len(vols), name, name))
-		}
-		a.event(name, "", "removed", "%s removed; its volumes and logs are kept", name)
-		return nil
-	}
-	var errs []error
-	for _, v := range vols {
-		if err := a.rt.RemoveVolume(ctx, v.Name); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		p.Line("deleted volume " + v.Name)
-	}
-	os.RemoveAll(logsDir(a.cfg, name))
-	os.RemoveAll(filepath.Join(a.cfg.DataDir, "applogs", name))
-	a.event(name, "", "removed", "%s removed with its volumes and logs", name)
-	return errors.Join(errs...)
 }
