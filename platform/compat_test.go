@@ -11,7 +11,7 @@ import (
 )
 
 func TestDockerrunInFull(t *testing.T) {
-	spec, err := ParseDockerrun([]byte(`{
+	spec, err := parseDockerrun([]byte(`{
   "AWSEBDockerrunVersion": "1",
   "Image": {"Name": "web:1", "Update": "false"},
   "Ports": [{"ContainerPort": 8000}],
@@ -19,7 +19,7 @@ func TestDockerrunInFull(t *testing.T) {
   "Logging": "/var/log/nginx",
   "Entrypoint": "/bin/sh -c",
   "Command": ["echo 'hi there'", "x"]
-}`))
+}`), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +32,7 @@ func TestDockerrunInFull(t *testing.T) {
 	if !reflect.DeepEqual(spec.Run, want) || spec.ImageUpdate || spec.ContainerPort != 8000 {
 		t.Errorf("spec = %+v", spec)
 	}
-	spec, err = ParseDockerrun([]byte(`{"AWSEBDockerrunVersion": "1", "Image": {"Name": "x"}, "Command": "run --flag 'a b'"}`))
+	spec, err = parseDockerrun([]byte(`{"AWSEBDockerrunVersion": "1", "Image": {"Name": "x"}, "Command": "run --flag 'a b'"}`), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +49,7 @@ func TestDockerrunInFull(t *testing.T) {
 		`"Image": {"Name": "x"}, "Entrypoint": 7`:                                                         "Entrypoint: 7 is neither",
 		`"Image": {"Name": "x"}, "Volumes": [{"HostDir": "/a"}]`:                                          `unknown field "HostDir"`,
 	} {
-		_, err := ParseDockerrun([]byte(`{"AWSEBDockerrunVersion": "1", ` + src + `}`))
+		_, err := parseDockerrun([]byte(`{"AWSEBDockerrunVersion": "1", ` + src + `}`), false)
 		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), DockerrunName) {
 			t.Errorf("%s: err = %v, want %q", src, err, want)
 		}

@@ -60,12 +60,9 @@ type dockerrun struct {
 	Authentication json.RawMessage `json:"Authentication,omitempty"`
 }
 
-// ParseDockerrun reads a version 1 Dockerrun.aws.json. Unknown keys and
-// invalid values are errors that name the key.
-func ParseDockerrun(b []byte) (*Spec, error) { return parseDockerrun(b, false) }
-
-// parseDockerrun reads a Dockerrun.aws.json; next to a Dockerfile, Image
-// may be left out.
+// parseDockerrun reads a version 1 Dockerrun.aws.json; next to a
+// Dockerfile, Image may be left out. Unknown keys and invalid values are
+// errors that name the key.
 func parseDockerrun(b []byte, withDockerfile bool) (*Spec, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()

@@ -62,7 +62,7 @@ func TestParseDockerrun(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			spec, err := ParseDockerrun([]byte(tc.src))
+			spec, err := parseDockerrun([]byte(tc.src), false)
 			if tc.wantError != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantError) {
 					t.Fatalf("err = %v, want %q", err, tc.wantError)
