@@ -32,9 +32,12 @@ testdeps:
 base-image: docker
 	@scripts/base-image.sh
 
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 
 # Everything, against the real Docker engine, with the race detector.
 test: docker testdeps base-image lint

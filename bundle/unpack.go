@@ -250,7 +250,7 @@ func (w *writer) untar(r io.Reader) error {
 		switch h.Typeflag {
 		case tar.TypeDir:
 			err = w.mkdir(name)
-		case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // TypeRegA still appears in old archives.
+		case tar.TypeReg: // archive/tar reads old TypeRegA entries as TypeReg
 			err = w.file(name, fs.FileMode(h.Mode)&fs.ModePerm, tr)
 		case tar.TypeSymlink:
 			err = w.symlink(name, h.Linkname)

@@ -49,7 +49,7 @@ func TestDockerrunInFull(t *testing.T) {
 		`"Image": {"Name": "x"}, "Entrypoint": 7`:                                                         "Entrypoint: 7 is neither",
 		`"Image": {"Name": "x"}, "Volumes": [{"HostDir": "/a"}]`:                                          `unknown field "HostDir"`,
 	} {
-		_, err := parseDockerrun([]byte(`{"AWSEBDockerrunVersion": "1", ` + src + `}`), false)
+		_, err := parseDockerrun([]byte(`{"AWSEBDockerrunVersion": "1", `+src+`}`), false)
 		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), DockerrunName) {
 			t.Errorf("%s: err = %v, want %q", src, err, want)
 		}

@@ -26,11 +26,10 @@ const maxHead = 8 << 10
 
 // handoff is a net.Listener whose connections come from the fast path.
 type handoff struct {
-	ch     chan net.Conn
-	done   chan struct{}
-	once   sync.Once
-	addr   net.Addr
-	closed bool
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+	addr net.Addr
 }
 
 func newHandoff(addr net.Addr) *handoff {

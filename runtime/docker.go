@@ -21,6 +21,7 @@ import (
 	"strings"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
@@ -164,7 +165,7 @@ type ImageInfo struct {
 func (d *Docker) Image(ctx context.Context, ref string) (ImageInfo, error) {
 	ins, err := d.c.ImageInspect(ctx, ref)
 	if err != nil {
-		if client.IsErrNotFound(err) {
+		if cerrdefs.IsNotFound(err) {
 			return ImageInfo{}, fmt.Errorf("%w: %s is not on this host", ErrImageMissing, ref)
 		}
 		return ImageInfo{}, err
@@ -252,7 +253,7 @@ func (d *Docker) Tag(ctx context.Context, src, dst string) error {
 // RemoveImage removes an image reference; a missing one is not an error.
 func (d *Docker) RemoveImage(ctx context.Context, ref string) error {
 	_, err := d.c.ImageRemove(ctx, ref, image.RemoveOptions{PruneChildren: true})
-	if err != nil && !client.IsErrNotFound(err) {
+	if err != nil && !cerrdefs.IsNotFound(err) {
 		return err
 	}
 	return nil
@@ -399,7 +400,11 @@ func addrOf(ins container.InspectResponse) (addr string, hostPort int) {
 			}
 		}
 	}
-	ip := ins.NetworkSettings.IPAddress
+	// The default bridge first; Sprout starts containers on no other.
+	var ip string
+	if n := ins.NetworkSettings.Networks["bridge"]; n != nil {
+		ip = n.IPAddress
+	}
 	for _, n := range ins.NetworkSettings.Networks {
 		if ip == "" && n != nil {
 			ip = n.IPAddress
@@ -533,7 +538,7 @@ func (d *Docker) Usage(ctx context.Context, id string) (Usage, error) {
 func (d *Docker) Stop(ctx context.Context, id string, grace time.Duration) error {
 	secs := int(grace.Seconds())
 	err := d.c.ContainerStop(ctx, id, container.StopOptions{Timeout: &secs})
-	if err != nil && !client.IsErrNotFound(err) {
+	if err != nil && !cerrdefs.IsNotFound(err) {
 		return err
 	}
 	return nil
@@ -543,7 +548,7 @@ func (d *Docker) Stop(ctx context.Context, id string, grace time.Duration) error
 // that is already gone counts as removed.
 func (d *Docker) Remove(ctx context.Context, id string) error {
 	err := d.c.ContainerRemove(ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true})
-	if err != nil && !client.IsErrNotFound(err) && !strings.Contains(err.Error(), "is already in progress") {
+	if err != nil && !cerrdefs.IsNotFound(err) && !strings.Contains(err.Error(), "is already in progress") {
 		return err
 	}
 	return nil
@@ -559,7 +564,7 @@ func (d *Docker) List(ctx context.Context, labels map[string]string) ([]*Contain
 	out := make([]*Container, 0, len(list))
 	for _, s := range list {
 		c, err := d.Container(ctx, s.ID)
-		if client.IsErrNotFound(err) {
+		if cerrdefs.IsNotFound(err) {
 			continue
 		}
 		if err != nil {
@@ -607,7 +612,7 @@ func (d *Docker) Volumes(ctx context.Context, labels map[string]string) ([]Volum
 // RemoveVolume deletes a named volume and its data; a missing one is not
 // an error.
 func (d *Docker) RemoveVolume(ctx context.Context, name string) error {
-	if err := d.c.VolumeRemove(ctx, name, false); err != nil && !client.IsErrNotFound(err) {
+	if err := d.c.VolumeRemove(ctx, name, false); err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("remove volume %s: %w", name, err)
 	}
 	return nil

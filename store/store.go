@@ -13,6 +13,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/sprout-paas/sprout/health"
 	"github.com/sprout-paas/sprout/platform"
@@ -131,7 +132,7 @@ type Store struct {
 // Open opens or creates the state file at path.
 func Open(path string) (*Store, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("state file %s is locked: another sprout agent uses this data dir", path)
 	}
 	if err != nil {
@@ -238,7 +239,7 @@ func (s *Store) DeleteApp(name string) error {
 			return err
 		}
 		err := tx.Bucket(bucketVersions).DeleteBucket([]byte(name))
-		if errors.Is(err, bolt.ErrBucketNotFound) {
+		if errors.Is(err, bolterrors.ErrBucketNotFound) {
 			return nil
 		}
 		return err
