@@ -2,6 +2,7 @@ package source
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -15,7 +16,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
-	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 )
@@ -210,40 +210,32 @@ func isNotFound(err error) bool {
 }
 
 // explain turns an S3 error into one sentence naming the bucket, the key
-// and the cause.
+// and the cause: from the error code S3 sent, else (answers to HEAD carry
+// no body) from the HTTP status.
 func (s *S3) explain(obj Object, err error) error {
-	var nsk *types.NoSuchKey
-	var nsb *types.NoSuchBucket
-	var nf *types.NotFound
+	code, status := "", 0
 	var api smithy.APIError
-	switch {
-	case errors.As(err, &nsb):
-		return fmt.Errorf("%w: %s: bucket %s does not exist (check its name and the region %s)", ErrNotFound, obj, obj.Bucket, s.region)
-	case errors.As(err, &nsk), errors.As(err, &nf):
-		return fmt.Errorf("%w: %s: no such object in bucket %s (check the key)", ErrNotFound, obj, obj.Bucket)
-	case errors.As(err, &api):
-		switch api.ErrorCode() {
-		case "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch":
-			return fmt.Errorf("%w: %s: access denied (%s); give the instance role or user s3:GetObject and s3:PutObject on it", ErrDenied, obj, api.ErrorCode())
-		case "PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException", "301", "MovedPermanently":
-			return fmt.Errorf("%s: bucket %s is in another region than %s; set s3.region (or AWS_REGION) to the bucket's region", obj, obj.Bucket, s.region)
-		case "NoSuchKey", "NotFound":
-			return fmt.Errorf("%w: %s: no such object in bucket %s (check the key)", ErrNotFound, obj, obj.Bucket)
-		case "NoSuchBucket":
-			return fmt.Errorf("%w: %s: bucket %s does not exist (check its name and the region %s)", ErrNotFound, obj, obj.Bucket, s.region)
-		}
-		return fmt.Errorf("%s: %s: %s", obj, api.ErrorCode(), api.ErrorMessage())
+	if errors.As(err, &api) {
+		code = api.ErrorCode()
 	}
 	var re *smithyhttp.ResponseError
 	if errors.As(err, &re) {
-		switch re.HTTPStatusCode() {
-		case http.StatusNotFound:
-			return fmt.Errorf("%w: %s: no such object or bucket", ErrNotFound, obj)
-		case http.StatusForbidden:
-			return fmt.Errorf("%w: %s: access denied; give the instance role or user s3:GetObject on it", ErrDenied, obj)
-		case http.StatusMovedPermanently:
-			return fmt.Errorf("%s: bucket %s is in another region than %s; set s3.region (or AWS_REGION) to the bucket's region", obj, obj.Bucket, s.region)
-		}
+		status = re.HTTPStatusCode()
+	}
+	switch {
+	case code == "NoSuchBucket":
+		return fmt.Errorf("%w: %s: bucket %s does not exist (check its name and the region %s)", ErrNotFound, obj, obj.Bucket, s.region)
+	case code == "NoSuchKey":
+		return fmt.Errorf("%w: %s: no such object in bucket %s (check the key)", ErrNotFound, obj, obj.Bucket)
+	case code == "NotFound" || status == http.StatusNotFound:
+		// A HEAD's 404 does not say whether the key or the bucket is missing.
+		return fmt.Errorf("%w: %s: no such object in bucket %s, or no such bucket (check both)", ErrNotFound, obj, obj.Bucket)
+	case code == "AccessDenied" || code == "InvalidAccessKeyId" || code == "SignatureDoesNotMatch" || status == http.StatusForbidden:
+		return fmt.Errorf("%w: %s: access denied (%s); give the instance role or user s3:GetObject and s3:PutObject on it", ErrDenied, obj, cmp.Or(code, "403"))
+	case code == "PermanentRedirect" || code == "AuthorizationHeaderMalformed" || code == "IllegalLocationConstraintException" || status == http.StatusMovedPermanently:
+		return fmt.Errorf("%s: bucket %s is in another region than %s; set s3.region (or AWS_REGION) to the bucket's region", obj, obj.Bucket, s.region)
+	case code != "":
+		return fmt.Errorf("%s: %s: %s", obj, code, api.ErrorMessage())
 	}
 	return fmt.Errorf("%s: cannot reach S3: %w", obj, err)
 }
