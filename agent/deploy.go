@@ -460,7 +460,13 @@ func (d *deployment) describe(spec *platform.Spec) {
 			d.linef(".platform: %d %s hook(s)", len(hs), st)
 		}
 	}
-	if n := len(spec.Hooks) - len(spec.Hooks.Stage(platform.StagePrebuild, false)) - len(spec.Hooks.Stage(platform.StagePredeploy, false)) - len(spec.Hooks.Stage(platform.StagePostdeploy, false)); n > 0 {
+	confighooks := 0
+	for _, h := range spec.Hooks {
+		if h.Config {
+			confighooks++
+		}
+	}
+	if n := confighooks; n > 0 {
 		d.linef(".platform: %d confighook(s), run by `sprout setenv`", n)
 	}
 }

@@ -143,3 +143,35 @@ func orDash(s string) string {
 	}
 	return s
 }
+
+func newAppsRmCommand(c *cli) *cobra.Command {
+	var purge bool
+	cmd := &cobra.Command{
+		Use:   "rm APP",
+		Short: "Remove an app: its container, port, images and history (volumes are kept unless --purge)",
+		Long: `Remove an app from this host, as 'eb terminate' or 'dokku apps:destroy' do:
+its container stops (after draining), its port closes, and its images, kept
+bundles and versions are deleted. Its persistent volumes and logs are kept,
+so a new deploy under the same name finds its data again, unless --purge is
+given: then they are deleted too, and that cannot be undone.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			client, err := c.client(cmd)
+			if err != nil {
+				return err
+			}
+			p := newPrinter(c.out)
+			if _, err := client.RemoveApp(cmd.Context(), args[0], purge, p.on); err != nil {
+				return fmt.Errorf("removing %s failed: %w", args[0], err)
+			}
+			what := "its volumes and logs are kept"
+			if purge {
+				what = "its volumes and logs are deleted"
+			}
+			fmt.Fprintf(c.out, "%s %s removed; %s\n", p.elapsed(), args[0], what)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&purge, "purge", false, "also delete the app's persistent volumes and kept logs (cannot be undone)")
+	return cmd
+}
