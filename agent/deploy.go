@@ -522,9 +522,7 @@ func (d *deployment) rollout(ctx context.Context) error {
 	a := d.a
 	env := platform.Effective(d.v.Options.Env, d.app.Env)
 	config := d.op == "setenv"
-	if d.op != "deploy" {
-		d.modes()
-	}
+	d.modes()
 	if config {
 		if err := d.runHooks(ctx, platform.StagePrebuild, true, env); err != nil {
 			return err

@@ -63,7 +63,8 @@ func S3(t testing.TB, buckets ...string) *FakeS3 {
 	return &FakeS3{URL: fmt.Sprintf("http://127.0.0.1:%d", port), backend: be}
 }
 
-// Put stores an object.
+// Put stores an object through the backend, with no checksum: an object
+// the SDK wrote (which keeps its checksum) is replaced with the SDK.
 func (f *FakeS3) Put(t testing.TB, bucket, key string, body []byte) {
 	t.Helper()
 	if _, err := f.backend.PutObject(bucket, key, map[string]string{"Content-Type": "application/octet-stream"}, bytes.NewReader(body), int64(len(body)), nil); err != nil {
