@@ -63,6 +63,8 @@ type Fetcher interface {
 type Router interface {
 	Listen(app string, port int) error
 	Close(port int, grace time.Duration)
+	// Remove forgets an app: its ports and its targets.
+	Remove(app string, grace time.Duration)
 	Swap(app string, addrs []string) *proxy.Retired
 	Targets(app string) []string
 }
@@ -87,6 +89,8 @@ type Metrics interface {
 	Usage(app string, cpu float64, memory uint64, restarts int)
 	// Status records an app's health status.
 	Status(app, status string)
+	// Forget drops every series of a removed app.
+	Forget(app string)
 }
 
 type nopMetrics struct{}
@@ -98,6 +102,7 @@ func (nopMetrics) Serving(string, string)             {}
 func (nopMetrics) Check(string, bool, time.Duration)  {}
 func (nopMetrics) Usage(string, float64, uint64, int) {}
 func (nopMetrics) Status(string, string)              {}
+func (nopMetrics) Forget(string)                      {}
 
 var (
 	_ Runtime = (*runtime.Docker)(nil)
@@ -308,7 +313,9 @@ func (a *Agent) lock(ctx context.Context, app string, noWait bool, p Progress) (
 	a.mu.Unlock()
 	return func() {
 		a.mu.Lock()
-		a.busy[app]--
+		if a.busy[app]--; a.busy[app] <= 0 {
+			delete(a.busy, app)
+		}
 		a.mu.Unlock()
 		unlock()
 	}, nil

@@ -46,6 +46,14 @@ func (f *follower) init() {
 	}
 }
 
+// forget drops what is known of app's manifest.
+func (f *follower) forget(app string) {
+	f.init()
+	f.mu.Lock()
+	delete(f.state, app)
+	f.mu.Unlock()
+}
+
 // Following returns the follow state of app, nil when it follows no
 // manifest.
 func (a *Agent) Following(app string) *FollowState {
@@ -95,10 +103,7 @@ func (a *Agent) SetWatch(ctx context.Context, name, ref string, port int) error 
 	if err := a.store.PutApp(app); err != nil {
 		return err
 	}
-	a.manifests.init()
-	a.manifests.mu.Lock()
-	delete(a.manifests.state, name)
-	a.manifests.mu.Unlock()
+	a.manifests.forget(name)
 	if ref == "" {
 		a.event(name, "", "watch", "stopped following a manifest")
 		return nil

@@ -282,6 +282,17 @@ func (a *Agent) Environment(name string) (Environment, error) {
 	return e, nil
 }
 
+// forget drops what the agent keeps in memory of a removed app: its
+// metrics series, request window, monitor state and manifest state.
+func (a *Agent) forget(name string) {
+	a.metrics.Forget(name)
+	a.tracker.Forget(name)
+	a.mu.Lock()
+	delete(a.health, name)
+	a.mu.Unlock()
+	a.manifests.forget(name)
+}
+
 // RemoveApp stops and removes an app: its container, port, images, kept
 // bundles and state. Its persistent volumes and logs are kept, so that a
 // new deploy of the same name finds its data, unless purge is set.
@@ -296,7 +307,9 @@ func (a *Agent) RemoveApp(ctx context.Context, name string, purge bool, p Progre
 		return err
 	}
 	ctx = context.WithoutCancel(ctx)
-	a.router.Close(app.Port, a.cfg.DrainTimeout)
+	// The app's routing state goes with it, so that nothing of it can
+	// send a later request to a container that reused an address.
+	a.router.Remove(name, a.cfg.DrainTimeout)
 	p.Line(fmt.Sprintf("closed port %d", app.Port))
 	cs, err := a.rt.List(ctx, map[string]string{runtime.LabelAgent: a.id, runtime.LabelApp: name})
 	if err != nil {
@@ -320,7 +333,7 @@ func (a *Agent) RemoveApp(ctx context.Context, name string, purge bool, p Progre
 	if err := a.store.DeleteApp(name); err != nil {
 		return err
 	}
-	a.metrics.Serving(name, "")
+	a.forget(name)
 	vols, err := a.rt.Volumes(ctx, map[string]string{runtime.LabelApp: name})
 	if err != nil {
 		return err

@@ -37,6 +37,7 @@ var defaults = map[string]any{
 	"proxy.max_body_bytes":              "100MiB",
 	"proxy.upstream_timeout":            "60s",
 	"proxy.idle_timeout":                "120s",
+	"proxy.start_wait":                  "10s",
 	"proxy.access_log":                  true,
 	"deploy.keep_versions":              agent.DefaultKeepVersions,
 	"deploy.drain_timeout":              "30s",
@@ -316,6 +317,10 @@ func LoadAgentConfig(flags *pflag.FlagSet) (*AgentConfig, error) {
 		UpstreamTimeout: r.duration("proxy.upstream_timeout"),
 		IdleTimeout:     r.duration("proxy.idle_timeout"),
 		AccessLog:       r.boolean("proxy.access_log"),
+		StartWait:       r.duration("proxy.start_wait"),
+	}
+	if c.Proxy.StartWait == 0 {
+		c.Proxy.StartWait = -1 // 0s: answer 503 at once
 	}
 	c.Agent = agent.Config{
 		DataDir:        r.str("data_dir"),

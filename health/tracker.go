@@ -28,6 +28,14 @@ func (t *Tracker) Window(app string) *Window {
 	return w
 }
 
+// Forget drops app's window: a removed app's requests say nothing of a
+// new app of the same name.
+func (t *Tracker) Forget(app string) {
+	t.mu.Lock()
+	delete(t.windows, app)
+	t.mu.Unlock()
+}
+
 // App implements proxy.Observer.
 func (t *Tracker) App(app string) proxy.AppObserver { return windowObserver{t.Window(app)} }
 

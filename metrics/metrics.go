@@ -195,6 +195,17 @@ func (m *Metrics) Serving(app, label string) {
 	m.lastSuccess.WithLabelValues(app).Set(float64(time.Now().Unix()))
 }
 
+// Forget deletes every series of app, as when it is removed.
+func (m *Metrics) Forget(app string) {
+	match := prometheus.Labels{"app": app}
+	for _, v := range []interface {
+		DeletePartialMatch(prometheus.Labels) int
+	}{m.requests, m.duration, m.inFlight, m.bytes, m.upstreamErrors, m.deploys, m.fetches, m.steps, m.serving, m.lastSuccess,
+		m.status, m.checks, m.checkDur, m.cpu, m.memory, m.restarts} {
+		v.DeletePartialMatch(match)
+	}
+}
+
 // Check counts a health check of a serving container.
 func (m *Metrics) Check(app string, ok bool, took time.Duration) {
 	result := "fail"

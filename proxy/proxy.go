@@ -30,6 +30,10 @@ type Options struct {
 	UpstreamTimeout time.Duration
 	// IdleTimeout closes client keep-alive connections idle this long.
 	IdleTimeout time.Duration
+	// StartWait is how long a request waits for an app that has no
+	// version serving yet (a first deploy) before it gets 503; negative
+	// means no wait.
+	StartWait time.Duration
 	// AccessLog writes one structured line per request.
 	AccessLog bool
 	// Observer, when set, hears about every request (metrics).
@@ -66,6 +70,7 @@ const (
 	DefaultIdleTimeout     = 120 * time.Second
 	DefaultUpstreamTimeout = 60 * time.Second
 	DefaultMaxBodyBytes    = 100 << 20
+	DefaultStartWait       = 10 * time.Second
 )
 
 // ErrPortInUse means a public port is taken by another app or program.
@@ -152,6 +157,9 @@ func New(opts Options, logger *slog.Logger) *Proxy {
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = DefaultIdleTimeout
 	}
+	if opts.StartWait == 0 {
+		opts.StartWait = DefaultStartWait
+	}
 	return &Proxy{opts: opts, log: logger, services: map[string]*Service{}, ports: map[int]*listener{}}
 }
 
@@ -202,16 +210,60 @@ func (p *Proxy) Listen(app string, port int) error {
 }
 
 // Close stops listening on port, letting requests in flight finish within
-// grace. It does not wait.
+// grace. It does not wait. When it was the app's last port, the app's
+// routing state goes with it: a later Listen starts with no targets.
 func (p *Proxy) Close(port int, grace time.Duration) {
 	p.mu.Lock()
 	l, ok := p.ports[port]
-	delete(p.ports, port)
+	var gone *Service
+	if ok {
+		delete(p.ports, port)
+		if !p.listening(l.app) {
+			gone = p.services[l.app]
+			delete(p.services, l.app)
+		}
+	}
 	p.mu.Unlock()
 	if !ok {
 		return
 	}
-	// The port is free when Close returns; its connections drain after.
+	l.close(grace)
+	gone.retire(grace)
+}
+
+// Remove forgets app: it closes all of its ports, letting requests in
+// flight finish within grace, and drops its targets. It does not wait.
+func (p *Proxy) Remove(app string, grace time.Duration) {
+	p.mu.Lock()
+	var ls []*listener
+	for port, l := range p.ports {
+		if l.app == app {
+			ls = append(ls, l)
+			delete(p.ports, port)
+		}
+	}
+	s := p.services[app]
+	delete(p.services, app)
+	p.mu.Unlock()
+	for _, l := range ls {
+		l.close(grace)
+	}
+	s.retire(grace)
+}
+
+// listening tells whether app still has a port. p.mu is held.
+func (p *Proxy) listening(app string) bool {
+	for _, l := range p.ports {
+		if l.app == app {
+			return true
+		}
+	}
+	return false
+}
+
+// close frees the port at once and lets its connections drain within
+// grace, in the background.
+func (l *listener) close(grace time.Duration) {
 	l.closing.Store(true)
 	l.ln.Close()
 	go func() {
@@ -219,6 +271,19 @@ func (p *Proxy) Close(port int, grace time.Duration) {
 		defer cancel()
 		l.shutdown(ctx)
 	}()
+}
+
+// retire drains the targets of a service that no port reaches any more,
+// in the background, so that their connections are closed.
+func (s *Service) retire(grace time.Duration) {
+	if s == nil {
+		return
+	}
+	set := s.targets.Swap(&[]*Target{})
+	if set == nil || len(*set) == 0 {
+		return
+	}
+	go (&Retired{targets: *set}).Drain(context.Background(), grace, grace)
 }
 
 // Retired is a target set that a swap took out of service.
@@ -283,9 +348,9 @@ func (p *Proxy) Swap(app string, addrs []string) *Retired {
 			delete(keep, a)
 			continue
 		}
-		next = append(next, newTarget(a, s))
+		next = append(next, newTarget(a))
 	}
-	s.targets.Store(&next)
+	s.install(next)
 	r := &Retired{}
 	for _, t := range keep {
 		r.targets = append(r.targets, t)

@@ -111,7 +111,7 @@ func TestErrorMapping(t *testing.T) {
 	dead.Close()
 
 	t.Run("no target is 503", func(t *testing.T) {
-		_, url := startProxy(t, Options{}, nil)
+		_, url := startProxy(t, Options{StartWait: -1}, nil)
 		code, body, hdr := get(t, url, nil)
 		if code != 503 || !strings.Contains(body, "no version") || hdr.Get("Retry-After") == "" {
 			t.Errorf("got %d %q", code, body)
@@ -550,10 +550,10 @@ func FuzzParseHead(f *testing.F) {
 		if parseHead(b, &h) != nil {
 			return
 		}
-		if h.host == "" || h.contentLength < 0 || strings.ContainsAny(h.uri, " \r\n") {
+		if h.host == "" || h.length < 0 || strings.ContainsAny(h.uri, " \r\n") {
 			t.Fatalf("accepted %q as %+v", b, h)
 		}
-		for _, line := range strings.Split(strings.TrimSuffix(string(h.fwd), "\r\n"), "\r\n") {
+		for _, line := range strings.Split(strings.TrimSuffix(string(h.fields), "\r\n"), "\r\n") {
 			if line == "" {
 				continue
 			}
@@ -571,17 +571,15 @@ func FuzzResponseHead(f *testing.F) {
 	f.Add([]byte("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
 	f.Add([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		fc := &fastConn{}
-		uc := &upConn{br: bufio.NewReaderSize(bytes.NewReader(b), 16<<10)}
-		var r fastResp
-		ok, _ := fc.readFastResponse(uc, &r)
+		var r response
+		ok, _ := parseResponse(bufio.NewReaderSize(bytes.NewReader(b), 16<<10), &r)
 		if !ok {
 			return
 		}
-		if r.status < 200 || r.status > 599 || r.contentLength < 0 {
+		if r.status < 200 || r.status > 599 || r.length < 0 {
 			t.Fatalf("accepted %q as %+v", b, r)
 		}
-		for _, line := range strings.Split(strings.TrimSuffix(string(r.headers), "\r\n"), "\r\n") {
+		for _, line := range strings.Split(strings.TrimSuffix(string(r.fields), "\r\n"), "\r\n") {
 			if line != "" && (strings.ContainsAny(line, "\r\n\x00") || !strings.Contains(line, ":")) {
 				t.Fatalf("forwards a bad line %q from %q", line, b)
 			}

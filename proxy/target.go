@@ -3,9 +3,6 @@ package proxy
 import (
 	"context"
 	"net"
-	"net/http"
-	"net/http/httputil"
-	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,12 +13,9 @@ import (
 // tracks its upstream connections so that a drain that runs out of time
 // can cut what is left.
 type Target struct {
-	addr      string
-	url       *url.URL
-	rp        *httputil.ReverseProxy
-	transport *http.Transport // for upgrades, through rp
-	conns     connTracker
-	pool      upPool
+	addr  string
+	conns connTracker
+	pool  upPool
 
 	inflight atomic.Int64
 	// streams counts in-flight requests that became websockets or event
@@ -40,41 +34,10 @@ func (p *bufferPool) Put(b []byte) { p.Pool.Put(&b) }
 
 var buffers = &bufferPool{sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
 
-func newTarget(addr string, s *Service) *Target {
-	t := &Target{addr: addr, url: &url.URL{Scheme: "http", Host: addr}}
+func newTarget(addr string) *Target {
+	t := &Target{addr: addr}
 	t.conns.dialer = net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
-	t.transport = &http.Transport{
-		Proxy:                 nil,
-		DialContext:           t.conns.DialContext,
-		MaxIdleConnsPerHost:   1024,
-		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: s.opts.UpstreamTimeout,
-		DisableCompression:    true,
-		ForceAttemptHTTP2:     false,
-	}
-	t.rp = &httputil.ReverseProxy{
-		Rewrite:      t.rewrite,
-		Transport:    t.transport,
-		BufferPool:   buffers,
-		ErrorHandler: s.proxyError,
-		ErrorLog:     s.errorLog,
-	}
 	return t
-}
-
-// rewrite points the request at the container, keeping Host and adding
-// the X-Forwarded headers (X-Forwarded-For is appended to, as nginx does).
-func (t *Target) rewrite(pr *httputil.ProxyRequest) {
-	pr.SetURL(t.url)
-	pr.Out.Host = pr.In.Host
-	if xff, ok := pr.In.Header["X-Forwarded-For"]; ok {
-		pr.Out.Header["X-Forwarded-For"] = xff
-	}
-	pr.SetXForwarded()
-}
-
-func isEventStream(ct string) bool {
-	return len(ct) >= 17 && ct[:17] == "text/event-stream"
 }
 
 // acquire counts a request against t unless t is draining.
@@ -86,8 +49,6 @@ func (t *Target) acquire() bool {
 	}
 	return true
 }
-
-func (t *Target) release(st *requestState) { t.releaseStream(st.stream) }
 
 // releaseStream ends a request, which was counted as a stream or not.
 func (t *Target) releaseStream(stream bool) {
@@ -133,7 +94,7 @@ func (t *Target) drain(ctx context.Context, timeout, streamGrace time.Duration) 
 		}
 		<-tick.C
 	}
-	t.transport.CloseIdleConnections()
+	t.pool.closeIdle()
 	stats.Waited = time.Since(start)
 	return stats
 }

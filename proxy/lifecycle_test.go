@@ -1,0 +1,228 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sprout-paas/sprout/internal/testenv"
+)
+
+// TestRemovedAppKeepsNoRoutes is the regression test of a removed app's
+// port answering with another app's container: closing an app's port
+// left its target set behind, and listening again for the same name
+// reused it.
+func TestRemovedAppKeepsNoRoutes(t *testing.T) {
+	old := backend(t, "someone else", nil) // the address the old container had
+	for _, remove := range []struct {
+		name string
+		do   func(p *Proxy, port int)
+	}{
+		{"Remove", func(p *Proxy, _ int) { p.Remove("aa", time.Second) }},
+		{"Close of the last port", func(p *Proxy, port int) { p.Close(port, time.Second) }},
+	} {
+		t.Run(remove.name, func(t *testing.T) {
+			p := New(Options{BindAddress: "127.0.0.1", StartWait: -1}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			t.Cleanup(func() { p.Shutdown(context.Background()) })
+			port := testenv.FreePort(t)
+			if err := p.Listen("aa", port); err != nil {
+				t.Fatal(err)
+			}
+			p.Swap("aa", []string{addrOf(old)})
+			remove.do(p, port)
+			if got := p.Targets("aa"); len(got) != 0 {
+				t.Fatalf("targets after removal = %v", got)
+			}
+			// A new deploy of the same name opens the port again before
+			// its container is healthy.
+			if err := listenAgain(p, "aa", port); err != nil {
+				t.Fatal(err)
+			}
+			code, body, _ := get(t, fmt.Sprintf("http://127.0.0.1:%d/", port), nil)
+			if code != http.StatusServiceUnavailable || strings.Contains(body, "someone else") {
+				t.Errorf("the re-opened port answered %d %q, want 503 and nothing of the old target", code, body)
+			}
+		})
+	}
+}
+
+// listenAgain listens on a port that was just closed: the listener goes
+// away at once, but the kernel may take a moment to let it be bound again.
+func listenAgain(p *Proxy, app string, port int) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := p.Listen(app, port)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestPortChangeKeepsTargets: closing one of two ports is not removing
+// the app.
+func TestPortChangeKeepsTargets(t *testing.T) {
+	p, url := startProxy(t, Options{}, nil)
+	p.Swap("web", []string{addrOf(backend(t, "a", nil))})
+	second := testenv.FreePort(t)
+	if err := p.Listen("web", second); err != nil {
+		t.Fatal(err)
+	}
+	var first int
+	fmt.Sscanf(url, "http://127.0.0.1:%d", &first)
+	p.Close(first, time.Second)
+	if code, body, _ := get(t, fmt.Sprintf("http://127.0.0.1:%d/", second), nil); code != 200 || body != "a" {
+		t.Errorf("the new port answered %d %q", code, body)
+	}
+}
+
+// TestFirstVersionIsWaitedFor: a request that arrives before the first
+// swap waits for it instead of failing.
+func TestFirstVersionIsWaitedFor(t *testing.T) {
+	p, url := startProxy(t, Options{StartWait: 10 * time.Second}, nil)
+	type result struct {
+		code int
+		body string
+	}
+	res := make(chan result, 2)
+	for _, u := range []string{url + "/fast", url + "/slow-path"} {
+		go func() {
+			req, _ := http.NewRequest(http.MethodGet, u, nil)
+			if strings.HasSuffix(u, "slow-path") {
+				req.Header.Set("Expect", "100-continue") // handed to net/http
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				res <- result{0, err.Error()}
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			res <- result{resp.StatusCode, string(b)}
+		}()
+	}
+	// Both requests are waiting when the first version arrives.
+	waitFor(t, func() bool { return waiting(p, "web") == 2 }, "two requests waiting for a version")
+	p.Swap("web", []string{addrOf(backend(t, "v1", nil))})
+	for range 2 {
+		if r := <-res; r.code != 200 || r.body != "v1" {
+			t.Errorf("a request sent before the first version got %d %q, want v1's answer", r.code, r.body)
+		}
+	}
+}
+
+// TestUnservedRequestsAreNotTheApps: a request no version could take is
+// answered 503 and counted as no_target, never as the app's request.
+func TestUnservedRequestsAreNotTheApps(t *testing.T) {
+	obs := &countingObserver{}
+	p, url := startProxy(t, Options{StartWait: 50 * time.Millisecond, Observer: obs}, nil)
+	for range 3 {
+		if code, _, hdr := get(t, url, nil); code != 503 || hdr.Get("Retry-After") == "" {
+			t.Fatalf("got %d", code)
+		}
+	}
+	waitFor(t, func() bool { return obs.count("no_target") == 3 }, "3 no_target errors")
+	p.Swap("web", []string{addrOf(backend(t, "v1", nil))})
+	if code, _, _ := get(t, url, nil); code != 200 {
+		t.Fatalf("got %d", code)
+	}
+	waitFor(t, func() bool { return obs.count("done") == 1 }, "one request of the app")
+	if n, ok := obs.count("200"), obs.count("503"); n != 1 || ok != 0 {
+		t.Errorf("the app's requests: %d of 200, %d of 503; want 1 and 0", n, ok)
+	}
+}
+
+// TestBothClientSidesForwardAlike sends the same request through the fast
+// path and through net/http (HTTP/1.0 is handed over) and compares what
+// the app received: one writer of headers means no drift.
+func TestBothClientSidesForwardAlike(t *testing.T) {
+	got := make(chan http.Header, 2)
+	be := backend(t, "", func(w http.ResponseWriter, r *http.Request) {
+		h := r.Header.Clone()
+		h.Set("Host", r.Host)
+		got <- h
+		fmt.Fprint(w, "ok")
+	})
+	p, url := startProxy(t, Options{}, nil)
+	p.Swap("web", []string{addrOf(be)})
+	addr := strings.TrimPrefix(url, "http://")
+	head := "Host: shop.example\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nX-App: yes\r\n\r\n"
+	var seen []http.Header
+	for _, proto := range []string{"HTTP/1.1", "HTTP/1.0"} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "GET /x %s\r\n%s", proto, head)
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.Copy(io.Discard, c) // both close after their one response
+		c.Close()
+		seen = append(seen, <-got)
+	}
+	for i, h := range seen {
+		want := map[string]string{"Host": "shop.example", "X-Forwarded-For": "203.0.113.9, 127.0.0.1", "X-Forwarded-Proto": "http", "X-Forwarded-Host": "shop.example", "X-App": "yes", "X-Secret": "", "Keep-Alive": "", "Connection": ""}
+		for k, v := range want {
+			if h.Get(k) != v {
+				t.Errorf("side %d: %s = %q, want %q (all: %v)", i, k, h.Get(k), v, h)
+			}
+		}
+	}
+}
+
+// countingObserver counts what the proxy tells an app's observer:
+// "done", each status, and each upstream error kind.
+type countingObserver struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (o *countingObserver) App(string) AppObserver { return o }
+
+func (o *countingObserver) add(k string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.n == nil {
+		o.n = map[string]int{}
+	}
+	o.n[k]++
+}
+
+func (o *countingObserver) count(k string) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.n[k]
+}
+
+func (o *countingObserver) Start() {}
+
+func (o *countingObserver) Done(_ string, status int, _ time.Duration, _ int64) {
+	o.add("done")
+	o.add(fmt.Sprint(status))
+}
+
+func (o *countingObserver) UpstreamError(kind string) { o.add(kind) }
+
+// waiting counts the requests of app that wait for a version.
+func waiting(p *Proxy, app string) int64 {
+	p.mu.Lock()
+	s := p.services[app]
+	p.mu.Unlock()
+	return s.waiting.Load()
+}
+
+// waitFor polls cond until it holds, failing the test after 5 seconds.
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
