@@ -190,10 +190,10 @@ func TestAccessLogIsStructured(t *testing.T) {
 }
 
 func TestDrainLetsInFlightRequestsFinish(t *testing.T) {
-	started := make(chan struct{})
+	started, release := make(chan struct{}), make(chan struct{})
 	slow := backend(t, "old", func(w http.ResponseWriter, r *http.Request) {
 		close(started)
-		time.Sleep(300 * time.Millisecond)
+		<-release
 		fmt.Fprint(w, "old-done")
 	})
 	p, url := startProxy(t, Options{}, nil)
@@ -205,12 +205,26 @@ func TestDrainLetsInFlightRequestsFinish(t *testing.T) {
 	if _, body, _ := get(t, url, nil); body != "new" {
 		t.Errorf("after swap got %q", body)
 	}
-	st := retired.Drain(context.Background(), 5*time.Second, time.Second)
-	if st.Cut != 0 || st.Waited < 200*time.Millisecond {
-		t.Errorf("drain = %+v, want it to wait for the slow request", st)
+	// The drain waits for the request in flight, however long it takes
+	// within its timeout, and ends only once it is answered.
+	var released atomic.Bool
+	type drainEnd struct {
+		DrainStats
+		afterRelease bool
 	}
+	drained := make(chan drainEnd, 1)
+	go func() {
+		st := retired.Drain(context.Background(), 5*time.Second, time.Second)
+		drained <- drainEnd{st, released.Load()}
+	}()
+	waitFor(t, func() bool { return retired.targets[0].draining.Load() }, "the drain to start")
+	released.Store(true)
+	close(release)
 	if body := <-done; body != "old-done" {
 		t.Errorf("in-flight request got %q", body)
+	}
+	if end := <-drained; end.Cut != 0 || !end.afterRelease {
+		t.Errorf("drain = %+v, want it to end after the request, with nothing cut", end)
 	}
 }
 
@@ -306,9 +320,11 @@ func TestSwapUnderLoadDropsNothing(t *testing.T) {
 	const swaps = 100
 	p, url := startProxy(t, Options{}, nil)
 	var servers []*httptest.Server
+	served := make([]atomic.Int64, swaps+1)
 	mk := func(i int) *httptest.Server {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			io.Copy(io.Discard, r.Body)
+			served[i].Add(1)
 			fmt.Fprintf(w, "v%d", i)
 		}))
 		servers = append(servers, srv)
@@ -335,7 +351,8 @@ func TestSwapUnderLoadDropsNothing(t *testing.T) {
 		cur.Close() // the old container stops
 		cur = next
 		sent.Add(1)
-		time.Sleep(5 * time.Millisecond)
+		// Each version takes traffic before it is replaced.
+		waitFor(t, func() bool { return served[i].Load() > 0 }, fmt.Sprintf("v%d to serve a request", i))
 	}
 	cancel()
 	r := <-res
@@ -449,11 +466,17 @@ func TestHTTPSemantics(t *testing.T) {
 // TestStaleUpstreamConnections reuses pooled connections that the app
 // closed while idle: no request may fail because of it.
 func TestStaleUpstreamConnections(t *testing.T) {
+	closed := make(chan struct{}, 100)
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		fmt.Fprint(w, "ok")
 	}))
 	srv.Config.IdleTimeout = 20 * time.Millisecond
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateClosed {
+			closed <- struct{}{}
+		}
+	}
 	srv.Start()
 	defer srv.Close()
 	p, url := startProxy(t, Options{}, nil)
@@ -475,7 +498,13 @@ func TestStaleUpstreamConnections(t *testing.T) {
 		if resp.StatusCode != 200 || string(b) != "ok" {
 			t.Fatalf("request %d: %d %q", i, resp.StatusCode, b)
 		}
-		time.Sleep(40 * time.Millisecond)
+		// The app closes the proxy's idle connection before the next
+		// request, which must not fail because of it.
+		select {
+		case <-closed:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("request %d: the app never closed the idle connection", i)
+		}
 	}
 }
 
