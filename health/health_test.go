@@ -126,3 +126,17 @@ func TestValidate(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestTrackerForget: a new app of a removed app's name starts with an
+// empty window.
+func TestTrackerForget(t *testing.T) {
+	tr := NewTracker()
+	tr.App("web").Done("GET", 500, time.Millisecond, 0)
+	if tr.Window("web").Stats(time.Minute).Requests != 1 {
+		t.Fatal("the window did not record the request")
+	}
+	tr.Forget("web")
+	if n := tr.Window("web").Stats(time.Minute).Requests; n != 0 {
+		t.Errorf("after Forget the window holds %d requests", n)
+	}
+}

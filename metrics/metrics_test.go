@@ -51,3 +51,44 @@ sprout_store_size_bytes 4096
 		t.Errorf("lint: %v %v", problems, err)
 	}
 }
+
+// TestForget: a removed app leaves no series behind, not even an empty
+// serving label, and another app's series stay.
+func TestForget(t *testing.T) {
+	m := New(nil)
+	for _, app := range []string{"gone", "kept"} {
+		o := m.App(app)
+		o.Start()
+		o.Done("GET", 200, time.Millisecond, 10)
+		o.UpstreamError("no_target")
+		m.DeployDone(app, "deploy", "success")
+		m.Fetch(app, "s3", "ok")
+		m.Step(app, "build", time.Second)
+		m.Serving(app, "v1")
+		m.Check(app, true, time.Millisecond)
+		m.Usage(app, 0.5, 1<<20, 0)
+		m.Status(app, "Ok")
+	}
+	m.Forget("gone")
+	families, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := 0
+	for _, f := range families {
+		for _, s := range f.GetMetric() {
+			for _, l := range s.GetLabel() {
+				if l.GetName() != "app" {
+					continue
+				}
+				if l.GetValue() == "gone" {
+					t.Errorf("%s still has a series of the removed app: %v", f.GetName(), s.GetLabel())
+				}
+				kept++
+			}
+		}
+	}
+	if kept < 16 {
+		t.Errorf("only %d series of the other app are left", kept)
+	}
+}
