@@ -8,7 +8,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/sprout-paas/sprout/agent"
 	"github.com/sprout-paas/sprout/api"
 	"github.com/sprout-paas/sprout/internal/testenv"
 )
@@ -60,6 +62,24 @@ func TestRemovedAppsPortNeverReachesAnotherApp(t *testing.T) {
 		if a != "200 v2 "+aa {
 			t.Errorf("a request to %s's port during its deploy got %q, want %q", aa, a, "200 v2 "+aa)
 		}
+	}
+	// Its health counts the three requests as its own successes, and
+	// nothing of the removed app of the same name.
+	var last agent.Report
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		reports, err := h.client.Health(context.Background(), aa)
+		if err != nil || len(reports) != 1 {
+			t.Fatalf("health: %v %v", reports, err)
+		}
+		last = reports[0]
+		if last.Stats.Requests == int64(len(answers)) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if last.Stats.Requests != int64(len(answers)) || last.Stats.Classes[4] != 0 || last.Status == "Severe" {
+		t.Errorf("health of %s after its first deploy = %s %+v %v, want %d requests and no 5xx", aa, last.Status, last.Stats, last.Causes, len(answers))
 	}
 }
 
