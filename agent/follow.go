@@ -208,7 +208,13 @@ func (a *Agent) poll(ctx context.Context, app, ref, etag string) (result, newETa
 		serving = cur.Serving
 	}
 	if err != nil {
-		result = fmt.Sprintf("manifest %s (ETag %s) not applied: %s; %s keeps serving", ref, newETag, firstLine(err.Error()), serving)
+		// Name the version the manifest wants, as the fleet's operator
+		// knows it by its label (a manifest that cannot be read names none).
+		wants := ""
+		if m != nil {
+			wants = " wants " + m.Label + ","
+		}
+		result = fmt.Sprintf("manifest %s (ETag %s)%s not applied: %s; %s keeps serving", ref, newETag, wants, firstLine(err.Error()), serving)
 		a.event(app, "", "watch-failed", "%s", result)
 		return result, newETag, true
 	}

@@ -78,7 +78,10 @@ config) converge on: the version's label, its bundle, and the app's
 environment properties. Give the bundle as --bundle (s3://bucket/key or a git
 URL#ref), or as a local BUNDLE with --s3 to upload it as an application
 version first (never overwriting one). The environment of the manifest being
-replaced is kept, changed by --env KEY=value (KEY= deletes).`,
+replaced is kept, changed by --env KEY=value (KEY= deletes). The manifest is
+written only if nobody else wrote it since it was read (an S3 conditional
+write); if someone did, it is read and changed again, so that two publishers
+at once both land.`,
 		Example: `  sprout publish --manifest s3://my-bucket/envs/web/current.json --label v7 --bundle s3://my-bucket/web/v7.zip
   sprout publish app.zip --s3 s3://my-bucket/versions/ --app web --label v8 \
       --manifest s3://my-bucket/envs/web/current.json --env LOG_LEVEL=info`,
@@ -100,17 +103,6 @@ replaced is kept, changed by --env KEY=value (KEY= deletes).`,
 			}
 			s, err := source.NewS3(cmd.Context(), opts)
 			if err != nil {
-				return err
-			}
-			m := &source.Manifest{App: o.app}
-			if body, _, _, err := s.GetIfChanged(cmd.Context(), mobj, ""); err == nil {
-				if old, err := source.ParseManifest(body); err == nil {
-					m.Env, m.Port = old.Env, old.Port
-					if m.App == "" {
-						m.App = old.App
-					}
-				}
-			} else if !source.IsNotFound(err) {
 				return err
 			}
 			switch {
@@ -140,18 +132,33 @@ replaced is kept, changed by --env KEY=value (KEY= deletes).`,
 			if err != nil {
 				return err
 			}
-			m.Env = platform.Apply(m.Env, set, unset)
-			if err := platform.ValidateEnv(m.Env); err != nil {
-				return err
+			// Read, change and write the manifest as one compare-and-swap:
+			// a publisher who wrote it meanwhile (another property, a
+			// label) is read again, not overwritten.
+			etag, err := s.Update(cmd.Context(), mobj, "application/json", func(body []byte) ([]byte, error) {
+				m := &source.Manifest{App: o.app}
+				if old, err := source.ParseManifest(body); err == nil {
+					m.Env, m.Port = old.Env, old.Port
+					if m.App == "" {
+						m.App = old.App
+					}
+				}
+				m.Env = platform.Apply(m.Env, set, unset)
+				if err := platform.ValidateEnv(m.Env); err != nil {
+					return nil, err
+				}
+				if len(m.Env) == 0 {
+					m.Env = nil
+				}
+				if port != 0 {
+					m.Port = port
+				}
+				m.Label, m.Bundle = o.label, bundleRef
+				return m.Marshal(), nil
+			})
+			if errors.Is(err, source.ErrPreconditionFailed) {
+				return fmt.Errorf("someone else published to %s meanwhile, %d times in a row; %s was not published: try again", mobj, source.UpdateAttempts, o.label)
 			}
-			if len(m.Env) == 0 {
-				m.Env = nil
-			}
-			if port != 0 {
-				m.Port = port
-			}
-			m.Label, m.Bundle = o.label, bundleRef
-			etag, err := s.Put(cmd.Context(), mobj, m.Marshal(), "application/json")
 			if err != nil {
 				return err
 			}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sprout-paas/sprout/api"
 	"github.com/sprout-paas/sprout/bundle"
 	"github.com/sprout-paas/sprout/internal/loadgen"
 	"github.com/sprout-paas/sprout/internal/testenv"
@@ -260,8 +261,9 @@ func waitBody(t *testing.T, port int, want string, within time.Duration) {
 // TestPullMode runs an app that follows a manifest in S3: `sprout publish`
 // writes it, the agent converges on each change (a new version under load
 // with 0 failed requests, an environment change, a version it still has),
-// and a manifest naming a missing bundle leaves the serving version
-// serving and says why.
+// and a manifest naming a missing bundle or a version that crashes leaves
+// the serving version serving and says why, naming the version the
+// manifest wants.
 func TestPullMode(t *testing.T) {
 	fake := testenv.S3(t, "fleet")
 	a := startAgent(t, append(s3Env(fake), "SPROUT_WATCH_INTERVAL=300ms")...)
@@ -311,18 +313,24 @@ func TestPullMode(t *testing.T) {
 	if _, err := s.Put(context.Background(), source.Object{Bucket: "fleet", Key: "envs/" + app + "/current.json"}, bad.Marshal(), "application/json"); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(time.Minute)
-	for !strings.Contains(a.mustSprout("events", "--app", app), "not applied") && time.Now().Before(deadline) {
-		time.Sleep(200 * time.Millisecond)
-	}
-	events := a.mustSprout("events", "--app", app)
-	if !strings.Contains(events, "s3://fleet/web/v3.tar.gz: no such object") || !strings.Contains(events, "v2 keeps serving") {
-		t.Errorf("events:\n%s", events)
+	if r := notApplied(t, a, app, "v3"); !strings.HasPrefix(r, "manifest "+manifest+" (ETag ") || !strings.Contains(r, "s3://fleet/web/v3.tar.gz: no such object") || !strings.HasSuffix(r, "; v2 keeps serving") {
+		t.Errorf("the missing bundle: %s", r)
 	}
 	if body := get(t, port); body != "v2 bye" {
 		t.Errorf("after the bad manifest GET = %q", body)
 	}
-	if st := a.mustSprout("status", "--app", app); !strings.Contains(st, "follows:") || !strings.Contains(st, "not applied") {
+
+	// A version that crashes: it fails its health check, and the app
+	// says which version the manifest wants.
+	fake.Put(t, "fleet", "web/v4.tar.gz", packed(t, testenv.Bundle(t, "", "ENV APP_CRASH=1")))
+	publish("--label", "v4", "--bundle", "s3://fleet/web/v4.tar.gz")
+	if r := notApplied(t, a, app, "v4"); !strings.Contains(r, "exited with code 3") || !strings.HasSuffix(r, "; v2 keeps serving") {
+		t.Errorf("the crashing version: %s", r)
+	}
+	if body := get(t, port); body != "v2 bye" {
+		t.Errorf("after the crashing version GET = %q", body)
+	}
+	if st := a.mustSprout("status", "--app", app); !strings.Contains(st, "follows:") || !strings.Contains(st, "wants v4, not applied") {
 		t.Errorf("status:\n%s", st)
 	}
 
@@ -332,18 +340,46 @@ func TestPullMode(t *testing.T) {
 	// After a restart the agent reads the manifest again (it has no ETag
 	// yet), finds it served, and changes nothing.
 	n := len(versionsOf(t, a, app))
-	swaps := strings.Count(a.mustSprout("events", "--app", app), ": swap")
+	// All the app's events, not the newest 50: the count must not move
+	// because the window did.
+	allEvents := func() string { return a.mustSprout("events", "--app", app, "--limit", "1000") }
+	swaps := strings.Count(allEvents(), ": swap")
 	a.kill(15)
 	a.start()
-	deadline = time.Now().Add(time.Minute)
+	deadline := time.Now().Add(time.Minute)
 	for !strings.Contains(a.mustSprout("status", "--app", app), "serving v1 as manifest") {
 		if time.Now().After(deadline) {
 			t.Fatalf("the manifest was not read after the restart:\n%s", a.mustSprout("status", "--app", app))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	events = a.mustSprout("events", "--app", app)
+	events := allEvents()
 	if body := get(t, port); body != "v1 bye" || len(versionsOf(t, a, app)) != n || strings.Count(events, ": swap") != swaps {
 		t.Errorf("after a restart: GET = %q, %d versions (was %d), events:\n%s", body, len(versionsOf(t, a, app)), n, events)
+	}
+}
+
+// notApplied waits until the app's follow state says that the manifest
+// wanting label was not applied, checks that its events say so too, and
+// returns what it says.
+func notApplied(t *testing.T, a *agentProc, app, label string) string {
+	t.Helper()
+	want := "wants " + label + ", not applied: "
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var st []api.AppStatus
+		if err := json.Unmarshal([]byte(a.mustSprout("status", "--app", app, "--json")), &st); err != nil || len(st) != 1 {
+			t.Fatalf("status --json: %v", err)
+		}
+		if f := st[0].Follows; f != nil && strings.Contains(f.Result, want) {
+			if events := a.mustSprout("events", "--app", app); !strings.Contains(events, f.Result) {
+				t.Errorf("the events do not say %q:\n%s", f.Result, events)
+			}
+			return f.Result
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no follow state says %q after a minute:\n%s", want, a.mustSprout("events", "--app", app))
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }

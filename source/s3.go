@@ -9,9 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
@@ -121,33 +123,103 @@ func (s *S3) PutNew(ctx context.Context, obj Object, body io.ReadSeeker, size in
 	if err := s.ready(obj); err != nil {
 		return "", err
 	}
+	exists := fmt.Errorf("%w: %s already exists; application versions are never overwritten (choose another --label)", ErrExists, obj)
 	// Stores that ignore conditional puts still get the check.
 	if _, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &obj.Bucket, Key: &obj.Key}); err == nil {
-		return "", fmt.Errorf("%w: %s already exists; application versions are never overwritten (choose another --label)", ErrExists, obj)
+		return "", exists
 	} else if !isNotFound(err) {
 		return "", s.explain(obj, err)
 	}
-	out, err := s.client.PutObject(ctx, &s3.PutObjectInput{Bucket: &obj.Bucket, Key: &obj.Key, Body: body, ContentLength: aws.Int64(size), IfNoneMatch: aws.String("*")})
+	etag, err := s.put(ctx, obj, &s3.PutObjectInput{Body: body, ContentLength: aws.Int64(size), IfNoneMatch: aws.String("*")})
+	if errors.Is(err, ErrPreconditionFailed) {
+		return "", exists
+	}
+	return etag, err
+}
+
+// Put writes a small object, replacing what is there.
+func (s *S3) Put(ctx context.Context, obj Object, body []byte, contentType string) (string, error) {
+	return s.put(ctx, obj, &s3.PutObjectInput{Body: bytes.NewReader(body), ContentType: aws.String(contentType)})
+}
+
+// PutIfMatch writes a small object only if nobody wrote it since it was
+// read with ETag etag (If-Match), or, when etag is empty, only if it does
+// not exist (If-None-Match: *): a compare-and-swap. It returns the new
+// ETag. A write that lost returns ErrPreconditionFailed, and nothing was
+// written: read the object again and decide again (Update does).
+//
+// S3 answers a write If-Match to an object deleted since it was read with
+// 404 NoSuchKey (ErrNotFound), not 412.
+func (s *S3) PutIfMatch(ctx context.Context, obj Object, body []byte, contentType, etag string) (string, error) {
+	in := &s3.PutObjectInput{Body: bytes.NewReader(body), ContentType: aws.String(contentType)}
+	if etag == "" {
+		in.IfNoneMatch = aws.String("*")
+	} else {
+		in.IfMatch = aws.String(`"` + etag + `"`)
+	}
+	return s.put(ctx, obj, in)
+}
+
+// put writes in to obj and returns the new ETag.
+func (s *S3) put(ctx context.Context, obj Object, in *s3.PutObjectInput) (string, error) {
+	if err := s.ready(obj); err != nil {
+		return "", err
+	}
+	in.Bucket, in.Key = &obj.Bucket, &obj.Key
+	out, err := s.client.PutObject(ctx, in)
 	if err != nil {
-		var re *smithyhttp.ResponseError
-		if errors.As(err, &re) && re.HTTPStatusCode() == http.StatusPreconditionFailed {
-			return "", fmt.Errorf("%w: %s already exists; application versions are never overwritten (choose another --label)", ErrExists, obj)
-		}
 		return "", s.explain(obj, err)
 	}
 	return strings.Trim(aws.ToString(out.ETag), `"`), nil
 }
 
-// Put writes a small object, replacing what is there.
-func (s *S3) Put(ctx context.Context, obj Object, body []byte, contentType string) (string, error) {
-	if err := s.ready(obj); err != nil {
-		return "", err
+// UpdateAttempts bounds how often Update reads, changes and writes an
+// object that others keep writing.
+const UpdateAttempts = 5
+
+// updateBackoff is the longest wait before Update's second attempt; it
+// doubles for each further attempt, and each wait is drawn at random
+// below it so that writers who collided do not collide again.
+const updateBackoff = 20 * time.Millisecond
+
+// Update changes a small object by compare-and-swap: it reads the object,
+// calls change with its body (nil when there is none), and writes what
+// change returns with PutIfMatch. When someone else wrote the object in
+// between, it reads it again and calls change again, up to UpdateAttempts
+// times with a short jittered back-off; then it gives up with an error
+// wrapping ErrPreconditionFailed. change may thus run several times and
+// must only compute; an error from it ends Update. It returns the ETag
+// written.
+func (s *S3) Update(ctx context.Context, obj Object, contentType string, change func(old []byte) ([]byte, error)) (string, error) {
+	for attempt := range UpdateAttempts {
+		if attempt > 0 {
+			wait := time.NewTimer(rand.N(updateBackoff << (attempt - 1)))
+			select {
+			case <-ctx.Done():
+				wait.Stop()
+				return "", ctx.Err()
+			case <-wait.C:
+			}
+		}
+		old, etag, _, err := s.GetIfChanged(ctx, obj, "")
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return "", err
+		}
+		body, err := change(old)
+		if err != nil {
+			return "", err
+		}
+		newETag, err := s.PutIfMatch(ctx, obj, body, contentType, etag)
+		switch {
+		case err == nil:
+			return newETag, nil
+		case errors.Is(err, ErrPreconditionFailed), etag != "" && errors.Is(err, ErrNotFound):
+			// Someone else wrote (or deleted) it since it was read.
+		default:
+			return "", err
+		}
 	}
-	out, err := s.client.PutObject(ctx, &s3.PutObjectInput{Bucket: &obj.Bucket, Key: &obj.Key, Body: bytes.NewReader(body), ContentType: aws.String(contentType)})
-	if err != nil {
-		return "", s.explain(obj, err)
-	}
-	return strings.Trim(aws.ToString(out.ETag), `"`), nil
+	return "", fmt.Errorf("%w: %s was written by someone else each of the %d times it was read and changed", ErrPreconditionFailed, obj, UpdateAttempts)
 }
 
 // Exists tells whether an object exists, with an error that names why
@@ -234,6 +306,10 @@ func (s *S3) explain(obj Object, err error) error {
 		return fmt.Errorf("%w: %s: access denied (%s); give the instance role or user s3:GetObject and s3:PutObject on it", ErrDenied, obj, cmp.Or(code, "403"))
 	case code == "PermanentRedirect" || code == "AuthorizationHeaderMalformed" || code == "IllegalLocationConstraintException" || status == http.StatusMovedPermanently:
 		return fmt.Errorf("%s: bucket %s is in another region than %s; set s3.region (or AWS_REGION) to the bucket's region", obj, obj.Bucket, s.region)
+	case code == "PreconditionFailed" || code == "ConditionalRequestConflict" || status == http.StatusPreconditionFailed:
+		// 409 ConditionalRequestConflict: another conditional write to
+		// the key was under way; it is lost the same way.
+		return fmt.Errorf("%w: %s changed since it was read (someone else wrote it); nothing was written", ErrPreconditionFailed, obj)
 	case code != "":
 		return fmt.Errorf("%s: %s: %s", obj, code, api.ErrorMessage())
 	}

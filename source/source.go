@@ -20,6 +20,9 @@ var (
 	ErrDenied   = errors.New("access denied")
 	ErrTooLarge = errors.New("too large")
 	ErrExists   = errors.New("already exists")
+	// ErrPreconditionFailed says a conditional write lost: the object
+	// changed (or appeared) since it was read, so nothing was written.
+	ErrPreconditionFailed = errors.New("precondition failed")
 )
 
 // IsRemote tells whether a deploy argument names a remote source rather

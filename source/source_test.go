@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -89,6 +91,105 @@ func TestS3(t *testing.T) {
 	}
 	if b, _, changed, err := s.GetIfChanged(ctx, m, tag); err != nil || !changed || string(b) != `{"label":"v2"}` {
 		t.Errorf("changed read: %q %v %v", b, changed, err)
+	}
+}
+
+// TestPutIfMatch writes with S3's conditional writes: If-None-Match: *
+// creates only, If-Match writes only over the ETag that was read, and a
+// write that lost is ErrPreconditionFailed and changes nothing. gofakes3
+// honours both headers on PutObject as S3 does (412 PreconditionFailed),
+// so this is the real wire exchange.
+func TestPutIfMatch(t *testing.T) {
+	_, s := newS3(t)
+	ctx := context.Background()
+	obj := source.Object{Bucket: "bundles", Key: "envs/web/current.json"}
+	lost := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, source.ErrPreconditionFailed) || !strings.Contains(err.Error(), "s3://bundles/envs/web/current.json changed since it was read") {
+			t.Errorf("%s: %v, want ErrPreconditionFailed naming the object", what, err)
+		}
+	}
+	first, err := s.PutIfMatch(ctx, obj, []byte(`{"n":1}`), "application/json", "")
+	if err != nil || first == "" {
+		t.Fatalf("create: %q %v", first, err)
+	}
+	_, err = s.PutIfMatch(ctx, obj, []byte(`{"n":2}`), "application/json", "")
+	lost("create over an existing object", err)
+	second, err := s.PutIfMatch(ctx, obj, []byte(`{"n":2}`), "application/json", first)
+	if err != nil || second == first {
+		t.Fatalf("write over the ETag read: %q %v", second, err)
+	}
+	_, err = s.PutIfMatch(ctx, obj, []byte(`{"n":3}`), "application/json", first)
+	lost("write over a stale ETag", err)
+	if b, tag, _, err := s.GetIfChanged(ctx, obj, ""); err != nil || string(b) != `{"n":2}` || tag != second {
+		t.Errorf("after the lost writes: %q %s %v, want {\"n\":2} %s", b, tag, err, second)
+	}
+}
+
+// addKey is an Update change that adds key to a JSON object of keys.
+func addKey(key string) func([]byte) ([]byte, error) {
+	return func(old []byte) ([]byte, error) {
+		keys := map[string]bool{}
+		if old != nil {
+			if err := json.Unmarshal(old, &keys); err != nil {
+				return nil, err
+			}
+		}
+		keys[key] = true
+		return json.Marshal(keys)
+	}
+}
+
+// TestUpdate interleaves writers by hand: a writer who read the object
+// before another wrote it loses its first write, reads again and keeps
+// both changes; a writer who loses every time gives up after
+// UpdateAttempts with ErrPreconditionFailed and writes nothing.
+func TestUpdate(t *testing.T) {
+	_, s := newS3(t)
+	ctx := context.Background()
+	obj := source.Object{Bucket: "bundles", Key: "envs/web/current.json"}
+
+	// b's whole update runs between a's first read and a's first write.
+	calls := 0
+	a := func(old []byte) ([]byte, error) {
+		if calls++; calls == 1 {
+			if _, err := s.Update(ctx, obj, "application/json", addKey("b")); err != nil {
+				t.Errorf("b: %v", err)
+			}
+		}
+		return addKey("a")(old)
+	}
+	etag, err := s.Update(ctx, obj, "application/json", a)
+	if err != nil {
+		t.Fatalf("a: %v", err)
+	}
+	b, tag, _, err := s.GetIfChanged(ctx, obj, "")
+	if err != nil || string(b) != `{"a":true,"b":true}` || tag != etag || calls != 2 {
+		t.Errorf("after a and b: %s (ETag %s, a wrote %s), a's change ran %d times: %v; want both keys, twice", b, tag, etag, calls, err)
+	}
+
+	// A rival writes each time between the read and the write.
+	calls = 0
+	loser := func(old []byte) ([]byte, error) {
+		calls++
+		if _, err := s.Put(ctx, obj, fmt.Appendf(nil, `{"rival":%d}`, calls), "application/json"); err != nil {
+			t.Errorf("rival: %v", err)
+		}
+		return addKey("loser")(nil)
+	}
+	_, err = s.Update(ctx, obj, "application/json", loser)
+	if !errors.Is(err, source.ErrPreconditionFailed) || calls != source.UpdateAttempts {
+		t.Errorf("the loser: %v after %d attempts, want ErrPreconditionFailed after %d", err, calls, source.UpdateAttempts)
+	}
+	if b, _, _, _ := s.GetIfChanged(ctx, obj, ""); string(b) != fmt.Sprintf(`{"rival":%d}`, source.UpdateAttempts) {
+		t.Errorf("after the loser gave up: %s, want the rival's last write", b)
+	}
+
+	// An error from the change ends the update at once.
+	calls = 0
+	refuse := errors.New("refused")
+	if _, err := s.Update(ctx, obj, "application/json", func([]byte) ([]byte, error) { calls++; return nil, refuse }); !errors.Is(err, refuse) || calls != 1 {
+		t.Errorf("a refusing change: %v after %d calls", err, calls)
 	}
 }
 

@@ -16,7 +16,9 @@ import (
 // FakeS3 is an in-process server speaking S3's wire protocol (gofakes3)
 // on loopback, with two buckets that fail as real S3 does: "denied"
 // answers 403 AccessDenied, "elsewhere" 301 PermanentRedirect (a bucket
-// in another region).
+// in another region). It honours S3's conditional writes: a PutObject
+// with If-Match or If-None-Match: * that finds the object changed answers
+// 412 PreconditionFailed and writes nothing.
 type FakeS3 struct {
 	URL     string
 	backend *s3mem.Backend
