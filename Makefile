@@ -45,7 +45,7 @@ test: docker testdeps base-image lint
 
 # Only what needs no engine.
 unit:
-	$(GO) test -race -count=1 ./bundle/... ./platform/... ./health/... ./proxy/... ./store/...
+	$(GO) test -race -count=1 ./bundle/... ./platform/... ./health/... ./proxy/... ./store/... ./runtime/...
 
 demo: docker build tools example
 	@scripts/demo.sh

@@ -372,7 +372,10 @@ func (d *Docker) Container(ctx context.Context, id string) (*Container, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Container{ID: ins.ID, Name: strings.TrimPrefix(ins.Name, "/"), Image: ins.Config.Image, Labels: ins.Config.Labels}
+	c := &Container{ID: ins.ID, Name: strings.TrimPrefix(ins.Name, "/")}
+	if ins.Config != nil {
+		c.Image, c.Labels = ins.Config.Image, ins.Config.Labels
+	}
 	c.Created, _ = time.Parse(time.RFC3339Nano, ins.Created)
 	if ins.State != nil {
 		c.Running = ins.State.Running
@@ -382,22 +385,25 @@ func (d *Docker) Container(ctx context.Context, id string) (*Container, error) {
 }
 
 // addrOf says where an inspected container's app listens: its bridge
-// address and TCP port (skipping docker-proxy), else its loopback
-// binding; and the host port the engine published.
+// address and TCP port (skipping docker-proxy), else the address the
+// engine published the port on; and the host port the engine published.
+// A stopped container has neither.
 func addrOf(ins container.InspectResponse) (addr string, hostPort int) {
 	if ins.NetworkSettings == nil {
 		return "", 0
 	}
-	var containerPort string
-	for p, bindings := range ins.NetworkSettings.Ports {
-		if p.Proto() != "tcp" {
-			continue
-		}
-		containerPort = p.Port()
-		for _, b := range bindings {
-			if n, err := strconv.Atoi(b.HostPort); err == nil {
-				hostPort = n
+	port, ok := appPort(ins)
+	if !ok {
+		return "", 0
+	}
+	hostIP := "127.0.0.1"
+	for _, b := range ins.NetworkSettings.Ports[port] {
+		if n, err := strconv.Atoi(b.HostPort); err == nil && n > 0 {
+			hostPort = n
+			if ip := net.ParseIP(b.HostIP); ip != nil && !ip.IsUnspecified() {
+				hostIP = b.HostIP
 			}
+			break
 		}
 	}
 	// The default bridge first; Sprout starts containers on no other.
@@ -411,12 +417,31 @@ func addrOf(ins container.InspectResponse) (addr string, hostPort int) {
 		}
 	}
 	switch {
-	case ip != "" && containerPort != "":
-		addr = net.JoinHostPort(ip, containerPort)
+	case ip != "":
+		addr = net.JoinHostPort(ip, port.Port())
 	case hostPort != 0:
-		addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(hostPort))
+		addr = net.JoinHostPort(hostIP, strconv.Itoa(hostPort))
 	}
 	return addr, hostPort
+}
+
+// appPort is the container's port that Sprout published: the one port
+// its host config binds, else the one the engine lists with bindings. The
+// engine also lists, with no bindings, the ports the image EXPOSEs.
+func appPort(ins container.InspectResponse) (nat.Port, bool) {
+	if ins.ContainerJSONBase != nil && ins.HostConfig != nil {
+		for p := range ins.HostConfig.PortBindings {
+			if p.Proto() == "tcp" {
+				return p, true
+			}
+		}
+	}
+	for p, bindings := range ins.NetworkSettings.Ports {
+		if p.Proto() == "tcp" && len(bindings) > 0 {
+			return p, true
+		}
+	}
+	return "", false
 }
 
 // State is a container's life as the engine sees it.
@@ -526,11 +551,26 @@ func (d *Docker) Usage(ctx context.Context, id string) (Usage, error) {
 	if err := json.NewDecoder(r.Body).Decode(&st); err != nil {
 		return Usage{}, err
 	}
-	mem := st.MemoryStats.Usage
-	if cache, ok := st.MemoryStats.Stats["inactive_file"]; ok && cache < mem {
-		mem -= cache // as docker stats shows it
+	return usageOf(st), nil
+}
+
+// usageOf reads a stats sample as docker stats does. Engines before API
+// 1.27 leave online_cpus out (count the per-CPU usages then), and the page
+// cache to leave out of memory is total_inactive_file under cgroup v1,
+// inactive_file under v2.
+func usageOf(st container.StatsResponse) Usage {
+	u := Usage{CPU: st.CPUStats.CPUUsage.TotalUsage, System: st.CPUStats.SystemUsage, CPUs: st.CPUStats.OnlineCPUs, Memory: st.MemoryStats.Usage}
+	if u.CPUs == 0 {
+		u.CPUs = uint32(len(st.CPUStats.CPUUsage.PercpuUsage))
 	}
-	return Usage{CPU: st.CPUStats.CPUUsage.TotalUsage, System: st.CPUStats.SystemUsage, CPUs: st.CPUStats.OnlineCPUs, Memory: mem}, nil
+	cache, v1 := st.MemoryStats.Stats["total_inactive_file"]
+	if !v1 {
+		cache = st.MemoryStats.Stats["inactive_file"]
+	}
+	if cache < u.Memory {
+		u.Memory -= cache
+	}
+	return u
 }
 
 // Stop sends SIGTERM and, after grace, SIGKILL. A container that is

@@ -18,8 +18,9 @@ import (
 
 // PG is a throwaway PostgreSQL server.
 type PG struct {
-	// Host is the Docker bridge's gateway address, where containers
-	// reach the server; the host reaches it there and on 127.0.0.1.
+	// Host is the host's address on the Docker bridge (DockerBridge),
+	// where containers reach the server; the host reaches it there and
+	// on 127.0.0.1.
 	Host     string
 	Port     int
 	User     string
@@ -46,11 +47,11 @@ func (p PG) Query(t testing.TB, sql string) string {
 }
 
 // Postgres starts a PostgreSQL server from Debian's packages for one
-// test, listening on loopback and on the Docker bridge's gateway (so that
-// containers reach it, as an app reaches RDS), with password auth and a
-// database named ebdb, as Elastic Beanstalk names it. It stops when the
-// test ends. Without the server package the test is skipped, except under
-// CI, where it fails.
+// test, listening on loopback and on the host's address on the Docker
+// bridge (so that containers reach it, as an app reaches RDS), with
+// password auth and a database named ebdb, as Elastic Beanstalk names it.
+// It stops when the test ends. Without the server package the test is
+// skipped, except under CI, where it fails.
 func Postgres(t testing.TB) PG {
 	t.Helper()
 	bins, _ := filepath.Glob("/usr/lib/postgresql/*/bin/postgres")
@@ -59,11 +60,8 @@ func Postgres(t testing.TB) PG {
 	}
 	slices.Sort(bins)
 	bin := filepath.Dir(bins[len(bins)-1])
-	gw := dockerLines("network", "inspect", "bridge", "-f", "{{range .IPAM.Config}}{{.Gateway}} {{.Subnet}}{{end}}")
-	if len(gw) < 2 {
-		t.Fatal("cannot read the Docker bridge's gateway and subnet")
-	}
-	pg := PG{Host: gw[0], Port: FreePort(t), User: "sprout", Password: "p@ss:w/rd%" + Name("x"), DB: "ebdb"}
+	br := DockerBridge(t)
+	pg := PG{Host: br.Gateway.String(), Port: FreePort(t), User: "sprout", Password: "p@ss:w/rd%" + Name("x"), DB: "ebdb"}
 
 	dir, err := os.MkdirTemp("", "sprout-pg-")
 	if err != nil {
@@ -97,7 +95,7 @@ func Postgres(t testing.TB) PG {
 	if out, err := run("initdb", "-D", data, "-U", pg.User, "--pwfile", pwfile, "--auth", "scram-sha-256", "-E", "UTF8", "--no-sync").CombinedOutput(); err != nil {
 		t.Fatalf("initdb: %v\n%s", err, out)
 	}
-	hba := fmt.Sprintf("host all all %s scram-sha-256\n", gw[1])
+	hba := fmt.Sprintf("host all all %s scram-sha-256\n", br.Subnet)
 	f, err := os.OpenFile(filepath.Join(data, "pg_hba.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
