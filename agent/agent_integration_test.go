@@ -15,7 +15,6 @@ import (
 	"github.com/docker/docker/client"
 
 	"github.com/sprout-paas/sprout/api"
-	"github.com/sprout-paas/sprout/internal/loadgen"
 	"github.com/sprout-paas/sprout/internal/testenv"
 	"github.com/sprout-paas/sprout/runtime"
 	"github.com/sprout-paas/sprout/store"
@@ -264,17 +263,13 @@ func TestSwapsUnderLoadDropNothing(t *testing.T) {
 	dir := testenv.Bundle(t, "")
 	h.mustDeploy(app, "v0", dir, map[string]string{"port": fmt.Sprint(port), "health_path": "/healthz"})
 
-	ctx, cancel := context.WithCancel(context.Background())
-	res := make(chan loadgen.Result, 1)
-	go func() {
-		res <- loadgen.Run(ctx, loadgen.Options{URL: fmt.Sprintf("http://127.0.0.1:%d/", port), Workers: 4, Duration: 5 * time.Minute})
-	}()
+	load := testenv.Load(t, port, 4)
 	for i := 1; i <= swaps; i++ {
 		h.mustDeploy(app, fmt.Sprintf("v%d", i), dir, nil)
 	}
-	time.Sleep(200 * time.Millisecond)
-	cancel()
-	r := <-res
+	// The load carries on after the last version's predecessor is removed.
+	testenv.Answered(t, load, fmt.Sprintf("v%d ", swaps), 20)
+	r := load.Stop()
 	t.Logf("%d swaps under load: %s; versions answering: %d", swaps, r, len(r.Bodies))
 	if r.Failed != 0 {
 		t.Fatalf("%d requests failed during %d swaps: %s", r.Failed, swaps, r)
@@ -295,7 +290,12 @@ func TestSlowRequestFinishesDuringSwap(t *testing.T) {
 	h.mustDeploy(app, "v1", dir, portParam(port))
 	done := make(chan string, 1)
 	go func() { _, body := get(t, port, "/slow?ms=1500"); done <- body }()
-	time.Sleep(100 * time.Millisecond)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if n := h.flying.count(app); n != 1 {
+			return fmt.Errorf("%d requests in flight, want the slow one", n)
+		}
+		return nil
+	})
 	h.mustDeploy(app, "v2", dir, nil)
 	if body := <-done; body != "v1 slow" {
 		t.Errorf("slow request across the swap got %q", body)
@@ -348,18 +348,14 @@ func TestPortChange(t *testing.T) {
 	if _, body := get(t, b, "/"); !strings.HasPrefix(body, "v2") {
 		t.Errorf("new port: %q", body)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", a))
 		if err != nil {
-			break
+			return nil
 		}
 		c.Close()
-		if time.Now().After(deadline) {
-			t.Fatal("the old port still accepts connections")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return errors.New("the old port still accepts connections")
+	})
 	// A port held by another app is refused before anything is built.
 	other := testenv.Name("other")
 	if _, _, err := h.deploy(other, "v1", dir, portParam(b)); err == nil || !strings.Contains(err.Error(), "already serves app "+app) {
@@ -410,17 +406,12 @@ func TestRestartReadoptsContainers(t *testing.T) {
 	h.stop()
 	h.docker.Remove(context.Background(), before.ContainerID)
 	h.start()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		st, _ := h.client.Status(context.Background(), app)
-		if st.Container == "running" && st.ContainerID != before.ContainerID {
-			break
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if st, _ := h.client.Status(context.Background(), app); st.Container != "running" || st.ContainerID == before.ContainerID {
+			return fmt.Errorf("serving container not recreated: %+v", st)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("serving container not recreated: %+v", st)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
 	if _, body := get(t, port, "/"); !strings.HasPrefix(body, "v1") {
 		t.Errorf("after recreate: %q", body)
 	}
@@ -446,17 +437,12 @@ func TestServingContainerIsFollowed(t *testing.T) {
 	}
 	// A stale route, as after a restart on another address.
 	h.px.Swap(app, []string{"127.0.0.1:1"})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		cur, _ := h.client.Status(context.Background(), app)
-		if cur.Restarts >= 1 && cur.Container == "running" && len(cur.Targets) == 1 && cur.Targets[0] != "127.0.0.1:1" {
-			break
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if cur, _ := h.client.Status(context.Background(), app); cur.Restarts < 1 || cur.Container != "running" || len(cur.Targets) != 1 || cur.Targets[0] == "127.0.0.1:1" {
+			return fmt.Errorf("not followed: %+v", cur)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not followed: %+v", cur)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
 	if code, body := get(t, port, "/"); code != 200 || !strings.HasPrefix(body, "v1") {
 		t.Errorf("after the crash GET = %d %q", code, body)
 	}
@@ -551,7 +537,7 @@ func TestFailedFirstDeploy(t *testing.T) {
 	if err != nil || len(vs) != 1 || vs[0].Status != store.StatusFailed || vs[0].FailedStep != "health" {
 		t.Fatalf("versions after a failed first deploy = %+v, %v", vs, err)
 	}
-	time.Sleep(1500 * time.Millisecond) // the port closes with a short grace
+	// The failed deploy closed the port it had opened before it answered.
 	if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
 		c.Close()
 		t.Error("the public port still listens after a failed first deploy")

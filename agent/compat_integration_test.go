@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/sprout-paas/sprout/api"
-	"github.com/sprout-paas/sprout/internal/loadgen"
 	"github.com/sprout-paas/sprout/internal/testenv"
 	"github.com/sprout-paas/sprout/store"
 )
@@ -123,11 +122,7 @@ func TestFailingHooksKeepTheOldVersion(t *testing.T) {
 	mark := t.TempDir()
 	h.mustDeploy(app, "v1", hookBundle(t, mark, nil), portParam(port))
 
-	ctx, cancel := context.WithCancel(context.Background())
-	res := make(chan loadgen.Result, 1)
-	go func() {
-		res <- loadgen.Run(ctx, loadgen.Options{URL: fmt.Sprintf("http://127.0.0.1:%d/", port), Workers: 4, Duration: 5 * time.Minute})
-	}()
+	load := testenv.Load(t, port, 4)
 
 	pidFile := filepath.Join(mark, "hang.pid")
 	cases := []struct {
@@ -153,8 +148,7 @@ func TestFailingHooksKeepTheOldVersion(t *testing.T) {
 			t.Errorf("after the failed %s: %d containers", tc.label, n)
 		}
 	}
-	cancel()
-	r := <-res
+	r := load.Stop()
 	t.Logf("load during the failed deploys: %s", r)
 	if r.Failed != 0 || r.OK == 0 {
 		t.Errorf("load: %s", r)

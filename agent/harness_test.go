@@ -38,6 +38,7 @@ type harness struct {
 	client  *api.Client
 	stop    func()
 	logs    *testenv.SyncBuffer
+	flying  *inFlight
 }
 
 func testConfig(dataDir string) agent.Config {
@@ -78,7 +79,8 @@ func (h *harness) start() {
 	}
 	log := slog.New(slog.NewTextHandler(h.logs, nil))
 	tracker := health.NewTracker() // the proxy feeds it, the agent reads it, as in `sprout agent`
-	h.px = proxy.New(proxy.Options{BindAddress: "127.0.0.1", UpstreamTimeout: 30 * time.Second, Observer: tracker}, log)
+	h.flying = &inFlight{n: map[string]int{}}
+	h.px = proxy.New(proxy.Options{BindAddress: "127.0.0.1", UpstreamTimeout: 30 * time.Second, Observer: proxy.Observers(tracker, h.flying)}, log)
 	h.ag, err = agent.New(testConfig(h.dataDir), h.docker, h.px, st, nil, tracker, log)
 	if err != nil {
 		t.Fatal(err)
@@ -185,3 +187,36 @@ func get(t *testing.T, port int, path string) (int, string) {
 func portParam(port int) map[string]string {
 	return map[string]string{"port": fmt.Sprint(port)}
 }
+
+// inFlight counts the requests the proxy is serving, by app, so that a
+// test can wait until its request is under way.
+type inFlight struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (f *inFlight) App(app string) proxy.AppObserver { return inFlightApp{f, app} }
+
+func (f *inFlight) add(app string, d int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.n[app] += d
+}
+
+// count says how many of app's requests are in flight.
+func (f *inFlight) count(app string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.n[app]
+}
+
+type inFlightApp struct {
+	f   *inFlight
+	app string
+}
+
+func (o inFlightApp) Start()                                 { o.f.add(o.app, 1) }
+func (o inFlightApp) Done(string, int, time.Duration, int64) { o.f.add(o.app, -1) }
+func (inFlightApp) UpstreamError(string)                     {}
+
+var _ proxy.Observer = (*inFlight)(nil)

@@ -66,18 +66,16 @@ func TestRemovedAppsPortNeverReachesAnotherApp(t *testing.T) {
 	// Its health counts the three requests as its own successes, and
 	// nothing of the removed app of the same name.
 	var last agent.Report
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		reports, err := h.client.Health(context.Background(), aa)
 		if err != nil || len(reports) != 1 {
 			t.Fatalf("health: %v %v", reports, err)
 		}
-		last = reports[0]
-		if last.Stats.Requests == int64(len(answers)) || time.Now().After(deadline) {
-			break
+		if last = reports[0]; last.Stats.Requests != int64(len(answers)) {
+			return fmt.Errorf("%d requests counted, want %d", last.Stats.Requests, len(answers))
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 	if last.Stats.Requests != int64(len(answers)) || last.Stats.Classes[4] != 0 || last.Status == "Severe" {
 		t.Errorf("health of %s after its first deploy = %s %+v %v, want %d requests and no 5xx", aa, last.Status, last.Stats, last.Causes, len(answers))
 	}

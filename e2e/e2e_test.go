@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -68,18 +69,36 @@ func (a *agentProc) start() {
 		a.t.Fatal(err)
 	}
 	client := api.NewClient(a.socket)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	testenv.Eventually(a.t, 20*time.Second, func() error {
 		info, err := client.Agent(context.Background())
-		if err == nil {
-			a.id = info.ID
-			return
+		if err != nil {
+			return fmt.Errorf("agent did not answer: %v\n%s", err, a.log)
 		}
-		if time.Now().After(deadline) {
-			a.t.Fatalf("agent did not answer: %v\n%s", err, a.log)
-		}
-		time.Sleep(50 * time.Millisecond)
+		a.id = info.ID
+		return nil
+	})
+}
+
+// inFlight reads from the agent's metrics how many of app's requests its
+// proxy is serving.
+func (a *agentProc) inFlight(app string) (int, error) {
+	resp, err := http.Get("http://" + a.metricsAddr + "/metrics")
+	if err != nil {
+		return 0, err
 	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	prefix := fmt.Sprintf("sprout_proxy_requests_in_flight{app=%q} ", app)
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), prefix); ok {
+			n, err := strconv.ParseFloat(v, 64)
+			return int(n), err
+		}
+	}
+	return 0, nil
 }
 
 func (a *agentProc) kill(sig syscall.Signal) {

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sprout-paas/sprout/internal/loadgen"
 	"github.com/sprout-paas/sprout/internal/testenv"
 )
 
@@ -130,25 +128,26 @@ func flaskLifecycle(t *testing.T, a *agentProc, app string, port int, dialect st
 		resp.Body.Close()
 		slow <- resp.Status + " " + string(b)
 	}()
-	time.Sleep(300 * time.Millisecond)
-	ctx, cancel := context.WithCancel(context.Background())
-	res := make(chan loadgen.Result, 1)
-	go func() {
-		res <- loadgen.Run(ctx, loadgen.Options{URL: fmt.Sprintf("http://127.0.0.1:%d/", port), Workers: 8, Duration: 5 * time.Minute})
-	}()
-	time.Sleep(500 * time.Millisecond)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		n, err := a.inFlight(app)
+		if err == nil && n != 1 {
+			err = fmt.Errorf("%d requests in flight, want the slow one", n)
+		}
+		return err
+	})
+	// Each version answers the load, and it carries on after each change
+	// is done.
+	load := testenv.Load(t, port, 8)
+	v1 := "v1 " + dialect + " Hello from Flask on Sprout\n"
+	testenv.Answered(t, load, v1, 20)
 	a.mustSprout("deploy", flaskBundle(t, "Hello from v2"), "--app", app, "--label", "v2")
-	time.Sleep(500 * time.Millisecond)
+	testenv.Answered(t, load, "v2 "+dialect+" Hello from v2\n", 20)
 	a.mustSprout("rollback", "--app", app)
-	time.Sleep(500 * time.Millisecond)
-	cancel()
-	r := <-res
+	testenv.Answered(t, load, v1, 20)
+	r := load.Stop()
 	t.Logf("load through the deploy of v2 and the rollback: %s", r)
-	if r.Failed != 0 || r.OK == 0 {
+	if r.Failed != 0 {
 		t.Errorf("requests failed: %s", r)
-	}
-	if r.Bodies["v2 "+dialect+" Hello from v2\n"] == 0 {
-		t.Errorf("v2 never answered: %v", r.Bodies)
 	}
 	if got := <-slow; !strings.HasPrefix(got, "200 OK") || !strings.Contains(got, `"version":"v1"`) {
 		t.Errorf("the slow request during the swap: %s", got)

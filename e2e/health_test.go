@@ -14,14 +14,15 @@ import (
 
 // TestEnhancedHealth drives an app through Ok, 5xx errors and a failing
 // health check, reading `sprout health` like a user, and expects the
-// monitor to restart the container after three failed checks.
+// monitor to restart the container after three failed checks. The app's
+// check fails only once the test says so, after the first two phases.
 func TestEnhancedHealth(t *testing.T) {
 	a := startAgent(t)
 	a.env = append(a.env, "SPROUT_HEALTH_MONITOR_INTERVAL=300ms", "SPROUT_HEALTH_RESTART_AFTER=3")
 	a.kill(9)
 	a.start()
 	app, port := testenv.Name("health"), testenv.FreePort(t)
-	a.mustSprout("deploy", testenv.Bundle(t, "", "ENV APP_HEALTH_FAIL_AFTER=8s"), "--app", app, "--label", "v1",
+	a.mustSprout("deploy", testenv.Bundle(t, ""), "--app", app, "--label", "v1",
 		"--port", fmt.Sprint(port), "--health-path", "/healthz")
 
 	report := func() agent.Report {
@@ -35,9 +36,16 @@ func TestEnhancedHealth(t *testing.T) {
 	for range 40 {
 		get(t, port)
 	}
-	time.Sleep(time.Second) // a monitor round or two
-	r := report()
-	if r.Status != "Ok" || r.Stats.Requests < 40 || r.Stats.Share(2) != 1 || r.Uptime <= 0 || r.Memory == 0 {
+	// The proxy counts a request once its answer is sent, and the monitor
+	// reads the container's memory every round.
+	var r agent.Report
+	testenv.Eventually(t, 20*time.Second, func() error {
+		if r = report(); r.Status != "Ok" || r.Stats.Requests < 40 || r.Uptime <= 0 || r.Memory == 0 {
+			return fmt.Errorf("want Ok, 40 requests, an uptime and memory: %+v", r)
+		}
+		return nil
+	})
+	if r.Stats.Share(2) != 1 {
 		t.Errorf("healthy app: %+v", r)
 	}
 	table := a.mustSprout("health", "--app", app)
@@ -54,26 +62,32 @@ func TestEnhancedHealth(t *testing.T) {
 			resp.Body.Close()
 		}
 	}
-	r = report()
-	if r.Status != "Severe" || !strings.Contains(strings.Join(r.Causes, ";"), "of requests failed with 5xx") {
-		t.Errorf("after 5xx: %s %v", r.Status, r.Causes)
-	}
+	testenv.Eventually(t, 20*time.Second, func() error {
+		if r = report(); r.Status != "Severe" || !strings.Contains(strings.Join(r.Causes, ";"), "of requests failed with 5xx") {
+			return fmt.Errorf("after 5xx: %s %v", r.Status, r.Causes)
+		}
+		return nil
+	})
 
-	// The health check starts failing 8 s after boot: the monitor sees it
-	// and restarts the container after three failures.
-	deadline := time.Now().Add(40 * time.Second)
-	for {
-		events := a.mustSprout("events", "--app", app)
-		if strings.Contains(events, "after 3 failed health checks") {
-			if !strings.Contains(events, "health check of v1 failing") {
-				t.Errorf("no failing event before the restart:\n%s", events)
-			}
-			break
+	// The health check fails from now on: the monitor sees it and
+	// restarts the container after three failures.
+	resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/healthz/fail", port), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST /healthz/fail: %s", resp.Status)
+	}
+	var events string
+	testenv.Eventually(t, 40*time.Second, func() error {
+		if events = a.mustSprout("events", "--app", app); !strings.Contains(events, "after 3 failed health checks") {
+			return fmt.Errorf("no restart after failing checks:\n%s", events)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no restart after failing checks:\n%s", events)
-		}
-		time.Sleep(300 * time.Millisecond)
+		return nil
+	})
+	if !strings.Contains(events, "health check of v1 failing") {
+		t.Errorf("no failing event before the restart:\n%s", events)
 	}
 	if r := report(); !strings.Contains(strings.Join(r.Causes, ";"), "restarted") && !strings.Contains(strings.Join(r.Causes, ";"), "health check failing") {
 		t.Errorf("after the restart: %s %v", r.Status, r.Causes)

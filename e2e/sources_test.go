@@ -16,7 +16,6 @@ import (
 
 	"github.com/sprout-paas/sprout/api"
 	"github.com/sprout-paas/sprout/bundle"
-	"github.com/sprout-paas/sprout/internal/loadgen"
 	"github.com/sprout-paas/sprout/internal/testenv"
 	"github.com/sprout-paas/sprout/source"
 	"github.com/sprout-paas/sprout/store"
@@ -191,20 +190,16 @@ func TestGitDeploys(t *testing.T) {
 
 	// v2 under load.
 	second := repo.commit("v2")
-	ctx, cancel := context.WithCancel(context.Background())
-	res := make(chan loadgen.Result, 1)
-	go func() {
-		res <- loadgen.Run(ctx, loadgen.Options{URL: fmt.Sprintf("http://127.0.0.1:%d/", port), Workers: 8, Duration: 5 * time.Minute})
-	}()
-	time.Sleep(300 * time.Millisecond)
+	load := testenv.Load(t, port, 8)
+	testenv.Answered(t, load, "v1 v1", 20)
 	if out, err := repo.git("push", "prod", "main"); err != nil {
 		t.Fatalf("push v2: %v\n%s", err, out)
 	}
-	time.Sleep(300 * time.Millisecond)
-	cancel()
-	r := <-res
+	// The push ends with v1 removed; the load carries on past it.
+	testenv.Answered(t, load, "v2 v2", 20)
+	r := load.Stop()
 	t.Logf("load during push v2: %s", r)
-	if r.Failed != 0 || r.Bodies["v2 v2"] == 0 {
+	if r.Failed != 0 {
 		t.Errorf("load during push v2: %s", r)
 	}
 
@@ -243,19 +238,18 @@ func TestGitDeploys(t *testing.T) {
 // waitBody polls the app's port until it answers want.
 func waitBody(t *testing.T, port int, want string, within time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	last := ""
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", port)); err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if last = string(b); last == want {
-				return
-			}
+	testenv.Eventually(t, within, func() error {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
+		if err != nil {
+			return err
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("the app answers %q, not %q, after %s", last, want, within)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != want {
+			return fmt.Errorf("the app answers %q, not %q", b, want)
+		}
+		return nil
+	})
 }
 
 // TestPullMode runs an app that follows a manifest in S3: `sprout publish`
@@ -283,18 +277,21 @@ func TestPullMode(t *testing.T) {
 	a.mustSprout("watch", "--app", app, manifest)
 	waitBody(t, port, "v1 hello", time.Minute)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	res := make(chan loadgen.Result, 1)
-	go func() {
-		res <- loadgen.Run(ctx, loadgen.Options{URL: fmt.Sprintf("http://127.0.0.1:%d/", port), Workers: 8, Duration: 5 * time.Minute})
-	}()
+	load := testenv.Load(t, port, 8)
 	publish("--label", "v2", "--bundle", "s3://fleet/web/v2.tar.gz")
 	waitBody(t, port, "v2 hello", time.Minute)
 	publish("--label", "v2", "--bundle", "s3://fleet/web/v2.tar.gz", "--env", "GREETING=bye")
 	waitBody(t, port, "v2 bye", time.Minute)
-	time.Sleep(300 * time.Millisecond)
-	cancel()
-	r := <-res
+	// The change is done once the old container is drained and removed;
+	// the load carries on past it.
+	testenv.Eventually(t, time.Minute, func() error {
+		if events := a.mustSprout("events", "--app", app); !strings.Contains(events, "environment changed by the manifest: live on v2") {
+			return fmt.Errorf("the environment change did not finish:\n%s", events)
+		}
+		return nil
+	})
+	testenv.Answered(t, load, "v2 bye", 20)
+	r := load.Stop()
 	t.Logf("load while converging on v2 and its new environment: %s", r)
 	if r.Failed != 0 {
 		t.Errorf("load: %s", r)
@@ -346,13 +343,12 @@ func TestPullMode(t *testing.T) {
 	swaps := strings.Count(allEvents(), ": swap")
 	a.kill(15)
 	a.start()
-	deadline := time.Now().Add(time.Minute)
-	for !strings.Contains(a.mustSprout("status", "--app", app), "serving v1 as manifest") {
-		if time.Now().After(deadline) {
-			t.Fatalf("the manifest was not read after the restart:\n%s", a.mustSprout("status", "--app", app))
+	testenv.Eventually(t, time.Minute, func() error {
+		if st := a.mustSprout("status", "--app", app); !strings.Contains(st, "serving v1 as manifest") {
+			return fmt.Errorf("the manifest was not read after the restart:\n%s", st)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 	events := allEvents()
 	if body := get(t, port); body != "v1 bye" || len(versionsOf(t, a, app)) != n || strings.Count(events, ": swap") != swaps {
 		t.Errorf("after a restart: GET = %q, %d versions (was %d), events:\n%s", body, len(versionsOf(t, a, app)), n, events)
@@ -365,21 +361,20 @@ func TestPullMode(t *testing.T) {
 func notApplied(t *testing.T, a *agentProc, app, label string) string {
 	t.Helper()
 	want := "wants " + label + ", not applied: "
-	deadline := time.Now().Add(time.Minute)
-	for {
+	var result string
+	testenv.Eventually(t, time.Minute, func() error {
 		var st []api.AppStatus
 		if err := json.Unmarshal([]byte(a.mustSprout("status", "--app", app, "--json")), &st); err != nil || len(st) != 1 {
 			t.Fatalf("status --json: %v", err)
 		}
 		if f := st[0].Follows; f != nil && strings.Contains(f.Result, want) {
-			if events := a.mustSprout("events", "--app", app); !strings.Contains(events, f.Result) {
-				t.Errorf("the events do not say %q:\n%s", f.Result, events)
-			}
-			return f.Result
+			result = f.Result
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no follow state says %q after a minute:\n%s", want, a.mustSprout("events", "--app", app))
-		}
-		time.Sleep(200 * time.Millisecond)
+		return fmt.Errorf("no follow state says %q:\n%s", want, a.mustSprout("events", "--app", app))
+	})
+	if events := a.mustSprout("events", "--app", app); !strings.Contains(events, result) {
+		t.Errorf("the events do not say %q:\n%s", result, events)
 	}
+	return result
 }

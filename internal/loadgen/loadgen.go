@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"sort"
 	"strings"
@@ -51,9 +52,90 @@ func (r Result) String() string {
 	return b.String()
 }
 
+// bodyKey is how Result.Bodies keys a response body: its first 32 bytes.
+func bodyKey(body string) string { return body[:min(len(body), 32)] }
+
 // Run sends requests from opts.Workers goroutines, each on its own
 // keep-alive connection, until ctx ends or opts.Duration passes.
 func Run(ctx context.Context, opts Options) Result {
+	l := newLoad()
+	l.run(ctx, opts)
+	return l.Now()
+}
+
+// Load is a Run going on in the background, which a test can watch while
+// it runs.
+type Load struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	start  time.Time
+
+	mu       sync.Mutex
+	res      Result
+	finished bool
+}
+
+// Start sends requests as Run does, in the background, until Stop is
+// called or opts.Duration passes.
+func Start(opts Options) *Load {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := newLoad()
+	l.cancel, l.done = cancel, make(chan struct{})
+	go func() {
+		defer close(l.done)
+		l.run(ctx, opts)
+	}()
+	return l
+}
+
+func newLoad() *Load {
+	return &Load{start: time.Now(), res: Result{Errors: map[string]int64{}, Bodies: map[string]int64{}}}
+}
+
+// Stop ends the load and returns what happened.
+func (l *Load) Stop() Result {
+	l.cancel()
+	<-l.done
+	return l.Now()
+}
+
+// Now returns the counts so far.
+func (l *Load) Now() Result {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r := l.res
+	r.Errors, r.Bodies = maps.Clone(r.Errors), maps.Clone(r.Bodies)
+	if !l.finished {
+		r.Elapsed = time.Since(l.start)
+	}
+	return r
+}
+
+// Answers counts the answers so far whose body was body (compared, as
+// Result.Bodies keys them, on the first 32 bytes).
+func (l *Load) Answers(body string) int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.res.Bodies[bodyKey(body)]
+}
+
+func (l *Load) record(ok bool, what string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	res := &l.res
+	if ok {
+		res.OK++
+		res.Bodies[what]++
+		return
+	}
+	res.Failed++
+	if _, seen := res.Errors[what]; seen || len(res.Errors) < 10 {
+		res.Errors[what]++
+	}
+}
+
+// run sends the requests until ctx ends or opts.Duration passes.
+func (l *Load) run(ctx context.Context, opts Options) {
 	if opts.Workers <= 0 {
 		opts.Workers = 8
 	}
@@ -61,22 +143,6 @@ func Run(ctx context.Context, opts Options) Result {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, opts.Duration)
 		defer cancel()
-	}
-	start := time.Now()
-	var mu sync.Mutex
-	res := Result{Errors: map[string]int64{}, Bodies: map[string]int64{}}
-	record := func(ok bool, what string) {
-		mu.Lock()
-		defer mu.Unlock()
-		if ok {
-			res.OK++
-			res.Bodies[what]++
-			return
-		}
-		res.Failed++
-		if _, seen := res.Errors[what]; seen || len(res.Errors) < 10 {
-			res.Errors[what]++
-		}
 	}
 	var wg sync.WaitGroup
 	for range opts.Workers {
@@ -95,23 +161,24 @@ func Run(ctx context.Context, opts Options) Result {
 					if ctx.Err() != nil {
 						return
 					}
-					record(false, err.Error())
+					l.record(false, err.Error())
 					continue
 				}
 				body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 				resp.Body.Close()
 				switch {
 				case err != nil:
-					record(false, "reading body: "+err.Error())
+					l.record(false, "reading body: "+err.Error())
 				case resp.StatusCode >= 400:
-					record(false, fmt.Sprintf("status %d: %.80s", resp.StatusCode, body))
+					l.record(false, fmt.Sprintf("status %d: %.80s", resp.StatusCode, body))
 				default:
-					record(true, string(body[:min(len(body), 32)]))
+					l.record(true, bodyKey(string(body)))
 				}
 			}
 		})
 	}
 	wg.Wait()
-	res.Elapsed = time.Since(start)
-	return res
+	l.mu.Lock()
+	l.res.Elapsed, l.finished = time.Since(l.start), true
+	l.mu.Unlock()
 }

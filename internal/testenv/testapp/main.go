@@ -1,6 +1,7 @@
 // Command testapp is the app Sprout's integration tests deploy. Its
 // behaviour is set through environment variables, so that one binary can
-// boot slowly, crash, fail its health check or answer slowly.
+// boot slowly, crash, fail its health check or answer slowly; a POST to
+// /healthz/fail makes a running one fail its health check from then on.
 package main
 
 import (
@@ -15,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -46,14 +48,18 @@ func main() {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%s %s", version, os.Getenv("GREETING"))
 	})
-	booted := time.Now()
-	failAfter, _ := time.ParseDuration(os.Getenv("APP_HEALTH_FAIL_AFTER"))
+	// A POST to /healthz/fail makes /healthz answer 500 from then on, as
+	// an app gone bad, until the process restarts.
+	var failing atomic.Bool
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		if failAfter > 0 && time.Since(booted) > failAfter {
+		if failing.Load() {
 			w.WriteHeader(http.StatusInternalServerError)
 			return
 		}
 		w.WriteHeader(healthStatus)
+	})
+	mux.HandleFunc("POST /healthz/fail", func(w http.ResponseWriter, r *http.Request) {
+		failing.Store(true)
 	})
 	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
 		code, _ := strconv.Atoi(r.URL.Query().Get("code"))
