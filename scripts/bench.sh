@@ -11,7 +11,11 @@
 #  4. failed requests of a non-retrying client during consecutive swaps.
 #
 # Everything runs on loopback and the Docker bridge, bounded in time.
-# Knobs: BENCH_ROUNDS (5), BENCH_SECONDS (8), BENCH_SWAPS (20).
+# Knobs: BENCH_ROUNDS (5), BENCH_SECONDS (8), BENCH_SWAPS (20), and
+# BENCH_BASELINE, the path of another sprout binary (an earlier build, say)
+# whose proxy joins the throughput rounds as "baseline", with its own agent
+# and its own container of the same image, so that a change is compared
+# with what came before in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,10 +50,12 @@ printf 'FROM scratch\nCOPY benchd /benchd\nEXPOSE 8080\nENTRYPOINT ["/benchd"]\n
 agent_pid=$!
 cleanup() {
   [ -n "${load_pid:-}" ] && kill "$load_pid" 2>/dev/null || true
+  [ -n "${base_pid:-}" ] && kill "$base_pid" 2>/dev/null || true
   [ -n "${nginx_pid:-}" ] && kill "$nginx_pid" 2>/dev/null || true
   kill "$agent_pid" 2>/dev/null || true
   wait "$agent_pid" 2>/dev/null || true
   ids=$(docker ps -aq --filter label=io.sprout.app=bench)
+  ids=$(echo $ids $(docker ps -aq --filter label=io.sprout.app=bench-base))
   [ -n "$ids" ] && docker rm -f $ids >/dev/null
   true
 }
@@ -59,6 +65,15 @@ for _ in $(seq 1 50); do [ -S "$SPROUT_SOCKET" ] && break; sleep 0.1; done
 "$sprout" deploy "$work/benchd" --app bench --label r0 --port "$port" --health-path / >"$work/deploy-r0.txt"
 backend=$("$sprout" status --app bench --json | grep -A1 '"targets"' | grep -oE '[0-9.]+:[0-9]+' | head -1)
 [ -n "$backend" ] || { echo "could not find the container's address" >&2; exit 1; }
+
+base_port=18082
+if [ -n "${BENCH_BASELINE:-}" ]; then
+  mkdir -p "$work/base"
+  SPROUT_DATA_DIR="$work/base/data" SPROUT_SOCKET="$work/base/sprout.sock" SPROUT_METRICS_ADDRESS=127.0.0.1:0 "$BENCH_BASELINE" agent --log-level warn >"$work/base/agent.log" 2>&1 &
+  base_pid=$!
+  for _ in $(seq 1 50); do [ -S "$work/base/sprout.sock" ] && break; sleep 0.1; done
+  SPROUT_DATA_DIR="$work/base/data" SPROUT_SOCKET="$work/base/sprout.sock" "$BENCH_BASELINE" deploy "$work/benchd" --app bench-base --label r0 --port "$base_port" --health-path / >"$work/base/deploy.txt"
+fi
 
 if [ "$have_nginx" = 1 ]; then
   mkdir -p "$work/nginx/logs"
@@ -126,18 +141,23 @@ echo "== throughput: $rounds interleaved rounds of wrk -t2 -c64 -d${secs}s, back
 for r in $(seq 1 "$rounds"); do
   run direct "http://$backend/" ""
   run sprout "http://127.0.0.1:$port/" "$agent_pid"
+  [ -n "${base_pid:-}" ] && run baseline "http://127.0.0.1:$base_port/" "$base_pid"
   [ "$have_nginx" = 1 ] && run nginx "http://127.0.0.1:$nginx_port/" "$nginx_pid"
   echo "  round $r done"
 done
 
 col() { awk -v c="$2" '{print $c}' "$work/$1.txt" | median; }
 printf '\n%-8s %12s %12s %18s\n' target "req/s" "p99 ms" "proxy CPU µs/req"
-for t in direct sprout nginx; do
+for t in direct sprout baseline nginx; do
   [ -f "$work/$t.txt" ] || continue
   printf '%-8s %12.0f %12.2f %18s\n' "$t" "$(col $t 1)" "$(col $t 2)" "$(awk '{print $3}' "$work/$t.txt" | sort -n | sed -n "$(( (rounds+1)/2 ))p")"
 done
 s=$(col sprout 1); d=$(col direct 1)
 awk -v s="$s" -v d="$d" 'BEGIN { printf "sprout / direct throughput: %.2f\n", s/d }'
+if [ -n "${base_pid:-}" ]; then
+  b=$(col baseline 1)
+  awk -v s="$s" -v b="$b" 'BEGIN { printf "sprout / baseline throughput: %.2f\n", s/b }'
+fi
 if [ "$have_nginx" = 1 ]; then
   n=$(col nginx 1)
   awk -v s="$s" -v n="$n" 'BEGIN { printf "sprout / nginx throughput:  %.2f (target: >= 1.00)\n", s/n }'
