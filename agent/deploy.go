@@ -177,7 +177,8 @@ func (a *Agent) Deploy(ctx context.Context, req DeployRequest, p Progress) (*sto
 	}
 	a.event(req.App, label, "deploy", "deploy of %s started (from %s)", label, req.Source)
 	tr := a.newTranscript(p, req.App, label)
-	d := &deployment{a: a, op: "deploy", app: &next, prev: app, v: v, p: tr, start: time.Now(), steps: v.Steps}
+	d := a.newDeployment("deploy", &next, app, v, tr)
+	d.steps = v.Steps
 
 	defer d.cleanup()
 	archive := req.BundlePath
@@ -234,19 +235,34 @@ type deployment struct {
 	steps    map[string]int64 // how long each step took, in milliseconds
 	step     string
 	stepAt   time.Time
-	builtTag string             // image tag made by this deploy, removed on failure
-	lastPass time.Time          // when the last passing health check ended
-	newPort  bool               // the public port was opened by this deploy
-	created  *runtime.Container // container started by this deploy
-	swapped  bool
+	builtTag string    // image tag made by this deploy, removed on failure
+	lastPass time.Time // when the last passing health check ended
+	// j records how to undo each step; fail replays it.
+	j *journal
 	// direct and prevDirect: the new and the serving version bypass the
-	// proxy (ProxyServer none); stoppedPrev and closedPort record what
-	// stopPrev did, for fail to undo.
-	direct, prevDirect      bool
-	stoppedPrev, closedPort bool
-	spec                    *platform.Spec // what the bundle says, on a deploy
-	workDir                 string         // the unpacked bundle, removed by cleanup
-	root                    string         // the bundle's root: in workDir, or kept
+	// proxy (ProxyServer none).
+	direct, prevDirect bool
+	spec    *platform.Spec // what the bundle says, on a deploy
+	workDir string         // the unpacked bundle, removed by cleanup
+	root    string         // the bundle's root: in workDir, or kept
+	// stoppedPrev is set once the serving container was stopped
+	// (ProxyServer none), so that it is stopped once.
+	stoppedPrev bool
+}
+
+// newDeployment starts a rollout of v on app (prev is the app as it is),
+// with its journal.
+func (a *Agent) newDeployment(op string, app, prev *store.App, v *store.Version, p Progress) *deployment {
+	return &deployment{a: a, op: op, app: app, prev: prev, v: v, p: p, start: time.Now(), j: a.newJournal(app.Name, op, v.Label)}
+}
+
+// listen opens the app's public port for this rollout; undoing it closes
+// the port again.
+func (d *deployment) listen() error {
+	if err := d.a.router.Listen(d.app.Name, d.app.Port); err != nil {
+		return err
+	}
+	return d.j.record(store.Undo{Kind: store.UndoClose, Port: d.app.Port, Label: d.v.Label})
 }
 
 // cleanup removes the unpacked bundle unless it is kept with the version.
@@ -352,10 +368,9 @@ func (d *deployment) unpack(ctx context.Context, archive string) error {
 	d.modes()
 	if !d.direct && (d.app.Port != d.prev.Port || d.prev.Serving == "") {
 		d.begin(StepListen)
-		if err := a.router.Listen(d.app.Name, d.app.Port); err != nil {
+		if err := d.listen(); err != nil {
 			return err
 		}
-		d.newPort = true
 	}
 	return nil
 }
@@ -372,18 +387,23 @@ func (d *deployment) modes() {
 	}
 }
 
-// stopPrev stops the serving container (keeping it, so that a failure can
-// start it again) and closes the proxy's port when it uses the one the new
-// container takes. Requests fail from here until the new one serves: this
-// is the downtime ProxyServer none brings.
+// stopPrev stops the serving container (keeping it, so that undoing the
+// rollout starts it again) and closes the proxy's port when it uses the
+// one the new container takes. Requests fail from here until the new one
+// serves: this is the downtime ProxyServer none brings.
 func (d *deployment) stopPrev(ctx context.Context) error {
 	a := d.a
 	if d.prev.ContainerID == "" || d.stoppedPrev {
 		return nil
 	}
 	if !d.prevDirect && d.prev.Port == d.app.Port {
+		if err := d.j.record(store.Undo{Kind: store.UndoListen, Port: d.prev.Port, Label: d.prev.Serving}); err != nil {
+			return err
+		}
 		a.router.Close(d.prev.Port, a.cfg.DrainTimeout)
-		d.closedPort = true
+	}
+	if err := d.j.record(store.Undo{Kind: store.UndoRestart, Container: d.prev.ContainerID, Routed: !d.prevDirect, Label: d.prev.Serving}); err != nil {
+		return err
 	}
 	d.stoppedPrev = true
 	if err := a.rt.Stop(ctx, d.prev.ContainerID, a.cfg.StopGrace); err != nil {
@@ -391,26 +411,6 @@ func (d *deployment) stopPrev(ctx context.Context) error {
 	}
 	d.linef("stopped %s's container: port %d is down until %s serves (ProxyServer none)", d.prev.Serving, d.app.Port, d.v.Label)
 	return nil
-}
-
-// restartPrev starts the container stopped by stopPrev again and routes
-// it, after a failed deploy.
-func (d *deployment) restartPrev(ctx context.Context) {
-	a := d.a
-	if err := a.rt.Restart(ctx, d.prev.ContainerID, a.cfg.StopGrace); err != nil {
-		a.event(d.app.Name, d.prev.Serving, "deploy-failed", "could not start %s again: %v", d.prev.Serving, err)
-		return
-	}
-	if !d.prevDirect {
-		c, err := a.rt.Container(ctx, d.prev.ContainerID)
-		if err == nil {
-			if d.closedPort {
-				a.router.Listen(d.app.Name, d.prev.Port)
-			}
-			a.router.Swap(d.app.Name, []string{c.Addr})
-		}
-	}
-	a.event(d.app.Name, d.prev.Serving, "deploy-failed", "started %s again after the failed deploy", d.prev.Serving)
 }
 
 // needsBundle tells whether a version needs its unpacked bundle after
@@ -545,8 +545,12 @@ func (d *deployment) rollout(ctx context.Context) error {
 		}
 		publicPort = d.app.Port
 	}
+	name := fmt.Sprintf("sprout-%s-%s-%s", d.app.Name, d.v.Label, randomID(3))
+	if err := d.j.record(store.Undo{Kind: store.UndoRemove, Container: name, Label: d.v.Label}); err != nil {
+		return err
+	}
 	c, err := a.rt.Run(ctx, runtime.ContainerSpec{
-		Name:          fmt.Sprintf("sprout-%s-%s-%s", d.app.Name, d.v.Label, randomID(3)),
+		Name:          name,
 		Image:         d.v.Image,
 		Env:           containerEnv(env, d.app.Name, d.v.Label, d.v.ContainerPort),
 		Entrypoint:    d.v.Run.Entrypoint,
@@ -563,7 +567,6 @@ func (d *deployment) rollout(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.created = c
 	d.linef("started container %s (%s), app at %s, published on 127.0.0.1:%d", c.Name, shortID(c.ID), c.Addr, c.HostPort)
 
 	d.begin(StepHealth)
@@ -580,17 +583,20 @@ func (d *deployment) rollout(ctx context.Context) error {
 		if err := d.stopPrev(ctx); err != nil {
 			return err
 		}
-		if err := a.router.Listen(d.app.Name, d.app.Port); err != nil {
+		if err := d.listen(); err != nil {
 			return err
 		}
-		d.newPort = true
 	}
 	swapAt := time.Now()
 	retired := &proxy.Retired{}
 	if !d.direct {
+		old := a.router.Targets(d.app.Name)
 		retired = a.router.Swap(d.app.Name, []string{c.Addr})
+		// In memory only, like the route itself: written after.
+		if err := d.j.record(store.Undo{Kind: store.UndoRoute, Addrs: old, Label: d.prev.Serving}); err != nil {
+			return err
+		}
 	}
-	d.swapped = true
 	ctx = context.WithoutCancel(ctx)
 	d.begin(StepSwap)
 	d.stepAt = swapAt
@@ -602,25 +608,20 @@ func (d *deployment) rollout(ctx context.Context) error {
 
 	d.begin(StepDrain)
 	st := retired.Drain(ctx, a.cfg.DrainTimeout, a.cfg.StreamGrace)
-	old := retired.Addrs()
-	if len(old) > 0 {
+	if old := retired.Addrs(); len(old) > 0 {
 		d.linef("drained %s in %s (%d requests cut at the deadline)", strings.Join(old, ", "), st.Waited.Round(time.Millisecond), st.Cut)
 	}
 	if d.op != "recover" {
+		// A failing postdeploy hook undoes the rollout: the old
+		// container still runs (or starts again) and gets its traffic
+		// back.
 		if err := d.runHooks(ctx, platform.StagePostdeploy, config, env); err != nil {
-			d.swapped = false
-			if d.stoppedPrev {
-				return err // fail starts the old container again
-			}
-			// The old container still runs: give it its traffic back.
-			back := a.router.Swap(d.app.Name, old)
-			if len(old) > 0 {
-				d.linef("traffic went back to %s; draining %s", d.prev.Serving, d.v.Label)
-			}
-			back.Drain(ctx, a.cfg.DrainTimeout, a.cfg.StreamGrace)
 			return err
 		}
 	}
+	// From here on the new version stands: what follows retires the old
+	// one and records, and a failure there is reported, not undone.
+	d.j.commit()
 
 	d.begin(StepRetire)
 	if d.prev.Serving != "" && d.prev.Port != d.app.Port && !d.prevDirect {
@@ -755,27 +756,15 @@ func (d *deployment) fail(err error) error {
 	step := d.step
 	d.end()
 	a.metrics.DeployDone(d.app.Name, d.op, "failed")
-	if d.swapped {
-		// Past the swap the new version serves; a failure to record is
+	if d.j.committed {
+		// Past the commit the new version serves; a failure to record is
 		// reported but nothing is rolled back.
 		a.log.Error("deploy finished with an error after the swap", "app", d.app.Name, "error", err)
 		return &StepError{Step: step, Err: err}
 	}
-	if d.created != nil {
-		a.archiveLogs(ctx, d.app.Name, d.v.Label, d.created.ID)
-		if rerr := a.rt.Remove(ctx, d.created.ID); rerr != nil {
-			a.log.Warn("remove failed container", "id", d.created.ID, "error", rerr)
-		}
-	}
+	d.j.undo(ctx, d.p)
 	if d.builtTag != "" {
 		a.rt.RemoveImage(ctx, d.builtTag)
-	}
-	if d.newPort {
-		// Opened for this deploy only: a serving app keeps its old port.
-		a.router.Close(d.app.Port, time.Second)
-	}
-	if d.stoppedPrev {
-		d.restartPrev(ctx)
 	}
 	if errors.Is(err, context.Canceled) {
 		err = errors.New("the deploy was cancelled (the client went away)")

@@ -46,7 +46,7 @@ func (a *Agent) rollback(ctx context.Context, app, to string, env map[string]str
 	if env != nil {
 		next.Env = env
 	}
-	d := &deployment{a: a, op: "rollback", app: &next, prev: cur, v: target, p: p, start: time.Now()}
+	d := a.newDeployment("rollback", &next, cur, target, p)
 	if err := d.rollout(ctx); err != nil {
 		return target, d.failRollout(err)
 	}
@@ -151,7 +151,7 @@ func (a *Agent) reconfigure(ctx context.Context, name string, noWait bool, p Pro
 		return err
 	}
 	a.event(name, v.Label, "config", "%s: rolling out", what)
-	d := &deployment{a: a, op: "setenv", app: &next, prev: cur, v: v, p: p, start: time.Now()}
+	d := a.newDeployment("setenv", &next, cur, v, p)
 	if err := d.rollout(ctx); err != nil {
 		return d.failRollout(err)
 	}

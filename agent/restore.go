@@ -4,18 +4,22 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"time"
 
 	"github.com/sprout-paas/sprout/runtime"
 	"github.com/sprout-paas/sprout/store"
 )
 
 // Start rebuilds the agent's view of the host from its store and the
-// containers labelled as its own: serving containers are routed again
-// (restarted or recreated from their image when they are gone), containers
-// of interrupted deploys are removed, and versions left pending are
-// recorded as failed. It returns once every serving app has a route.
+// containers labelled as its own. It first undoes the rollouts that a
+// stop of the agent interrupted, from their journals; then serving
+// containers are routed again (restarted or recreated from their image
+// when they are gone), containers of interrupted deploys are removed, and
+// versions left pending are recorded as failed. It returns once every
+// serving app has a route.
 func (a *Agent) Start(ctx context.Context) error {
+	if err := a.undoInterrupted(ctx); err != nil {
+		return fmt.Errorf("read the journals of interrupted rollouts: %w", err)
+	}
 	owned, err := a.rt.List(ctx, map[string]string{runtime.LabelAgent: a.id})
 	if err != nil {
 		return fmt.Errorf("list this agent's containers: %w", err)
@@ -122,7 +126,7 @@ func (a *Agent) recover(ctx context.Context, name string) {
 	}
 	a.event(name, v.Label, "restore", "serving container %s is not running; starting %s again from its image", shortID(app.ContainerID), v.Label)
 	next := *app
-	d := &deployment{a: a, op: "recover", app: &next, prev: app, v: v, p: p, start: time.Now()}
+	d := a.newDeployment("recover", &next, app, v, p)
 	if err := d.rollout(ctx); err != nil {
 		d.failRollout(err)
 		return

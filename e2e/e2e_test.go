@@ -329,6 +329,57 @@ func TestSIGKILLMidDeploy(t *testing.T) {
 	}
 }
 
+// TestSIGKILLMidDirectDeploy kills the agent while a ProxyServer none
+// version waits for its health check, after the serving container was
+// stopped to free the port. On start the agent replays the rollout's
+// journal: the new container goes, and the very container that served
+// before runs and serves again (not a new one made from its image).
+func TestSIGKILLMidDirectDeploy(t *testing.T) {
+	a := startAgent(t)
+	port := testenv.FreePort(t)
+	app := testenv.Name("killnone")
+	direct := func(extra ...string) string {
+		dir := testenv.Bundle(t, "", extra...)
+		if err := os.MkdirAll(filepath.Join(dir, ".ebextensions"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		body := "option_settings:\n  aws:elasticbeanstalk:environment:proxy:\n    ProxyServer: none\n"
+		if err := os.WriteFile(filepath.Join(dir, ".ebextensions", "proxy.config"), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	a.mustSprout("deploy", direct(), "--app", app, "--label", "v1", "--port", fmt.Sprint(port))
+	before := testenv.Containers(t, a.id)
+	if len(before) != 1 {
+		t.Fatalf("%d containers after v1, want 1", len(before))
+	}
+
+	cmd := exec.Command(a.bin, "deploy", direct("ENV APP_BOOT_DELAY=60s"), "--app", app, "--label", "v2")
+	cmd.Env = a.env
+	pr, pw := io.Pipe()
+	cmd.Stdout = pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, pr, "==> health")
+	go io.Copy(io.Discard, pr)
+	a.kill(syscall.SIGKILL)
+	cmd.Wait()
+	pw.Close()
+	a.start()
+
+	if body := get(t, port); body != "v1 " {
+		t.Errorf("after restart GET = %q, want v1", body)
+	}
+	if after := testenv.Containers(t, a.id); len(after) != 1 || after[0] != before[0] {
+		t.Errorf("containers after restart = %v, want v1's own %v", after, before)
+	}
+	if events := a.mustSprout("events", "--app", app); !strings.Contains(events, "undoing the deploy of v2") || !strings.Contains(events, "started v1 again") {
+		t.Errorf("events do not tell the undo:\n%s", events)
+	}
+}
+
 func waitFor(t *testing.T, r io.Reader, s string) {
 	t.Helper()
 	found := make(chan struct{})

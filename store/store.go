@@ -30,6 +30,7 @@ var (
 	bucketApps     = []byte("apps")
 	bucketVersions = []byte("versions")
 	bucketEvents   = []byte("events")
+	bucketJournals = []byte("journals")
 )
 
 // App is one application on this host and its settings.
@@ -113,6 +114,72 @@ type Version struct {
 	ImageVolumes []string `json:"image_volumes,omitempty"`
 }
 
+// Undo kinds: what a journal entry does to undo its step.
+const (
+	// UndoRemove removes a container the rollout started.
+	UndoRemove = "remove"
+	// UndoRoute routes the app back to Addrs (and drains what it left).
+	UndoRoute = "route"
+	// UndoRestart starts a container the rollout stopped again, and
+	// routes it when Routed (ProxyServer none stops the serving container
+	// before the new one takes its port).
+	UndoRestart = "restart"
+	// UndoClose closes a public port the rollout opened.
+	UndoClose = "close"
+	// UndoListen opens a public port the rollout closed again.
+	UndoListen = "listen"
+)
+
+// Undo is one journal entry: how to undo one step of a rollout.
+type Undo struct {
+	Kind      string   `json:"kind"`
+	Container string   `json:"container,omitempty"`
+	Addrs     []string `json:"addrs,omitempty"`
+	Port      int      `json:"port,omitempty"`
+	Routed    bool     `json:"routed,omitempty"`
+	// Label is the version the step concerned, for messages.
+	Label string `json:"label,omitempty"`
+}
+
+// Journal records how to undo an app's rollout while it runs: each entry
+// is written before its step runs, and the journal is deleted once the
+// rollout is committed. A failure, an abort and an agent restarted after
+// a crash all undo the rollout by replaying its entries, newest first.
+type Journal struct {
+	App     string    `json:"app"`
+	Op      string    `json:"op"`
+	Label   string    `json:"label"`
+	Started time.Time `json:"started"`
+	Entries []Undo    `json:"entries,omitempty"`
+}
+
+// PutJournal writes an app's rollout journal.
+func (s *Store) PutJournal(j *Journal) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return put(tx.Bucket(bucketJournals), j.App, j) })
+}
+
+// DeleteJournal removes an app's rollout journal.
+func (s *Store) DeleteJournal(app string) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketJournals).Delete([]byte(app)) })
+}
+
+// Journals returns the journals of rollouts that never finished.
+func (s *Store) Journals() ([]*Journal, error) {
+	var out []*Journal
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketJournals)
+		return b.ForEach(func(k, _ []byte) error {
+			j, err := get[Journal](b, string(k))
+			if err != nil {
+				return err
+			}
+			out = append(out, j)
+			return nil
+		})
+	})
+	return out, err
+}
+
 // Event is one line of an app's history.
 type Event struct {
 	Seq     uint64    `json:"seq"`
@@ -139,7 +206,7 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("open state file %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketApps, bucketVersions, bucketEvents} {
+		for _, b := range [][]byte{bucketMeta, bucketApps, bucketVersions, bucketEvents, bucketJournals} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

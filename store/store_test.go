@@ -79,3 +79,38 @@ func TestEventsAreBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestJournalsSurviveReopen: an interrupted rollout's journal is read
+// back by the next agent, entries in order, until it is deleted.
+func TestJournalsSurviveReopen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := &Journal{App: "web", Op: "deploy", Label: "v2", Started: time.Now()}
+	for _, u := range []Undo{{Kind: UndoClose, Port: 8080}, {Kind: UndoRestart, Container: "c1", Routed: true, Label: "v1"}, {Kind: UndoRemove, Container: "sprout-web-v2-abc", Label: "v2"}} {
+		j.Entries = append(j.Entries, u)
+		if err := s.PutJournal(j); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	if s, err = Open(path); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	js, err := s.Journals()
+	if err != nil || len(js) != 1 {
+		t.Fatalf("journals = %v, %v", js, err)
+	}
+	if got := js[0]; got.Op != "deploy" || len(got.Entries) != 3 || got.Entries[0].Kind != UndoClose || got.Entries[2].Container != "sprout-web-v2-abc" || !got.Entries[1].Routed {
+		t.Errorf("journal read back = %+v", got)
+	}
+	if err := s.DeleteJournal("web"); err != nil {
+		t.Fatal(err)
+	}
+	if js, _ := s.Journals(); len(js) != 0 {
+		t.Errorf("journals after delete = %v", js)
+	}
+}

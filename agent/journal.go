@@ -1,0 +1,116 @@
+package agent
+
+import (
+	"context"
+	"time"
+
+	"github.com/sprout-paas/sprout/store"
+)
+
+// journal is a running rollout's undo log. Each step writes how to undo
+// it before it runs (or, for what lives only in this process's memory,
+// such as a route or a listening port, right after), and the journal is
+// kept in the store, so that a failure, an abort and an agent restarted
+// after a crash all undo a rollout the same way: by replaying it, newest
+// entry first. Once the rollout is committed the journal is deleted and
+// nothing of it is undone.
+type journal struct {
+	a   *Agent
+	rec store.Journal
+	// committed is set once the new version serves for good.
+	committed bool
+}
+
+func (a *Agent) newJournal(app, op, label string) *journal {
+	return &journal{a: a, rec: store.Journal{App: app, Op: op, Label: label, Started: time.Now()}}
+}
+
+// record adds an entry and writes the journal.
+func (j *journal) record(u store.Undo) error {
+	j.rec.Entries = append(j.rec.Entries, u)
+	return j.a.store.PutJournal(&j.rec)
+}
+
+// commit ends the journal: from here on the rollout stands.
+func (j *journal) commit() {
+	j.committed = true
+	if err := j.a.store.DeleteJournal(j.rec.App); err != nil {
+		j.a.log.Error("delete rollout journal", "app", j.rec.App, "error", err)
+	}
+}
+
+// undo replays the journal, newest entry first, and deletes it.
+func (j *journal) undo(ctx context.Context, p Progress) {
+	j.a.replay(ctx, &j.rec, true, p)
+}
+
+// undoInterrupted replays the journals of rollouts that a stop of the
+// agent interrupted, before anything else is restored: the containers
+// they started are removed and those they stopped run again. Routes and
+// ports lived in the stopped process only; restore makes them anew.
+func (a *Agent) undoInterrupted(ctx context.Context) error {
+	recs, err := a.store.Journals()
+	if err != nil {
+		return err
+	}
+	for _, rec := range recs {
+		a.event(rec.App, rec.Label, "restore", "undoing the %s of %s that the agent's stop interrupted (%d steps)", rec.Op, rec.Label, len(rec.Entries))
+		a.replay(ctx, rec, false, &logProgress{log: a.log.With("app", rec.App, "op", "undo")})
+	}
+	return nil
+}
+
+// replay undoes a rollout from its journal, newest entry first, and
+// deletes the journal. Every entry is tried, whatever the others do.
+// Without live, the routes and ports are left alone: they belonged to a
+// process that is gone.
+func (a *Agent) replay(ctx context.Context, rec *store.Journal, live bool, p Progress) {
+	for i := len(rec.Entries) - 1; i >= 0; i-- {
+		u := rec.Entries[i]
+		if !live && u.Kind != store.UndoRemove && u.Kind != store.UndoRestart {
+			continue
+		}
+		if !live {
+			u.Routed = false
+		}
+		switch u.Kind {
+		case store.UndoRoute:
+			retired := a.router.Swap(rec.App, u.Addrs)
+			if len(u.Addrs) > 0 {
+				p.Line("traffic went back to " + u.Label)
+			}
+			retired.Drain(ctx, a.cfg.DrainTimeout, a.cfg.StreamGrace)
+		case store.UndoRemove:
+			a.archiveLogs(ctx, rec.App, u.Label, u.Container)
+			if err := a.rt.Remove(ctx, u.Container); err != nil {
+				a.log.Warn("remove the container of an undone rollout", "app", rec.App, "container", u.Container, "error", err)
+			}
+		case store.UndoRestart:
+			a.restartContainer(ctx, rec.App, u)
+		case store.UndoClose:
+			a.router.Close(u.Port, time.Second)
+		case store.UndoListen:
+			if err := a.router.Listen(rec.App, u.Port); err != nil {
+				a.event(rec.App, u.Label, "deploy-failed", "could not listen on port %d again: %v", u.Port, err)
+			}
+		}
+	}
+	if err := a.store.DeleteJournal(rec.App); err != nil {
+		a.log.Error("delete rollout journal", "app", rec.App, "error", err)
+	}
+}
+
+// restartContainer starts a container that a rollout stopped again, and
+// routes to it when it was routed.
+func (a *Agent) restartContainer(ctx context.Context, app string, u store.Undo) {
+	if err := a.rt.Restart(ctx, u.Container, a.cfg.StopGrace); err != nil {
+		a.event(app, u.Label, "deploy-failed", "could not start %s again: %v", u.Label, err)
+		return
+	}
+	if u.Routed {
+		if c, err := a.rt.Container(ctx, u.Container); err == nil {
+			a.router.Swap(app, []string{c.Addr})
+		}
+	}
+	a.event(app, u.Label, "deploy-failed", "started %s again after the failed deploy", u.Label)
+}
