@@ -242,9 +242,9 @@ type deployment struct {
 	// direct and prevDirect: the new and the serving version bypass the
 	// proxy (ProxyServer none).
 	direct, prevDirect bool
-	spec    *platform.Spec // what the bundle says, on a deploy
-	workDir string         // the unpacked bundle, removed by cleanup
-	root    string         // the bundle's root: in workDir, or kept
+	spec               *platform.Spec // what the bundle says, on a deploy
+	workDir            string         // the unpacked bundle, removed by cleanup
+	root               string         // the bundle's root: in workDir, or kept
 	// stoppedPrev is set once the serving container was stopped
 	// (ProxyServer none), so that it is stopped once.
 	stoppedPrev bool

@@ -287,24 +287,12 @@ func TestSIGKILLMidDeploy(t *testing.T) {
 	app := testenv.Name("kill")
 	a.mustSprout("deploy", testenv.Bundle(t, ""), "--app", app, "--label", "v1", "--port", fmt.Sprint(port))
 
-	slow := testenv.Bundle(t, "", "ENV APP_BOOT_DELAY=60s")
-	cmd := exec.Command(a.bin, "deploy", slow, "--app", app, "--label", "v2")
-	cmd.Env = a.env
-	pr, pw := io.Pipe()
-	cmd.Stdout = pw
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, pr, "==> health")
-	go io.Copy(io.Discard, pr)
-	if n := len(testenv.Containers(t, a.id)); n != 2 {
-		t.Fatalf("%d containers during the deploy, want 2", n)
-	}
-
-	a.kill(syscall.SIGKILL)
-	cmd.Wait()
-	pw.Close()
-	if cmd.ProcessState.ExitCode() == 0 {
+	cli := a.killDuringHealth(func() {
+		if n := len(testenv.Containers(t, a.id)); n != 2 {
+			t.Fatalf("%d containers during the deploy, want 2", n)
+		}
+	}, testenv.Bundle(t, "", "ENV APP_BOOT_DELAY=60s"), "--app", app, "--label", "v2")
+	if cli.ExitCode() == 0 {
 		t.Error("the CLI exited 0 although the agent died mid-deploy")
 	}
 	a.start()
@@ -355,18 +343,7 @@ func TestSIGKILLMidDirectDeploy(t *testing.T) {
 		t.Fatalf("%d containers after v1, want 1", len(before))
 	}
 
-	cmd := exec.Command(a.bin, "deploy", direct("ENV APP_BOOT_DELAY=60s"), "--app", app, "--label", "v2")
-	cmd.Env = a.env
-	pr, pw := io.Pipe()
-	cmd.Stdout = pw
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, pr, "==> health")
-	go io.Copy(io.Discard, pr)
-	a.kill(syscall.SIGKILL)
-	cmd.Wait()
-	pw.Close()
+	a.killDuringHealth(nil, direct("ENV APP_BOOT_DELAY=60s"), "--app", app, "--label", "v2")
 	a.start()
 
 	if body := get(t, port); body != "v1 " {
@@ -378,6 +355,30 @@ func TestSIGKILLMidDirectDeploy(t *testing.T) {
 	if events := a.mustSprout("events", "--app", app); !strings.Contains(events, "undoing the deploy of v2") || !strings.Contains(events, "started v1 again") {
 		t.Errorf("events do not tell the undo:\n%s", events)
 	}
+}
+
+// killDuringHealth deploys dir with args and, once the deploy waits for
+// the new version's health check, runs during (when not nil) and kills the
+// agent with SIGKILL. It returns how the CLI exited.
+func (a *agentProc) killDuringHealth(during func(), dir string, args ...string) *os.ProcessState {
+	t := a.t
+	t.Helper()
+	cmd := exec.Command(a.bin, append([]string{"deploy", dir}, args...)...)
+	cmd.Env = a.env
+	pr, pw := io.Pipe()
+	cmd.Stdout = pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, pr, "==> health")
+	go io.Copy(io.Discard, pr)
+	if during != nil {
+		during()
+	}
+	a.kill(syscall.SIGKILL)
+	cmd.Wait()
+	pw.Close()
+	return cmd.ProcessState
 }
 
 func waitFor(t *testing.T, r io.Reader, s string) {
