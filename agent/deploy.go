@@ -17,6 +17,7 @@ import (
 	"github.com/sprout-paas/sprout/health"
 	"github.com/sprout-paas/sprout/platform"
 	"github.com/sprout-paas/sprout/proxy"
+	"github.com/sprout-paas/sprout/rollout"
 	"github.com/sprout-paas/sprout/runtime"
 	"github.com/sprout-paas/sprout/source"
 	"github.com/sprout-paas/sprout/store"
@@ -47,6 +48,12 @@ type Settings struct {
 	HealthyThreshold *int
 	HealthGrace      *time.Duration
 	HealthDeadline   *time.Duration
+	// Instances is how many instances the app runs; the others are its
+	// deployment policy (see rollout.Settings).
+	Instances     *int
+	Policy        *string
+	BatchSizeType *string
+	BatchSize     *int
 }
 
 // apply returns app with the settings changed, validated.
@@ -71,6 +78,28 @@ func (s Settings) apply(app store.App) (store.App, error) {
 	set(&app.Health.HealthyThreshold, s.HealthyThreshold)
 	setD(&app.Health.Grace, s.HealthGrace)
 	setD(&app.Health.Deadline, s.HealthDeadline)
+	set(&app.Capacity, s.Instances)
+	set(&app.Rollout.BatchSize, s.BatchSize)
+	if s.Policy != nil {
+		p, err := rollout.ParsePolicy(*s.Policy)
+		if err != nil {
+			return app, fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		app.Rollout.Policy = string(p)
+	}
+	if s.BatchSizeType != nil {
+		t, err := rollout.ParseBatchSizeType(*s.BatchSizeType)
+		if err != nil {
+			return app, fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		app.Rollout.BatchSizeType = string(t)
+	}
+	if n := app.InstanceCount(); n > rollout.MaxInstances {
+		return app, fmt.Errorf("%w: %d instances is more than the %d one host runs", ErrInvalid, n, rollout.MaxInstances)
+	}
+	if app.Capacity < 0 || app.Rollout.BatchSize < 0 {
+		return app, fmt.Errorf("%w: instances and batch size must be positive", ErrInvalid)
+	}
 	if app.Port < 1 || app.Port > 65535 {
 		return app, fmt.Errorf("%w: port %d must be between 1 and 65535", ErrInvalid, app.Port)
 	}
@@ -513,11 +542,13 @@ func (d *deployment) build(ctx context.Context) error {
 	return a.store.PutVersion(d.v)
 }
 
-// rollout starts d.v's image with the app's environment, waits until it
-// is healthy, swaps it in, drains and retires the version that was
-// serving, and records it. The version's hooks run at the same points as
-// on Elastic Beanstalk: predeploy before the container starts, postdeploy
-// once it serves; a failing postdeploy hook moves traffic back.
+// rollout replaces the app's instances with instances of d.v, healthy
+// before they take traffic, and records the result. The version's hooks
+// run at the same points as on Elastic Beanstalk: predeploy before the
+// first container starts, postdeploy once the new instances serve; a
+// failing postdeploy hook undoes the rollout. Apps behind the proxy follow
+// their deployment policy's plan (runPlan); ProxyServer none serves one
+// container on the app's own port (rolloutDirect).
 func (d *deployment) rollout(ctx context.Context) error {
 	a := d.a
 	env := platform.Effective(d.v.Options.Env, d.app.Env)
@@ -533,6 +564,72 @@ func (d *deployment) rollout(ctx context.Context) error {
 			return err
 		}
 	}
+	var err error
+	if d.direct || d.prevDirect {
+		if d.app.InstanceCount() > 1 {
+			return fmt.Errorf("%w: ProxyServer none publishes one container on port %d, so the app can run only 1 instance (it has %d): use the proxy, or `sprout scale --app %s 1`", ErrInvalid, d.app.Port, d.app.InstanceCount(), d.app.Name)
+		}
+		err = d.rolloutDirect(ctx, env, config)
+	} else {
+		err = d.runPlan(ctx, env, config)
+	}
+	if err != nil {
+		return err
+	}
+	ctx = context.WithoutCancel(ctx)
+	if d.prev.Serving != "" && d.prev.Port != d.app.Port && !d.prevDirect {
+		a.router.Close(d.prev.Port, a.cfg.DrainTimeout)
+		d.linef("closed the old public port %d", d.prev.Port)
+	}
+
+	d.begin(StepRecord)
+	d.end()
+	now := time.Now()
+	if d.prev.Serving != "" && d.prev.Serving != d.v.Label {
+		if old, err := a.store.Version(d.app.Name, d.prev.Serving); err == nil {
+			old.Status = store.StatusRetired
+			a.store.PutVersion(old)
+		}
+	}
+	d.v.Status, d.v.DeployedAt, d.v.FailedStep, d.v.Error = store.StatusServing, now, "", ""
+	if err := a.store.PutVersion(d.v); err != nil {
+		return err
+	}
+	d.app.Serving, d.app.ServingAt = d.v.Label, now
+	if err := a.store.PutApp(d.app); err != nil {
+		return err
+	}
+	a.metrics.DeployDone(d.app.Name, d.op, "success")
+	a.metrics.Serving(d.app.Name, d.v.Label)
+	a.pruneImages(ctx, d.app.Name, d.p)
+	return nil
+}
+
+// containerSpec says how to run one container of d.v.
+func (d *deployment) containerSpec(name string, env map[string]string, mounts []runtime.Mount, publicPort int) runtime.ContainerSpec {
+	a := d.a
+	return runtime.ContainerSpec{
+		Name:          name,
+		Image:         d.v.Image,
+		Env:           containerEnv(env, d.app.Name, d.v.Label, d.v.ContainerPort),
+		Entrypoint:    d.v.Run.Entrypoint,
+		Cmd:           d.v.Run.Command,
+		Mounts:        mounts,
+		PublicPort:    publicPort,
+		PublicIP:      a.cfg.BindAddress,
+		ContainerPort: d.v.ContainerPort,
+		Labels:        map[string]string{runtime.LabelAgent: a.id, runtime.LabelApp: d.app.Name, runtime.LabelLabel: d.v.Label},
+		StopGrace:     a.cfg.StopGrace,
+		LogMaxSize:    a.cfg.LogMaxSize,
+		LogMaxFiles:   a.cfg.LogMaxFiles,
+	}
+}
+
+// rolloutDirect replaces the one container of an app whose new or serving
+// version bypasses the proxy (ProxyServer none): the serving container
+// stops first when the new one needs its port.
+func (d *deployment) rolloutDirect(ctx context.Context, env map[string]string, config bool) error {
+	a := d.a
 	d.begin(StepStart)
 	mounts, err := a.mounts(ctx, d.app, d.v)
 	if err != nil {
@@ -549,28 +646,14 @@ func (d *deployment) rollout(ctx context.Context) error {
 	if err := d.j.record(store.Undo{Kind: store.UndoRemove, Container: name, Label: d.v.Label}); err != nil {
 		return err
 	}
-	c, err := a.rt.Run(ctx, runtime.ContainerSpec{
-		Name:          name,
-		Image:         d.v.Image,
-		Env:           containerEnv(env, d.app.Name, d.v.Label, d.v.ContainerPort),
-		Entrypoint:    d.v.Run.Entrypoint,
-		Cmd:           d.v.Run.Command,
-		Mounts:        mounts,
-		PublicPort:    publicPort,
-		PublicIP:      a.cfg.BindAddress,
-		ContainerPort: d.v.ContainerPort,
-		Labels:        map[string]string{runtime.LabelAgent: a.id, runtime.LabelApp: d.app.Name, runtime.LabelLabel: d.v.Label},
-		StopGrace:     a.cfg.StopGrace,
-		LogMaxSize:    a.cfg.LogMaxSize,
-		LogMaxFiles:   a.cfg.LogMaxFiles,
-	})
+	c, err := a.rt.Run(ctx, d.containerSpec(name, env, mounts, publicPort))
 	if err != nil {
 		return err
 	}
 	d.linef("started container %s (%s), app at %s, published on 127.0.0.1:%d", c.Name, shortID(c.ID), c.Addr, c.HostPort)
 
 	d.begin(StepHealth)
-	if err := d.waitHealthy(ctx, c); err != nil {
+	if d.lastPass, err = d.waitHealthy(ctx, c, "", d.p.Line); err != nil {
 		return err
 	}
 
@@ -624,10 +707,6 @@ func (d *deployment) rollout(ctx context.Context) error {
 	d.j.commit()
 
 	d.begin(StepRetire)
-	if d.prev.Serving != "" && d.prev.Port != d.app.Port && !d.prevDirect {
-		a.router.Close(d.prev.Port, a.cfg.DrainTimeout)
-		d.linef("closed the old public port %d", d.prev.Port)
-	}
 	if d.direct && !d.prevDirect && d.prev.Serving != "" && d.prev.Port == d.app.Port {
 		d.linef("the proxy no longer serves port %d", d.app.Port)
 	}
@@ -646,27 +725,8 @@ func (d *deployment) rollout(ctx context.Context) error {
 		}
 		d.linef("stopped and removed the container of %s", d.prev.Serving)
 	}
-
-	d.begin(StepRecord)
-	d.end()
-	now := time.Now()
-	if d.prev.Serving != "" && d.prev.Serving != d.v.Label {
-		if old, err := a.store.Version(d.app.Name, d.prev.Serving); err == nil {
-			old.Status = store.StatusRetired
-			a.store.PutVersion(old)
-		}
-	}
-	d.v.Status, d.v.DeployedAt, d.v.FailedStep, d.v.Error = store.StatusServing, now, "", ""
-	if err := a.store.PutVersion(d.v); err != nil {
-		return err
-	}
-	d.app.Serving, d.app.ContainerID, d.app.ServingAt = d.v.Label, c.ID, now
-	if err := a.store.PutApp(d.app); err != nil {
-		return err
-	}
-	a.metrics.DeployDone(d.app.Name, d.op, "success")
-	a.metrics.Serving(d.app.Name, d.v.Label)
-	a.pruneImages(ctx, d.app.Name, d.p)
+	d.app.ContainerID = c.ID
+	d.app.Instances = []store.Instance{{ContainerID: c.ID, Name: name, Label: d.v.Label, StartedAt: time.Now()}}
 	return nil
 }
 
@@ -684,12 +744,15 @@ func containerEnv(env map[string]string, app, label string, port int) []string {
 	return append(out, "SPROUT_APP="+app, "SPROUT_VERSION="+label)
 }
 
-// waitHealthy waits for c to pass its health check, streaming each result.
-func (d *deployment) waitHealthy(ctx context.Context, c *runtime.Container) error {
+// waitHealthy waits for c to pass its health check, streaming each result
+// to line (prefixed with who) and returning when the last passing check
+// ended.
+func (d *deployment) waitHealthy(ctx context.Context, c *runtime.Container, who string, line func(string)) (lastPass time.Time, err error) {
 	a := d.a
 	s := a.healthFor(d.app, d.v)
 	probe, what := a.probeFor(s, d.v.HasHealthcheck, c.ID, c.Addr, d.v.ContainerPort)
-	d.linef("waiting until %s %d times in a row (every %s, deadline %s)", what, s.HealthyThreshold, s.Interval, s.Deadline)
+	say := func(format string, args ...any) { line(who + fmt.Sprintf(format, args...)) }
+	say("waiting until %s %d times in a row (every %s, deadline %s)", what, s.HealthyThreshold, s.Interval, s.Deadline)
 	started := time.Now()
 	n := 0
 	alive := func(ctx context.Context) error {
@@ -707,25 +770,24 @@ func (d *deployment) waitHealthy(ctx context.Context, c *runtime.Container) erro
 		}
 		return nil
 	}
-	err := health.Wait(ctx, probe, s, alive, func(r health.Result) {
+	err = health.Wait(ctx, probe, s, alive, func(r health.Result) {
 		n++
 		elapsed := time.Since(started).Round(100 * time.Millisecond)
 		if r.OK() {
-			d.lastPass = r.At.Add(r.Took)
-			d.linef("check %d passed (%s) after %s", n, r.Took.Round(time.Millisecond), elapsed)
+			lastPass = r.At.Add(r.Took)
+			say("check %d passed (%s) after %s", n, r.Took.Round(time.Millisecond), elapsed)
 		} else {
-			d.linef("check %d failed after %s: %s", n, elapsed, r.Err)
+			say("check %d failed after %s: %s", n, elapsed, r.Err)
 		}
 	})
 	if err == nil {
-		return nil
+		return lastPass, nil
 	}
 	var we *health.WaitError
 	if errors.As(err, &we) && we.Deadline && d.v.Options.Deploy.IgnoreHealthCheck {
 		if aerr := alive(ctx); aerr == nil {
-			d.linef("warning: %s; swapping %s in anyway because IgnoreHealthCheck is true (.ebextensions)", we.Reason, d.v.Label)
-			d.lastPass = time.Now()
-			return nil
+			say("warning: %s; swapping %s in anyway because IgnoreHealthCheck is true (.ebextensions)", we.Reason, d.v.Label)
+			return time.Now(), nil
 		}
 	}
 	if errors.As(err, &we) {
@@ -743,9 +805,9 @@ func (d *deployment) waitHealthy(ctx context.Context, c *runtime.Container) erro
 				b.WriteString("  " + l + "\n")
 			}
 		}
-		return errors.New(strings.TrimRight(b.String(), "\n"))
+		return lastPass, errors.New(strings.TrimRight(b.String(), "\n"))
 	}
-	return err
+	return lastPass, err
 }
 
 // fail undoes what this deploy created and records why it failed. The

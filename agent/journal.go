@@ -2,8 +2,10 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"time"
 
+	"github.com/sprout-paas/sprout/health"
 	"github.com/sprout-paas/sprout/store"
 )
 
@@ -75,9 +77,13 @@ func (a *Agent) replay(ctx context.Context, rec *store.Journal, live bool, p Pro
 		}
 		switch u.Kind {
 		case store.UndoRoute:
-			retired := a.router.Swap(rec.App, u.Addrs)
-			if len(u.Addrs) > 0 {
-				p.Line("traffic went back to " + u.Label)
+			addrs := u.Addrs
+			if len(u.Containers) > 0 {
+				addrs = a.addrsOf(ctx, u.Containers)
+			}
+			retired := a.router.Swap(rec.App, addrs)
+			if len(addrs) > 0 {
+				p.Line(fmt.Sprintf("traffic went back to %d instance(s) of %s", len(addrs), u.Label))
 			}
 			retired.Drain(ctx, a.cfg.DrainTimeout, a.cfg.StreamGrace)
 		case store.UndoRemove:
@@ -100,12 +106,28 @@ func (a *Agent) replay(ctx context.Context, rec *store.Journal, live bool, p Pro
 	}
 }
 
-// restartContainer starts a container that a rollout stopped again, and
-// routes to it when it was routed.
+// addrsOf looks up the addresses of the containers that run.
+func (a *Agent) addrsOf(ctx context.Context, ids []string) []string {
+	var out []string
+	for _, id := range ids {
+		if c, err := a.rt.Container(ctx, id); err == nil && c.Running && c.Addr != "" {
+			out = append(out, c.Addr)
+		}
+	}
+	return out
+}
+
+// restartContainer starts a container that a rollout stopped again, waits
+// until it passes its health check (so that the route an older entry puts
+// back sends it nothing it cannot answer), and routes to it when it was
+// routed alone.
 func (a *Agent) restartContainer(ctx context.Context, app string, u store.Undo) {
 	if err := a.rt.Restart(ctx, u.Container, a.cfg.StopGrace); err != nil {
 		a.event(app, u.Label, "deploy-failed", "could not start %s again: %v", u.Label, err)
 		return
+	}
+	if err := a.waitRestarted(ctx, app, u); err != nil {
+		a.event(app, u.Label, "deploy-failed", "%s was started again but is not healthy yet: %v", u.Label, err)
 	}
 	if u.Routed {
 		if c, err := a.rt.Container(ctx, u.Container); err == nil {
@@ -113,4 +135,24 @@ func (a *Agent) restartContainer(ctx context.Context, app string, u store.Undo) 
 		}
 	}
 	a.event(app, u.Label, "deploy-failed", "started %s again after the failed deploy", u.Label)
+}
+
+// waitRestarted waits until a restarted container of version u.Label
+// passes the app's health check.
+func (a *Agent) waitRestarted(ctx context.Context, app string, u store.Undo) error {
+	st, err := a.store.App(app)
+	if err != nil {
+		return err
+	}
+	v, err := a.store.Version(app, u.Label)
+	if err != nil {
+		return err
+	}
+	c, err := a.rt.Container(ctx, u.Container)
+	if err != nil {
+		return err
+	}
+	s := a.healthFor(st, v)
+	probe, _ := a.probeFor(s, v.HasHealthcheck, c.ID, c.Addr, v.ContainerPort)
+	return health.Wait(ctx, probe, s, nil, nil)
 }

@@ -219,6 +219,33 @@ func (a *Agent) ContainerStatus(ctx context.Context, app *store.App) ContainerSt
 	return cs
 }
 
+// InstanceStatus is one instance of an app as `sprout status` shows it.
+type InstanceStatus struct {
+	Name        string    `json:"name"`
+	Label       string    `json:"label"`
+	ContainerID string    `json:"container_id"`
+	Addr        string    `json:"addr,omitempty"`
+	State       string    `json:"state"`
+	Routed      bool      `json:"routed"`
+	Since       time.Time `json:"since,omitzero"`
+}
+
+// Instances returns the state of each of app's instances.
+func (a *Agent) Instances(ctx context.Context, app *store.App) []InstanceStatus {
+	routed := a.router.Targets(app.Name)
+	ins := app.Instances
+	if len(ins) == 0 && app.ContainerID != "" {
+		ins = []store.Instance{{ContainerID: app.ContainerID, Label: app.Serving, StartedAt: app.ServingAt}}
+	}
+	out := make([]InstanceStatus, 0, len(ins))
+	for _, in := range ins {
+		cs := a.ContainerStatus(ctx, &store.App{ContainerID: in.ContainerID})
+		out = append(out, InstanceStatus{Name: in.Name, Label: in.Label, ContainerID: in.ContainerID, Addr: cs.Addr, State: cs.State,
+			Routed: cs.Addr != "" && slices.Contains(routed, cs.Addr), Since: in.StartedAt})
+	}
+	return out
+}
+
 // HealthSettings returns app's health settings: the app's own (set with
 // deploy flags), then the serving version's bundle settings, then the
 // agent's defaults.

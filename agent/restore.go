@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/sprout-paas/sprout/runtime"
 	"github.com/sprout-paas/sprout/store"
@@ -48,20 +49,27 @@ func (a *Agent) Start(ctx context.Context) error {
 				continue
 			}
 		}
-		c, ok := byID[app.ContainerID]
-		if ok && c.Running && c.Addr != "" {
-			serving[c.ID] = true
+		var addrs, names []string
+		for _, id := range app.ServingIDs() {
+			c, ok := byID[id]
+			if !ok {
+				continue
+			}
+			serving[c.ID] = true // a stopped one is replaced by the recovery, which removes it
+			if c.Running && c.Addr != "" {
+				addrs, names = append(addrs, c.Addr), append(names, shortID(c.ID)+" at "+c.Addr)
+			}
+		}
+		if len(addrs) > 0 {
 			if !direct {
-				a.router.Swap(app.Name, []string{c.Addr})
+				a.router.Swap(app.Name, addrs)
 			}
 			a.metrics.Serving(app.Name, app.Serving)
-			a.event(app.Name, app.Serving, "restore", "re-adopted container %s of %s at %s", shortID(c.ID), app.Serving, c.Addr)
-			continue
+			a.event(app.Name, app.Serving, "restore", "re-adopted %d of %d instance(s) of %s: %s", len(addrs), app.InstanceCount(), app.Serving, strings.Join(names, ", "))
 		}
-		if ok {
-			serving[c.ID] = true // replaced below, removed by the recovery
+		if len(addrs) < app.InstanceCount() {
+			go a.recover(context.WithoutCancel(ctx), app.Name)
 		}
-		go a.recover(context.WithoutCancel(ctx), app.Name)
 	}
 	for _, c := range owned {
 		if serving[c.ID] {
@@ -124,7 +132,7 @@ func (a *Agent) recover(ctx context.Context, name string) {
 		a.log.Error("recover: serving version missing", "app", name, "error", err)
 		return
 	}
-	a.event(name, v.Label, "restore", "serving container %s is not running; starting %s again from its image", shortID(app.ContainerID), v.Label)
+	a.event(name, v.Label, "restore", "not every instance of %s is running; starting what is missing from its image", v.Label)
 	next := *app
 	d := a.newDeployment("recover", &next, app, v, p)
 	if err := d.rollout(ctx); err != nil {

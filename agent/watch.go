@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/sprout-paas/sprout/store"
@@ -18,17 +20,23 @@ func (a *Agent) Watch(ctx context.Context) {
 	a.everyServing(ctx, WatchInterval, "watcher", a.follow)
 }
 
-// follow re-routes app when its serving container changed address.
+// follow re-routes app when one of its instances came back on another
+// address.
 func (a *Agent) follow(ctx context.Context, app *store.App) {
-	c, err := a.rt.Container(ctx, app.ContainerID)
-	if err != nil || !c.Running || c.Addr == "" {
+	if v, err := a.store.Version(app.Name, app.Serving); err == nil && v.Options.ProxyNone {
+		return // the container publishes its port itself
+	}
+	addrs := a.addrsOf(ctx, app.ServingIDs())
+	if len(addrs) == 0 {
 		return
 	}
 	cur := a.router.Targets(app.Name)
-	if len(cur) != 1 || cur[0] != c.Addr {
-		retired := a.router.Swap(app.Name, []string{c.Addr})
+	slices.Sort(addrs)
+	slices.Sort(cur)
+	if !slices.Equal(cur, addrs) {
+		retired := a.router.Swap(app.Name, addrs)
 		retired.Drain(ctx, time.Second, time.Second)
-		a.event(app.Name, app.Serving, "restart", "container %s of %s came back at %s; traffic follows it", shortID(c.ID), app.Serving, c.Addr)
+		a.event(app.Name, app.Serving, "restart", "instances of %s came back at %s; traffic follows them", app.Serving, strings.Join(addrs, ", "))
 	}
 }
 

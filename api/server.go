@@ -91,6 +91,10 @@ func (s *Server) appStatus(ctx context.Context, app *store.App) AppStatus {
 		ContainerID: cs.ID, Container: cs.State, HostPort: cs.HostPort, Restarts: cs.RestartCount,
 		StartedAt: cs.StartedAt, Targets: s.agent.Targets(app.Name), HealthConfig: s.agent.HealthSettings(app),
 		EnvCount: len(app.Env), Health: "unknown",
+		Capacity: app.InstanceCount(), Instances: s.agent.Instances(ctx, app),
+	}
+	if r := app.Rollout; r.Policy != "" || r.BatchSize > 0 {
+		st.Policy = strings.TrimSpace(fmt.Sprintf("%s %s", r.Policy, batchText(r)))
 	}
 	if app.Watch != "" {
 		st.Follows = s.agent.Following(app.Name)
@@ -121,6 +125,17 @@ func (s *Server) appStatus(ctx context.Context, app *store.App) AppStatus {
 	h := s.agent.Health(ctx, app)
 	st.Status, st.Causes = h.Status, h.Causes
 	return st
+}
+
+// batchText says an app's batch size in words.
+func batchText(r store.RolloutSettings) string {
+	switch {
+	case r.BatchSize == 0:
+		return ""
+	case r.BatchSizeType == "Fixed":
+		return fmt.Sprintf("(batches of %d)", r.BatchSize)
+	}
+	return fmt.Sprintf("(batches of %d%%)", r.BatchSize)
 }
 
 func (s *Server) apps(w http.ResponseWriter, r *http.Request) {
@@ -424,6 +439,14 @@ func parseSettings(q map[string][]string) (agent.Settings, error) {
 	s.HealthyThreshold = intp("healthy_threshold")
 	s.HealthGrace = durp("health_grace")
 	s.HealthDeadline = durp("health_deadline")
+	s.Instances = intp("instances")
+	s.BatchSize = intp("batch_size")
+	if v, ok := get("policy"); ok {
+		s.Policy = &v
+	}
+	if v, ok := get("batch_size_type"); ok {
+		s.BatchSizeType = &v
+	}
 	if len(errs) > 0 {
 		return s, fmt.Errorf("%w: %s", agent.ErrInvalid, strings.Join(errs, "; "))
 	}

@@ -54,6 +54,12 @@ type AppStatus struct {
 	EnvCount     int             `json:"env_count"`
 	// Follows is the manifest the app follows (pull mode), if any.
 	Follows *agent.FollowState `json:"follows,omitempty"`
+	// Capacity is how many instances the app runs, and Instances each of
+	// them; ContainerID above is the first one's.
+	Capacity  int                    `json:"capacity"`
+	Instances []agent.InstanceStatus `json:"instances"`
+	// Policy is the app's deployment policy and batch size, when set.
+	Policy string `json:"policy,omitempty"`
 }
 
 // WatchRequest makes an app follow a manifest ("" stops).

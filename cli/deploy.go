@@ -36,6 +36,10 @@ var settingFlags = []struct{ flag, param, usage string }{
 	{"healthy-threshold", "healthy_threshold", "consecutive passing checks needed (default 2)"},
 	{"health-grace", "health_grace", "time after start before the first check, for slow boots (default 0s)"},
 	{"health-deadline", "health_deadline", "give up when not healthy within this time (default 5m)"},
+	{"instances", "instances", "how many instances (containers) of the app run behind the proxy (default 1)"},
+	{"policy", "policy", "deployment policy: AllAtOnce, Rolling, RollingWithAdditionalBatch or Immutable (default: the bundle's .ebextensions, else AllAtOnce)"},
+	{"batch-size", "batch_size", "instances per batch of a rolling policy, as a percentage or a count (see --batch-size-type; default 100)"},
+	{"batch-size-type", "batch_size_type", "Percentage or Fixed (default Percentage)"},
 }
 
 func newDeployCommand(c *cli) *cobra.Command {
@@ -57,6 +61,8 @@ Settings given as flags (--port, --health-path, ...) are kept for the app's
 later deploys.`,
 		Example: `  sprout deploy app.zip --app web --label v2 --port 8080
   sprout deploy ./myapp --health-path /healthz
+  sprout deploy app.zip --app web --instances 4 --policy Rolling --batch-size 25
+                                         # 4 instances, replaced one at a time
   sprout deploy s3://my-bucket/web/v7.zip --app web --label v7      # the agent fetches it
   sprout deploy app.zip --app web --label v8 --s3 s3://my-bucket/versions/
                                          # upload as an application version, then deploy it

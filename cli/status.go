@@ -77,6 +77,20 @@ func printStatus(out io.Writer, st api.AppStatus) {
 		fmt.Fprintf(tw, "app listens on:\tcontainer port %d, debug port 127.0.0.1:%d\n", st.ContainerPort, st.HostPort)
 	}
 	fmt.Fprintf(tw, "proxy targets:\t%v\n", st.Targets)
+	if st.Capacity > 1 || len(st.Instances) > 1 || st.Policy != "" {
+		policy := st.Policy
+		if policy == "" {
+			policy = "from the bundle, else AllAtOnce"
+		}
+		fmt.Fprintf(tw, "instances:\t%d (deployment policy: %s)\n", st.Capacity, policy)
+		for _, in := range st.Instances {
+			routed := "in the rotation"
+			if !in.Routed {
+				routed = "out of the rotation"
+			}
+			fmt.Fprintf(tw, "\t%s  %s  %s  %s  %s, %s, since %s\n", in.Name, in.Label, shortID(in.ContainerID), orDash(in.Addr), in.State, routed, ago(in.Since))
+		}
+	}
 	h := st.HealthConfig
 	check := "TCP connect"
 	if h.Path != "" {

@@ -44,15 +44,61 @@ type App struct {
 	Env           map[string]string `json:"env,omitempty"`
 	// Serving is the label of the version taking traffic, "" before the
 	// first successful deploy.
-	Serving     string    `json:"serving,omitempty"`
-	ContainerID string    `json:"container_id,omitempty"`
-	ServingAt   time.Time `json:"serving_at,omitzero"`
-	CreatedAt   time.Time `json:"created_at"`
+	Serving string `json:"serving,omitempty"`
+	// ContainerID is the first instance's container, as before apps had
+	// several.
+	ContainerID string `json:"container_id,omitempty"`
+	// Instances are the containers serving the app, one per instance.
+	Instances []Instance `json:"instances,omitempty"`
+	// Capacity is how many instances the app runs; 0 means 1.
+	Capacity int `json:"capacity,omitempty"`
+	// Rollout holds the app's own deployment policy settings (flags and
+	// `sprout deploy` options), which win over the bundle's.
+	Rollout   RolloutSettings `json:"rollout,omitzero"`
+	ServingAt time.Time       `json:"serving_at,omitzero"`
+	CreatedAt time.Time       `json:"created_at"`
 	// Volumes are named persistent volumes declared with `sprout volumes
 	// add`; they survive every deploy, rollback and agent restart.
 	Volumes []Volume `json:"volumes,omitempty"`
 	// Watch is the manifest (s3://bucket/key) the app follows, if any.
 	Watch string `json:"watch,omitempty"`
+}
+
+// Instance is one container serving an app.
+type Instance struct {
+	ContainerID string    `json:"container_id"`
+	Name        string    `json:"name"`
+	Label       string    `json:"label"`
+	StartedAt   time.Time `json:"started_at"`
+}
+
+// InstanceCount is how many instances the app runs.
+func (a *App) InstanceCount() int { return max(a.Capacity, 1) }
+
+// ServingIDs lists the containers serving the app: its instances, or the
+// one container of an app recorded before instances.
+func (a *App) ServingIDs() []string {
+	if len(a.Instances) == 0 {
+		if a.ContainerID == "" {
+			return nil
+		}
+		return []string{a.ContainerID}
+	}
+	out := make([]string, len(a.Instances))
+	for i, in := range a.Instances {
+		out[i] = in.ContainerID
+	}
+	return out
+}
+
+// RolloutSettings are an app's deployment policy settings; zero values
+// leave the choice to the bundle's .ebextensions, then the defaults.
+type RolloutSettings struct {
+	Policy            string        `json:"policy,omitempty"`
+	BatchSizeType     string        `json:"batch_size_type,omitempty"`
+	BatchSize         int           `json:"batch_size,omitempty"`
+	NewVersionPercent int           `json:"new_version_percent,omitempty"`
+	EvaluationTime    time.Duration `json:"evaluation_time,omitempty"`
 }
 
 // Volume is a named persistent volume mounted at Path in the app's
@@ -135,8 +181,11 @@ type Undo struct {
 	Kind      string   `json:"kind"`
 	Container string   `json:"container,omitempty"`
 	Addrs     []string `json:"addrs,omitempty"`
-	Port      int      `json:"port,omitempty"`
-	Routed    bool     `json:"routed,omitempty"`
+	// Containers, on UndoRoute, are the containers to route to again;
+	// their addresses are looked up when the entry is replayed.
+	Containers []string `json:"containers,omitempty"`
+	Port       int      `json:"port,omitempty"`
+	Routed     bool     `json:"routed,omitempty"`
 	// Label is the version the step concerned, for messages.
 	Label string `json:"label,omitempty"`
 }

@@ -44,6 +44,17 @@ func main() {
 	if healthStatus == 0 {
 		healthStatus = 200
 	}
+	// APP_HEALTHY_ONLY_FIRST names a file on a volume the instances
+	// share: the first instance to create it is healthy, the others are
+	// not (a version that breaks on its second instance).
+	if mark := os.Getenv("APP_HEALTHY_ONLY_FIRST"); mark != "" {
+		if f, err := os.OpenFile(mark, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644); err == nil {
+			f.Close()
+		} else {
+			log.Printf("not the first instance (%v): unhealthy", err)
+			healthStatus = http.StatusInternalServerError
+		}
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%s %s", version, os.Getenv("GREETING"))

@@ -1,0 +1,342 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sprout-paas/sprout/platform"
+	"github.com/sprout-paas/sprout/rollout"
+	"github.com/sprout-paas/sprout/runtime"
+	"github.com/sprout-paas/sprout/store"
+)
+
+// The executor runs a rollout plan (package rollout) on this host: each
+// batch's steps, from a few primitives (start instances, wait until they
+// are healthy, route, drain, retire), each recording its undo in the
+// deployment's journal before it runs. A failed step ends the rollout, and
+// fail replays the journal: every instance goes back to the version that
+// was serving, with its traffic, automatically.
+
+// executor carries one plan's run.
+type executor struct {
+	d      *deployment
+	env    map[string]string
+	mounts []runtime.Mount
+	// inst holds every instance the rollout knows, old and new, by name
+	// (the plan's instance IDs are container names).
+	inst map[string]*instanceState
+	// routed are the names of the instances in the rotation, in order.
+	routed []string
+	// batch are the instances the current batch started.
+	batch []string
+	// started and stopped are the instances this rollout started, and the
+	// old ones its retire steps stopped (removed once it commits).
+	started, stopped []string
+	mu               sync.Mutex // guards d.p while health waits run side by side
+}
+
+type instanceState struct {
+	store.Instance
+	addr string
+}
+
+// rolloutSettings is the app's deployment policy: its own settings over
+// the bundle's .ebextensions over the defaults.
+func rolloutSettings(app *store.App, v *store.Version) (rollout.Settings, error) {
+	s := rollout.Defaults()
+	bundle := v.Options.Deploy
+	var err error
+	if p := cmpOr(app.Rollout.Policy, bundle.DeploymentPolicy); p != "" {
+		if s.Policy, err = rollout.ParsePolicy(p); err != nil {
+			return s, err
+		}
+	}
+	if t := cmpOr(app.Rollout.BatchSizeType, bundle.BatchSizeType); t != "" {
+		if s.BatchSizeType, err = rollout.ParseBatchSizeType(t); err != nil {
+			return s, err
+		}
+	}
+	if n := max(app.Rollout.BatchSize, 0); n > 0 {
+		s.BatchSize = n
+	} else if bundle.BatchSize > 0 {
+		s.BatchSize = bundle.BatchSize
+	}
+	if app.Rollout.NewVersionPercent > 0 {
+		s.NewVersionPercent = app.Rollout.NewVersionPercent
+	}
+	if app.Rollout.EvaluationTime > 0 {
+		s.EvaluationTime = app.Rollout.EvaluationTime
+	}
+	return s, s.Validate()
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// runPlan plans the rollout of d.v on the app's instances and runs it.
+func (d *deployment) runPlan(ctx context.Context, env map[string]string, config bool) error {
+	a := d.a
+	x := &executor{d: d, env: env, inst: map[string]*instanceState{}}
+	var current []rollout.Instance
+	for _, in := range d.prevInstances(ctx) {
+		x.inst[in.Name] = in
+		x.routed = append(x.routed, in.Name)
+		current = append(current, rollout.Instance{ID: in.Name, Label: in.Label, Healthy: in.addr != "", StartedAt: in.StartedAt})
+	}
+	settings, err := rolloutSettings(d.app, d.v)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	var plan rollout.Plan
+	if d.op == "recover" && len(current) > 0 {
+		plan, err = rollout.Scale(settings, current, d.app.InstanceCount())
+	} else {
+		plan, err = rollout.Deploy(settings, d.v.Label, current, d.app.InstanceCount())
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if slices.ContainsFunc(plan.Batches, func(b rollout.Batch) bool {
+		return slices.ContainsFunc(b.Steps, func(s rollout.Step) bool { return s.Op == rollout.OpEvaluate || (s.Op == rollout.OpRoute && s.Percent > 0 && s.Percent < 100) })
+	}) {
+		return fmt.Errorf("%w: TrafficSplitting is not available yet on this agent: choose another --policy", ErrInvalid)
+	}
+	for _, line := range strings.Split(plan.String(), "\n") {
+		d.linef("plan: %s", strings.TrimSpace(line))
+	}
+	if x.mounts, err = a.mounts(ctx, d.app, d.v); err != nil {
+		return err
+	}
+	for i, b := range plan.Batches {
+		if len(plan.Batches) > 1 {
+			d.linef("batch %d/%d: %s", i+1, len(plan.Batches), b.String())
+		}
+		x.batch = nil
+		for _, st := range b.Steps {
+			if err := x.step(ctx, st); err != nil {
+				if len(plan.Batches) > 1 {
+					return fmt.Errorf("batch %d/%d: %w", i+1, len(plan.Batches), err)
+				}
+				return err
+			}
+		}
+	}
+	ctx = context.WithoutCancel(ctx)
+	if d.op != "recover" {
+		// A failing postdeploy hook undoes the rollout: the old instances
+		// run again and get their traffic back.
+		if err := d.runHooks(ctx, platform.StagePostdeploy, config, env); err != nil {
+			return err
+		}
+	}
+	// From here on the new instances stand: what follows removes the old
+	// ones and records, and a failure there is reported, not undone.
+	d.j.commit()
+	d.begin(StepRetire)
+	for _, name := range x.started {
+		if err := a.rt.KeepRunning(ctx, x.inst[name].ContainerID); err != nil {
+			d.linef("warning: %v; the engine will not restart %s if it crashes", err, name)
+		}
+	}
+	for _, name := range x.stopped {
+		in := x.inst[name]
+		a.archiveLogs(ctx, d.app.Name, in.Label, in.ContainerID)
+		if err := a.rt.Remove(ctx, in.ContainerID); err != nil {
+			d.linef("warning: removing %s: %v", name, err)
+		}
+	}
+	if len(x.stopped) > 0 {
+		d.linef("removed the containers of %s", strings.Join(x.stopped, ", "))
+	}
+	// Instances that had died (a recovery replaces them) go too.
+	for _, id := range d.prev.ServingIDs() {
+		if !slices.ContainsFunc(x.routed, func(n string) bool { return x.inst[n].ContainerID == id }) {
+			a.rt.Remove(ctx, id)
+		}
+	}
+	d.app.Instances = d.app.Instances[:0]
+	for _, name := range x.routed {
+		d.app.Instances = append(d.app.Instances, x.inst[name].Instance)
+	}
+	if len(d.app.Instances) > 0 {
+		d.app.ContainerID = d.app.Instances[0].ContainerID
+	}
+	return nil
+}
+
+// prevInstances lists the app's instances that run now, with their
+// addresses.
+func (d *deployment) prevInstances(ctx context.Context) []*instanceState {
+	var out []*instanceState
+	ins := d.prev.Instances
+	if len(ins) == 0 && d.prev.ContainerID != "" {
+		ins = []store.Instance{{ContainerID: d.prev.ContainerID, Label: d.prev.Serving, StartedAt: d.prev.ServingAt}}
+	}
+	for _, in := range ins {
+		c, err := d.a.rt.Container(ctx, in.ContainerID)
+		if err != nil || !c.Running || c.Addr == "" {
+			continue // gone: nothing to route or retire
+		}
+		if in.Name == "" {
+			in.Name = c.Name
+		}
+		out = append(out, &instanceState{Instance: in, addr: c.Addr})
+	}
+	return out
+}
+
+// step runs one primitive.
+func (x *executor) step(ctx context.Context, st rollout.Step) error {
+	d, a := x.d, x.d.a
+	switch st.Op {
+	case rollout.OpStart:
+		d.begin(StepStart)
+		for range st.N {
+			if err := x.start(ctx); err != nil {
+				return err
+			}
+		}
+	case rollout.OpWaitHealthy:
+		d.begin(StepHealth)
+		return x.waitHealthy(ctx)
+	case rollout.OpRoute:
+		d.begin(StepSwap)
+		next := slices.Clone(x.routed)
+		if st.Percent == 100 {
+			next = next[:0]
+			for _, name := range x.started {
+				next = append(next, name)
+			}
+		} else {
+			next = append(next, x.batch...)
+		}
+		return x.route(ctx, next)
+	case rollout.OpDrain:
+		d.begin(StepDrain)
+		next := slices.DeleteFunc(slices.Clone(x.routed), func(n string) bool { return slices.Contains(st.IDs, n) })
+		return x.route(ctx, next)
+	case rollout.OpRetire:
+		d.begin(StepRetire)
+		for _, name := range st.IDs {
+			in := x.inst[name]
+			if err := d.j.record(store.Undo{Kind: store.UndoRestart, Container: in.ContainerID, Label: in.Label}); err != nil {
+				return err
+			}
+			if err := a.rt.Stop(ctx, in.ContainerID, a.cfg.StopGrace); err != nil {
+				return fmt.Errorf("stop %s: %w", name, err)
+			}
+			x.stopped = append(x.stopped, name)
+			d.linef("stopped %s (%s)", name, in.Label)
+		}
+	default:
+		return fmt.Errorf("the plan has a step this agent cannot run: %s", st.Op)
+	}
+	return nil
+}
+
+// start starts one instance of the new version, out of the rotation.
+func (x *executor) start(ctx context.Context) error {
+	d, a := x.d, x.d.a
+	name := fmt.Sprintf("sprout-%s-%s-%s", d.app.Name, d.v.Label, randomID(3))
+	if err := d.j.record(store.Undo{Kind: store.UndoRemove, Container: name, Label: d.v.Label}); err != nil {
+		return err
+	}
+	c, err := a.rt.Run(ctx, d.containerSpec(name, x.env, x.mounts, 0))
+	if err != nil {
+		return err
+	}
+	x.inst[name] = &instanceState{Instance: store.Instance{ContainerID: c.ID, Name: name, Label: d.v.Label, StartedAt: time.Now()}, addr: c.Addr}
+	x.batch = append(x.batch, name)
+	x.started = append(x.started, name)
+	d.linef("started instance %s (%s) at %s", name, shortID(c.ID), c.Addr)
+	return nil
+}
+
+// waitHealthy waits until every instance of the batch passes its health
+// check, side by side; the first that fails fails the batch.
+func (x *executor) waitHealthy(ctx context.Context) error {
+	d := x.d
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make([]error, len(x.batch))
+	var wg sync.WaitGroup
+	for i, name := range x.batch {
+		in := x.inst[name]
+		wg.Go(func() {
+			who := ""
+			if len(x.batch) > 1 {
+				who = name + ": "
+			}
+			last, err := d.waitHealthy(ctx, &runtime.Container{ID: in.ContainerID, Name: name, Addr: in.addr}, who, x.line)
+			x.mu.Lock()
+			if last.After(d.lastPass) {
+				d.lastPass = last
+			}
+			x.mu.Unlock()
+			if err != nil {
+				errs[i] = fmt.Errorf("%s%w", who, err)
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil && !errors.Is(err, context.Canceled) {
+			return err
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// line reports a line of one of the health waits running side by side.
+func (x *executor) line(s string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.d.p.Line(s)
+}
+
+// route puts exactly the instances named in the rotation and drains the
+// ones it took out. Undoing it routes back to the instances that were in
+// the rotation before.
+func (x *executor) route(ctx context.Context, names []string) error {
+	d, a := x.d, x.d.a
+	var before []string
+	for _, n := range x.routed {
+		before = append(before, x.inst[n].ContainerID)
+	}
+	if err := d.j.record(store.Undo{Kind: store.UndoRoute, Containers: before, Label: d.prev.Serving}); err != nil {
+		return err
+	}
+	addrs := make([]string, len(names))
+	for i, n := range names {
+		addrs[i] = x.inst[n].addr
+	}
+	at := time.Now()
+	retired := a.router.Swap(d.app.Name, addrs)
+	x.routed = names
+	var labels []string
+	for _, n := range names {
+		if l := x.inst[n].Label; !slices.Contains(labels, l) {
+			labels = append(labels, l)
+		}
+	}
+	msg := fmt.Sprintf("traffic on port %d now goes to %d instance(s) of %s", d.app.Port, len(names), strings.Join(labels, " and "))
+	if !d.lastPass.IsZero() && at.Sub(d.lastPass) < time.Minute {
+		msg += fmt.Sprintf(", %s after the last passing check", at.Sub(d.lastPass).Round(10*time.Microsecond))
+	}
+	d.linef("%s", msg)
+	if old := retired.Addrs(); len(old) > 0 {
+		st := retired.Drain(context.WithoutCancel(ctx), a.cfg.DrainTimeout, a.cfg.StreamGrace)
+		d.linef("drained %s in %s (%d requests cut at the deadline)", strings.Join(old, ", "), st.Waited.Round(time.Millisecond), st.Cut)
+	}
+	return nil
+}

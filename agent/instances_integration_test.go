@@ -1,0 +1,156 @@
+package agent_test
+
+import (
+	"fmt"
+	"maps"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/sprout-paas/sprout/internal/testenv"
+	"github.com/sprout-paas/sprout/runtime"
+)
+
+// instancesOf checks that app runs want instances of label, each a
+// running container of that version that the proxy routes to, and
+// returns their container IDs.
+func instancesOf(t *testing.T, h *harness, app, label string, want int) []string {
+	t.Helper()
+	a, err := h.st.App(app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(a.Instances) != want || a.Serving != label {
+		t.Fatalf("%s serves %s on %d instances %+v, want %d of %s", app, a.Serving, len(a.Instances), a.Instances, want, label)
+	}
+	var ids []string
+	for _, in := range a.Instances {
+		out, err := exec.Command("docker", "inspect", "-f", `{{.State.Running}} {{index .Config.Labels "`+runtime.LabelLabel+`"}}`, in.ContainerID).Output()
+		if got := strings.TrimSpace(string(out)); err != nil || got != "true "+label {
+			t.Errorf("instance %s: %q %v, want a running container of %s", in.Name, got, err, label)
+		}
+		ids = append(ids, in.ContainerID)
+	}
+	if n := len(h.px.Targets(app)); n != want {
+		t.Errorf("the proxy routes %s to %d targets, want %d", app, n, want)
+	}
+	if got := appContainers(t, app); len(got) != want {
+		t.Errorf("%d containers of %s on the engine, want %d", len(got), app, want)
+	}
+	return ids
+}
+
+func appContainers(t *testing.T, app string) []string {
+	t.Helper()
+	out, err := exec.Command("docker", "ps", "-aq", "--no-trunc", "--filter", "label="+runtime.LabelApp+"="+app).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Fields(string(out))
+}
+
+// TestPoliciesWithFourInstancesUnderLoad deploys a new version to four
+// instances under every policy while a client that never retries sends
+// requests: none may fail, and each policy runs its batches.
+func TestPoliciesWithFourInstancesUnderLoad(t *testing.T) {
+	h := newHarness(t)
+	bundle := testenv.Bundle(t, "")
+	for _, tc := range []struct {
+		policy  string
+		params  map[string]string
+		batches int
+	}{
+		{"AllAtOnce", nil, 1},
+		{"Rolling", map[string]string{"batch_size": "25"}, 4},
+		{"RollingWithAdditionalBatch", map[string]string{"batch_size": "2", "batch_size_type": "Fixed"}, 2},
+		{"Immutable", nil, 1},
+	} {
+		t.Run(tc.policy, func(t *testing.T) {
+			app, port := testenv.Name("pol"), testenv.FreePort(t)
+			h.mustDeploy(app, "v1", bundle, map[string]string{"port": fmt.Sprint(port), "instances": "4", "health_path": "/healthz"})
+			instancesOf(t, h, app, "v1", 4)
+
+			load := testenv.Load(t, port, 8)
+			testenv.Answered(t, load, "v1 ", 50)
+			params := map[string]string{"policy": tc.policy}
+			maps.Copy(params, tc.params)
+			_, lines, err := h.deploy(app, "v2", bundle, params)
+			out := strings.Join(lines, "\n")
+			if err != nil {
+				t.Fatalf("deploy: %v\n%s", err, out)
+			}
+			if tc.batches > 1 && !strings.Contains(out, fmt.Sprintf("batch %d/%d", tc.batches, tc.batches)) {
+				t.Errorf("the deploy did not run %d batches:\n%s", tc.batches, out)
+			}
+			if !strings.Contains(out, "plan: "+tc.policy) {
+				t.Errorf("the deploy did not print its plan:\n%s", out)
+			}
+			testenv.Answered(t, load, "v2 ", 50)
+			r := load.Stop()
+			t.Logf("load during the %s deploy: %s", tc.policy, r)
+			if r.Failed != 0 {
+				t.Errorf("%d requests failed during the %s deploy: %s", r.Failed, tc.policy, r)
+			}
+			instancesOf(t, h, app, "v2", 4)
+		})
+	}
+}
+
+// TestFailedBatchRevertsEveryInstance deploys a version that is healthy
+// on its first instance and unhealthy on the others: the rolling deploy
+// fails in batch 2, and every instance goes back to the version that was
+// serving, automatically, with no failed request.
+func TestFailedBatchRevertsEveryInstance(t *testing.T) {
+	h := newHarness(t)
+	app, port := testenv.Name("revert"), testenv.FreePort(t)
+	h.mustDeploy(app, "v1", testenv.Bundle(t, ""), map[string]string{"port": fmt.Sprint(port), "instances": "4", "health_path": "/healthz"})
+	before := instancesOf(t, h, app, "v1", 4)
+
+	mark := t.TempDir()
+	bad := writeFiles(t, testenv.Bundle(t, "", "ENV APP_HEALTHY_ONLY_FIRST=/mark/first"), map[string]string{
+		"Dockerrun.aws.json": fmt.Sprintf(`{"AWSEBDockerrunVersion": "1", "Volumes": [{"HostDirectory": %q, "ContainerDirectory": "/mark"}]}`, mark),
+	})
+	load := testenv.Load(t, port, 8)
+	testenv.Answered(t, load, "v1 ", 50)
+	_, lines, err := h.deploy(app, "v2", bad, map[string]string{"policy": "Rolling", "batch_size": "1", "batch_size_type": "Fixed", "health_deadline": "3s"})
+	out := strings.Join(lines, "\n")
+	if err == nil {
+		t.Fatalf("v2 deployed:\n%s", out)
+	}
+	if !strings.Contains(err.Error(), "batch 2/4") {
+		t.Errorf("the error does not name batch 2: %v", err)
+	}
+	if !strings.Contains(out, "traffic went back to") {
+		t.Errorf("the output does not say traffic went back:\n%s", out)
+	}
+	testenv.Answered(t, load, "v1 ", 50)
+	r := load.Stop()
+	t.Logf("load during the failed deploy and its undo: %s", r)
+	if r.Failed != 0 || r.Bodies["v2 "] == 0 {
+		t.Errorf("load: %s; want no failure, and v2's first instance to have served", r)
+	}
+	after := instancesOf(t, h, app, "v1", 4)
+	slices.Sort(before)
+	slices.Sort(after)
+	if !slices.Equal(before, after) {
+		t.Errorf("instances after the undo = %v, want v1's own %v", after, before)
+	}
+}
+
+// TestRestartKeepsEveryInstance restarts the agent under an app of three
+// instances: all three are adopted again, none is taken for an orphan.
+func TestRestartKeepsEveryInstance(t *testing.T) {
+	h := newHarness(t)
+	app, port := testenv.Name("keep"), testenv.FreePort(t)
+	h.mustDeploy(app, "v1", testenv.Bundle(t, ""), map[string]string{"port": fmt.Sprint(port), "instances": "3"})
+	before := instancesOf(t, h, app, "v1", 3)
+	h.restart()
+	after := instancesOf(t, h, app, "v1", 3)
+	if !slices.Equal(before, after) {
+		t.Errorf("instances after the restart = %v, want %v", after, before)
+	}
+	if code, body := get(t, port, "/"); code != 200 || body != "v1 " {
+		t.Errorf("GET / after the restart = %d %q", code, body)
+	}
+}
