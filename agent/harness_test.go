@@ -215,8 +215,8 @@ type inFlightApp struct {
 	app string
 }
 
-func (o inFlightApp) Start()                                 { o.f.add(o.app, 1) }
-func (o inFlightApp) Done(string, int, time.Duration, int64) { o.f.add(o.app, -1) }
-func (inFlightApp) UpstreamError(string)                     {}
+func (o inFlightApp) Start()                                         { o.f.add(o.app, 1) }
+func (o inFlightApp) Done(string, string, int, time.Duration, int64) { o.f.add(o.app, -1) }
+func (inFlightApp) UpstreamError(string, string)                     {}
 
 var _ proxy.Observer = (*inFlight)(nil)

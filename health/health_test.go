@@ -127,16 +127,48 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-// TestTrackerForget: a new app of a removed app's name starts with an
-// empty window.
+// TestTrackerForget: a new app of a removed app's name starts with empty
+// windows, of the app and of its versions.
 func TestTrackerForget(t *testing.T) {
 	tr := NewTracker()
-	tr.App("web").Done("GET", 500, time.Millisecond, 0)
-	if tr.Window("web").Stats(time.Minute).Requests != 1 {
-		t.Fatal("the window did not record the request")
+	tr.App("web").Done("v1", "GET", 500, time.Millisecond, 0)
+	if tr.Window("web").Stats(time.Minute).Requests != 1 || tr.VersionWindow("web", "v1").Stats(time.Minute).Requests != 1 {
+		t.Fatal("the windows did not record the request")
 	}
 	tr.Forget("web")
 	if n := tr.Window("web").Stats(time.Minute).Requests; n != 0 {
 		t.Errorf("after Forget the window holds %d requests", n)
+	}
+	if n := tr.VersionWindow("web", "v1").Stats(time.Minute).Requests; n != 0 {
+		t.Errorf("after Forget v1's window holds %d requests", n)
+	}
+}
+
+// TestTrackerVersions: each version's window holds the requests it served,
+// the app's window all of them, and a retired version's window goes.
+func TestTrackerVersions(t *testing.T) {
+	tr := NewTracker()
+	o := tr.App("web")
+	for range 9 {
+		o.Done("v1", "GET", 200, time.Millisecond, 0)
+	}
+	o.Done("v2", "GET", 503, time.Millisecond, 0)
+	all, v1, v2 := tr.Window("web").Stats(time.Minute), tr.VersionWindow("web", "v1").Stats(time.Minute), tr.VersionWindow("web", "v2").Stats(time.Minute)
+	if all.Requests != 10 || v1.Requests != 9 || v2.Requests != 1 {
+		t.Fatalf("requests: app %d, v1 %d, v2 %d; want 10, 9, 1", all.Requests, v1.Requests, v2.Requests)
+	}
+	if v1.Share(5) != 0 || v2.Share(5) != 1 || all.Share(5) != 0.1 {
+		t.Errorf("5xx shares: app %v, v1 %v, v2 %v", all.Share(5), v1.Share(5), v2.Share(5))
+	}
+	tr.ForgetVersion("web", "v2")
+	if n := tr.VersionWindow("web", "v2").Stats(time.Minute).Requests; n != 0 {
+		t.Errorf("after ForgetVersion v2's window holds %d requests", n)
+	}
+	if n := tr.VersionWindow("web", "v1").Stats(time.Minute).Requests; n != 9 {
+		t.Errorf("after v2 was forgotten v1's window holds %d requests, want 9", n)
+	}
+	o.Done("v2", "GET", 200, time.Millisecond, 0)
+	if n := tr.VersionWindow("web", "v2").Stats(time.Minute).Requests; n != 1 {
+		t.Errorf("a request of v2 after ForgetVersion: the window holds %d, want 1", n)
 	}
 }

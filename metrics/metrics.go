@@ -1,10 +1,12 @@
 // Package metrics owns the agent's Prometheus registry and the metrics
 // that the proxy and the deploy engine report into it. Label values are
-// bounded: apps, methods from a fixed list, status classes, step names.
+// bounded: apps, the versions each app serves (ForgetVersion drops a
+// retired one), methods from a fixed list, status classes, step names.
 package metrics
 
 import (
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -12,12 +14,18 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sprout-paas/sprout/health"
+	"github.com/sprout-paas/sprout/internal/readmostly"
 	"github.com/sprout-paas/sprout/proxy"
 )
 
 // Metrics is the agent's registry and its collectors.
 type Metrics struct {
 	reg *prometheus.Registry
+
+	mu sync.Mutex
+	// apps holds each app's latest proxy observer, whose per-version
+	// series ForgetVersion must drop.
+	apps map[string]*appObserver
 
 	requests       *prometheus.CounterVec
 	duration       *prometheus.HistogramVec
@@ -42,17 +50,17 @@ type Metrics struct {
 // New returns metrics on a fresh registry with the Go and process
 // collectors. storeSize, when not nil, reports the state file's size.
 func New(storeSize func() float64) *Metrics {
-	m := &Metrics{reg: prometheus.NewRegistry()}
+	m := &Metrics{reg: prometheus.NewRegistry(), apps: map[string]*appObserver{}}
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
 
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "sprout_proxy_requests_total", Help: "Requests the proxy answered, by app, method and status class.",
-	}, []string{"app", "method", "code"})
+		Name: "sprout_proxy_requests_total", Help: "Requests the proxy answered, by app, version served, method and status class.",
+	}, []string{"app", "version", "method", "code"})
 	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name: "sprout_proxy_request_duration_seconds", Help: "Time from a request's head to the end of its response.",
+		Name: "sprout_proxy_request_duration_seconds", Help: "Time from a request's head to the end of its response, by app and version served.",
 		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
-	}, []string{"app"})
+	}, []string{"app", "version"})
 	m.inFlight = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "sprout_proxy_requests_in_flight", Help: "Requests being proxied now.",
 	}, []string{"app"})
@@ -60,8 +68,8 @@ func New(storeSize func() float64) *Metrics {
 		Name: "sprout_proxy_response_bytes_total", Help: "Response body bytes sent to clients.",
 	}, []string{"app"})
 	m.upstreamErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "sprout_proxy_upstream_errors_total", Help: "Requests the app could not answer, by kind (unreachable, timeout, retired, no_target, too_large).",
-	}, []string{"app", "kind"})
+		Name: "sprout_proxy_upstream_errors_total", Help: "Requests the app could not answer, by version (empty for no_target) and kind (unreachable, timeout, retired, no_target).",
+	}, []string{"app", "version", "kind"})
 	m.deploys = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sprout_deploys_total", Help: "Finished deploys, rollbacks and environment rollouts, by result.",
 	}, []string{"app", "op", "result"})
@@ -120,32 +128,48 @@ var methods = [...]string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 
 var classes = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx"}
 
-// appObserver has the app's series resolved once, so that a request costs
-// a few atomic adds.
+// appObserver has the app's series resolved once, and each version's on
+// its first request, so that a request costs a map look-up and a few
+// atomic adds.
 type appObserver struct {
-	requests [len(methods)][len(classes)]prometheus.Counter
-	duration prometheus.Observer
+	m        *Metrics
+	app      string
 	inFlight prometheus.Gauge
 	bytes    prometheus.Counter
-	errs     *prometheus.CounterVec
-	app      string
+	versions readmostly.Map[*versionSeries]
+}
+
+// versionSeries are one version's request series.
+type versionSeries struct {
+	requests [len(methods)][len(classes)]prometheus.Counter
+	duration prometheus.Observer
 }
 
 // App implements proxy.Observer.
 func (m *Metrics) App(app string) proxy.AppObserver {
 	o := &appObserver{
-		duration: m.duration.WithLabelValues(app),
+		m:        m,
+		app:      app,
 		inFlight: m.inFlight.WithLabelValues(app),
 		bytes:    m.bytes.WithLabelValues(app),
-		errs:     m.upstreamErrors,
-		app:      app,
 	}
-	for i, method := range methods {
-		for j, class := range classes {
-			o.requests[i][j] = m.requests.WithLabelValues(app, method, class)
-		}
-	}
+	m.mu.Lock()
+	m.apps[app] = o
+	m.mu.Unlock()
 	return o
+}
+
+// series returns version's series, resolving them on its first request.
+func (o *appObserver) series(version string) *versionSeries {
+	return o.versions.Get(version, func() *versionSeries {
+		vs := &versionSeries{duration: o.m.duration.WithLabelValues(o.app, version)}
+		for i, method := range methods {
+			for j, class := range classes {
+				vs.requests[i][j] = o.m.requests.WithLabelValues(o.app, version, method, class)
+			}
+		}
+		return vs
+	})
 }
 
 func methodIndex(m string) int {
@@ -159,18 +183,21 @@ func methodIndex(m string) int {
 
 func (o *appObserver) Start() { o.inFlight.Inc() }
 
-func (o *appObserver) Done(method string, status int, took time.Duration, bytes int64) {
+func (o *appObserver) Done(version, method string, status int, took time.Duration, bytes int64) {
 	o.inFlight.Dec()
 	class := status/100 - 1
 	if class < 0 || class >= len(classes) {
 		class = len(classes) - 1 // no status at all: count it as a server error
 	}
-	o.requests[methodIndex(method)][class].Inc()
-	o.duration.Observe(took.Seconds())
+	vs := o.series(version)
+	vs.requests[methodIndex(method)][class].Inc()
+	vs.duration.Observe(took.Seconds())
 	o.bytes.Add(float64(bytes))
 }
 
-func (o *appObserver) UpstreamError(kind string) { o.errs.WithLabelValues(o.app, kind).Inc() }
+func (o *appObserver) UpstreamError(version, kind string) {
+	o.m.upstreamErrors.WithLabelValues(o.app, version, kind).Inc()
+}
 
 // DeployDone counts a finished deploy (op: deploy, rollback, setenv,
 // recover) with its result (success or failed).
@@ -195,14 +222,38 @@ func (m *Metrics) Serving(app, label string) {
 	m.lastSuccess.WithLabelValues(app).Set(float64(time.Now().Unix()))
 }
 
-// Forget deletes every series of app, as when it is removed.
+// Forget deletes every series of app, of all its versions, as when it is
+// removed.
 func (m *Metrics) Forget(app string) {
+	m.mu.Lock()
+	delete(m.apps, app)
+	m.mu.Unlock()
 	match := prometheus.Labels{"app": app}
 	for _, v := range []interface {
 		DeletePartialMatch(prometheus.Labels) int
 	}{m.requests, m.duration, m.inFlight, m.bytes, m.upstreamErrors, m.deploys, m.fetches, m.steps, m.serving, m.lastSuccess,
 		m.status, m.checks, m.checkDur, m.cpu, m.memory, m.restarts} {
 		v.DeletePartialMatch(match)
+	}
+}
+
+// ForgetVersion deletes the series of one version of app, as when the
+// version is retired: the version label stays bounded by the versions an
+// app serves. A request of that version still in flight may be counted on
+// new series, or not at all.
+func (m *Metrics) ForgetVersion(app, version string) {
+	match := prometheus.Labels{"app": app, "version": version}
+	m.requests.DeletePartialMatch(match)
+	m.duration.DeletePartialMatch(match)
+	m.upstreamErrors.DeletePartialMatch(match)
+	// Then the observer's copies, in this order: a request resolving
+	// them meanwhile gets the deleted ones (its count is lost) or new
+	// ones (kept), never deleted ones kept for good.
+	m.mu.Lock()
+	o := m.apps[app]
+	m.mu.Unlock()
+	if o != nil {
+		o.versions.Delete(version)
 	}
 }
 

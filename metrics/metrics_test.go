@@ -16,11 +16,11 @@ func TestSeries(t *testing.T) {
 		status int
 	}{{"GET", 200}, {"GET", 204}, {"POST", 502}, {"BREW", 418}, {"GET", 0}} {
 		o.Start()
-		o.Done(r.method, r.status, 3*time.Millisecond, 100)
+		o.Done("v1", r.method, r.status, 3*time.Millisecond, 100)
 	}
-	o.UpstreamError("timeout")
+	o.UpstreamError("v1", "timeout")
 	for want, n := range map[[2]string]float64{{"GET", "2xx"}: 2, {"POST", "5xx"}: 1, {"OTHER", "4xx"}: 1, {"GET", "5xx"}: 1} {
-		if got := testutil.ToFloat64(m.requests.WithLabelValues("web", want[0], want[1])); got != n {
+		if got := testutil.ToFloat64(m.requests.WithLabelValues("web", "v1", want[0], want[1])); got != n {
 			t.Errorf("requests %v = %v, want %v", want, got, n)
 		}
 	}
@@ -59,8 +59,8 @@ func TestForget(t *testing.T) {
 	for _, app := range []string{"gone", "kept"} {
 		o := m.App(app)
 		o.Start()
-		o.Done("GET", 200, time.Millisecond, 10)
-		o.UpstreamError("no_target")
+		o.Done("v1", "GET", 200, time.Millisecond, 10)
+		o.UpstreamError("", "no_target")
 		m.DeployDone(app, "deploy", "success")
 		m.Fetch(app, "s3", "ok")
 		m.Step(app, "build", time.Second)
@@ -90,5 +90,50 @@ func TestForget(t *testing.T) {
 	}
 	if kept < 16 {
 		t.Errorf("only %d series of the other app are left", kept)
+	}
+}
+
+// TestVersions: requests are counted by the version that served them, and
+// a retired version's series go while the others stay.
+func TestVersions(t *testing.T) {
+	m := New(nil)
+	o := m.App("web")
+	for _, v := range []string{"v1", "v1", "v1", "v2"} {
+		o.Start()
+		o.Done(v, "GET", 200, time.Millisecond, 10)
+	}
+	o.UpstreamError("v2", "unreachable")
+	if got := testutil.ToFloat64(m.requests.WithLabelValues("web", "v1", "GET", "2xx")); got != 3 {
+		t.Errorf("v1's requests = %v, want 3", got)
+	}
+	if got := testutil.ToFloat64(m.requests.WithLabelValues("web", "v2", "GET", "2xx")); got != 1 {
+		t.Errorf("v2's requests = %v, want 1", got)
+	}
+	m.ForgetVersion("web", "v2")
+	versions := func() map[string]bool {
+		seen := map[string]bool{}
+		families, err := m.Registry().Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range families {
+			for _, s := range f.GetMetric() {
+				for _, l := range s.GetLabel() {
+					if l.GetName() == "version" {
+						seen[l.GetValue()] = true
+					}
+				}
+			}
+		}
+		return seen
+	}
+	if seen := versions(); seen["v2"] || !seen["v1"] {
+		t.Errorf("after ForgetVersion(v2) the versions with series are %v, want v1 alone", seen)
+	}
+	// A request of a version forgotten while it was in flight is
+	// counted, on a new series.
+	o.Done("v2", "GET", 200, time.Millisecond, 10)
+	if got := testutil.ToFloat64(m.requests.WithLabelValues("web", "v2", "GET", "2xx")); got != 1 {
+		t.Errorf("v2's requests after ForgetVersion = %v, want 1", got)
 	}
 }

@@ -51,23 +51,59 @@ func BenchmarkDirect(b *testing.B) {
 
 // BenchmarkProxy sends the same requests through the proxy; the difference
 // with BenchmarkDirect is what the proxy costs per request (client, proxy
-// and backend share the CPUs, so it is an upper bound).
+// and backend share the CPUs, so it is an upper bound). The 4-backends case
+// balances over four backends (of one version) without an access log.
 func BenchmarkProxy(b *testing.B) {
-	for _, accessLog := range []bool{false, true} {
-		name := "no-access-log"
-		if accessLog {
-			name = "access-log"
-		}
-		b.Run(name, func(b *testing.B) {
-			be := benchBackend(b)
-			p := New(Options{BindAddress: "127.0.0.1", AccessLog: accessLog}, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	for _, c := range []struct {
+		name      string
+		accessLog bool
+		backends  int
+	}{
+		{"no-access-log", false, 1},
+		{"access-log", true, 1},
+		{"4-backends", false, 4},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			var addrs []string
+			for range c.backends {
+				addrs = append(addrs, strings.TrimPrefix(benchBackend(b).URL, "http://"))
+			}
+			p := New(Options{BindAddress: "127.0.0.1", AccessLog: c.accessLog}, slog.New(slog.NewJSONHandler(io.Discard, nil)))
 			ln := testenv.FreePort(b)
 			if err := p.Listen("bench", ln); err != nil {
 				b.Fatal(err)
 			}
 			b.Cleanup(func() { p.Shutdown(b.Context()) })
-			p.Swap("bench", []string{strings.TrimPrefix(be.URL, "http://")})
+			p.Swap("bench", addrs)
 			hammer(b, "http://127.0.0.1:"+strconv.Itoa(ln)+"/")
+		})
+	}
+}
+
+// BenchmarkPick is the routing decision alone, on 1 and 4 targets of one
+// version and on a 90/10 split of 2+2: what balancing adds per request.
+func BenchmarkPick(b *testing.B) {
+	for _, c := range []struct {
+		name     string
+		backends []Backend
+		split    map[string]int
+	}{
+		{"1", []Backend{{"a:1", "v1"}}, nil},
+		{"4", []Backend{{"a:1", "v1"}, {"b:1", "v1"}, {"c:1", "v1"}, {"d:1", "v1"}}, nil},
+		{"split", []Backend{{"a:1", "v1"}, {"b:1", "v1"}, {"c:1", "v2"}, {"d:1", "v2"}}, map[string]int{"v1": 90, "v2": 10}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			r, err := newRoutes(c.backends, c.split, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					p, _ := r.pick()
+					p.t.releaseStream(false)
+				}
+			})
 		})
 	}
 }

@@ -466,37 +466,86 @@ func peekHeadBytes(br *bufio.Reader) ([]byte, error) {
 	}
 }
 
-// exchange sends req to t and reads the response head, on an idle pooled
-// connection when there is one. A reused connection that the app had
-// closed is tried again once on a new one, but only for a request without
-// a body: nothing of it reached the app, and nothing of it was consumed.
-func (t *Target) exchange(req *request, timeout time.Duration) (*upConn, *response, error) {
-	for attempt := 0; ; attempt++ {
-		var uc *upConn
-		if attempt == 0 {
-			uc = t.pool.get()
+// maxTries bounds the targets one request is sent to: the first, and at
+// most two others when it could not be sent (see unsent).
+const maxTries = 3
+
+// send sends req to p's target and reads the response head. While a try
+// left req unsent, it goes on to another target (unsent says when): it
+// never repeats what may have reached an app. A target that refused the
+// connection is ejected (Service.refused). send returns the target of the
+// last try, which still counts req as in flight; the others are released.
+func (s *Service) send(req *request, p picked) (picked, *upConn, *response, error) {
+	var tried [maxTries]*Target
+	fresh := false
+	for try := 0; ; try++ {
+		tried[try] = p.t
+		uc, resp, reused, err := p.t.exchange(req, s.opts.UpstreamTimeout, fresh)
+		_, dialErr := err.(*dialError)
+		switch {
+		case dialErr:
+			s.refused(p, err)
+		case err == nil || !reused:
+			s.reached(p) // it accepted a connection
 		}
-		reused := uc != nil
-		if uc == nil {
-			var err error
-			if uc, err = t.dialConn(); err != nil {
-				return nil, nil, err
-			}
+		if err == nil || try+1 == maxTries || !unsent(err, req, reused) {
+			return p, uc, resp, err
 		}
-		err := writeRequest(uc.bw, req)
-		var resp *response
-		if err == nil {
-			resp, err = readResponse(uc, req, timeout)
+		next := s.pickAnother(tried[:try+1], p.version)
+		switch {
+		case next.t != nil:
+			p.t.releaseStream(false)
+			p, fresh = next, false
+		case !dialErr:
+			// Only a pooled connection was stale, and no other target
+			// takes requests: a new connection to this one.
+			fresh = true
+		default:
+			return p, nil, nil, err
 		}
-		if err == nil {
-			return uc, resp, nil
-		}
-		uc.close()
-		if reused && attempt == 0 && req.length == 0 && isClosedConnErr(err) {
-			continue
-		}
-		return nil, nil, err
 	}
+}
+
+// unsent is the retry rule: whether a failed try left nothing of req at
+// the app, so that it may be sent again. That is so when the connection
+// could not be made, and when a reused keep-alive connection turned out
+// closed and req has no body (the app closed it while idle: nothing was
+// read of the request, and the client's body was not consumed). Anything
+// else may have reached the app, and is not sent again.
+func unsent(err error, req *request, reused bool) bool {
+	_, dialErr := err.(*dialError)
+	return dialErr || reused && req.length == 0 && isClosedConnErr(err)
+}
+
+// dialError is a failure to connect to a target: nothing was sent.
+// exchange returns it as it is, never wrapped.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return "connecting to the app: " + e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+// exchange sends req to t and reads the response head: on an idle pooled
+// connection when there is one (and fresh is not set), else on a new one.
+// reused says which.
+func (t *Target) exchange(req *request, timeout time.Duration, fresh bool) (uc *upConn, resp *response, reused bool, err error) {
+	if !fresh {
+		uc = t.pool.get()
+	}
+	reused = uc != nil
+	if uc == nil {
+		if uc, err = t.dialConn(); err != nil {
+			return nil, nil, false, &dialError{err}
+		}
+	}
+	err = writeRequest(uc.bw, req)
+	if err == nil {
+		resp, err = readResponse(uc, req, timeout)
+	}
+	if err != nil {
+		uc.close()
+		return nil, nil, reused, err
+	}
+	return uc, resp, reused, nil
 }
 
 // copyBody copies a response body to the client: re-chunked when chunk
@@ -547,14 +596,18 @@ func copyBody(dst io.Writer, src io.Reader, chunk bool, flush func() error) (int
 // another request.
 func (s *Service) serve(ctx context.Context, req *request, c client) (keep bool) {
 	start := time.Now()
-	status, written, target := 0, int64(0), ""
-	served := false
+	status, written := 0, int64(0)
+	var p picked
 	defer func() {
 		took := time.Since(start)
-		if served {
-			s.obs.Done(req.method, status, took, written)
+		if p.t != nil {
+			s.obs.Done(p.version, req.method, status, took, written)
 		}
 		if s.opts.AccessLog {
+			target := ""
+			if p.t != nil {
+				target = p.t.addr
+			}
 			s.logRequest(req, status, written, target, took)
 		}
 	}()
@@ -563,34 +616,32 @@ func (s *Service) serve(ctx context.Context, req *request, c client) (keep bool)
 		c.reply(status, errorBody(s.app, status, "request body too large"))
 		return false
 	}
-	t := s.pick(ctx)
-	if t == nil {
+	p = s.pick(ctx)
+	if p.t == nil {
 		// No version serves yet (a first deploy), or none any more: the
 		// app never saw this request, so it counts apart from its own.
-		s.obs.UpstreamError("no_target")
+		s.obs.UpstreamError("", "no_target")
 		status = http.StatusServiceUnavailable
 		c.reply(status, errorBody(s.app, status, "no version of this app is serving yet"))
 		return req.length == 0
 	}
-	served, target = true, t.addr
 	s.obs.Start()
 	stream := false
-	defer func() { t.releaseStream(stream) }()
-
-	uc, resp, err := t.exchange(req, s.opts.UpstreamTimeout)
+	p, uc, resp, err := s.send(req, p)
+	defer func() { p.t.releaseStream(stream) }()
 	if err != nil {
 		var msg string
-		status, msg = classify(t, err)
+		status, msg = classify(p.t, err)
 		if status == StatusClientClosedRequest {
 			return false
 		}
-		s.upstreamError(status, err)
+		s.upstreamError(p.version, status, err)
 		c.reply(status, errorBody(s.app, status, msg))
 		return req.length == 0 && status != http.StatusRequestEntityTooLarge
 	}
 	if resp.stream || resp.status == http.StatusSwitchingProtocols {
 		stream = true
-		t.streams.Add(1)
+		p.t.streams.Add(1)
 	}
 	status = resp.status
 	written, err = c.respond(req, resp, uc)
@@ -601,7 +652,7 @@ func (s *Service) serve(ctx context.Context, req *request, c client) (keep bool)
 		uc.close()
 		return false
 	}
-	t.releaseConn(uc, err == nil && !resp.close)
+	p.t.releaseConn(uc, err == nil && !resp.close)
 	return err == nil
 }
 
@@ -629,7 +680,7 @@ func classify(t *Target, err error) (int, string) {
 }
 
 // upstreamError logs and counts a request the app could not answer.
-func (s *Service) upstreamError(status int, err error) {
+func (s *Service) upstreamError(version string, status int, err error) {
 	kind := "unreachable"
 	switch status {
 	case http.StatusGatewayTimeout:
@@ -639,8 +690,8 @@ func (s *Service) upstreamError(status int, err error) {
 	case http.StatusRequestEntityTooLarge:
 		return // the client's fault, not the app's
 	}
-	s.obs.UpstreamError(kind)
-	s.log.LogAttrs(context.Background(), slog.LevelWarn, "upstream error", slog.Int("status", status), slog.String("error", err.Error()))
+	s.obs.UpstreamError(version, kind)
+	s.log.LogAttrs(context.Background(), slog.LevelWarn, "upstream error", slog.Int("status", status), slog.String("version", version), slog.String("error", err.Error()))
 }
 
 // errorBody is the text of the proxy's own replies.

@@ -177,7 +177,8 @@ func TestBothClientSidesForwardAlike(t *testing.T) {
 }
 
 // countingObserver counts what the proxy tells an app's observer:
-// "done", each status, and each upstream error kind.
+// "done", each status, "done <version>", each upstream error kind, and
+// "<kind> <version>".
 type countingObserver struct {
 	mu sync.Mutex
 	n  map[string]int
@@ -202,12 +203,16 @@ func (o *countingObserver) count(k string) int {
 
 func (o *countingObserver) Start() {}
 
-func (o *countingObserver) Done(_ string, status int, _ time.Duration, _ int64) {
+func (o *countingObserver) Done(version, _ string, status int, _ time.Duration, _ int64) {
 	o.add("done")
+	o.add("done " + version)
 	o.add(fmt.Sprint(status))
 }
 
-func (o *countingObserver) UpstreamError(kind string) { o.add(kind) }
+func (o *countingObserver) UpstreamError(version, kind string) {
+	o.add(kind)
+	o.add(kind + " " + version)
+}
 
 // waiting counts the requests of app that wait for a version.
 func waiting(p *Proxy, app string) int64 {

@@ -1,8 +1,9 @@
 // Package proxy is the agent's port-mapped reverse proxy. It listens on each
 // app's public port and forwards to the app's current set of targets
-// (containers). A deploy swaps that set atomically and then drains the old
-// one: requests in flight finish, new ones go to the new set, and none is
-// dropped.
+// (containers, each running a version), balancing over those that take
+// requests and splitting traffic between versions. A deploy swaps that set
+// atomically and then drains the old one: requests in flight finish, new
+// ones go to the new set, and none is dropped.
 package proxy
 
 import (
@@ -12,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -50,20 +52,23 @@ type Observer interface {
 // AppObserver hears about one app's requests. It is called on the request
 // path, so it must be cheap.
 type AppObserver interface {
-	// Start is called when a request begins.
+	// Start is called when a request begins, once a target took it.
 	Start()
-	// Done is called when it ends, with what the client got.
-	Done(method string, status int, took time.Duration, bytes int64)
-	// UpstreamError counts a request the app could not answer, by kind:
-	// unreachable, timeout, retired or no_target.
-	UpstreamError(kind string)
+	// Done is called when it ends, with the version of the target that
+	// served it and what the client got. A request no target took is
+	// not the app's: it ends in UpstreamError("", "no_target") alone.
+	Done(version, method string, status int, took time.Duration, bytes int64)
+	// UpstreamError counts a request the app could not answer, by the
+	// version of the target that failed it ("" when no target was
+	// chosen) and kind: unreachable, timeout, retired or no_target.
+	UpstreamError(version, kind string)
 }
 
 type nopObserver struct{}
 
-func (nopObserver) Start()                                 {}
-func (nopObserver) Done(string, int, time.Duration, int64) {}
-func (nopObserver) UpstreamError(string)                   {}
+func (nopObserver) Start()                                         {}
+func (nopObserver) Done(string, string, int, time.Duration, int64) {}
+func (nopObserver) UpstreamError(string, string)                   {}
 
 // Default option values.
 const (
@@ -279,11 +284,11 @@ func (s *Service) retire(grace time.Duration) {
 	if s == nil {
 		return
 	}
-	set := s.targets.Swap(&[]*Target{})
-	if set == nil || len(*set) == 0 {
+	r := s.routes.Swap(&routes{})
+	if r == nil || len(r.all) == 0 {
 		return
 	}
-	go (&Retired{targets: *set}).Drain(context.Background(), grace, grace)
+	go (&Retired{targets: r.targets()}).Drain(context.Background(), grace, grace)
 }
 
 // Retired is a target set that a swap took out of service.
@@ -326,51 +331,113 @@ func (r *Retired) Drain(ctx context.Context, timeout, streamGrace time.Duration)
 	return total
 }
 
-// Swap routes app to the targets at addrs, at once, and returns the set it
-// replaced for the caller to drain. Addresses already in the set keep their
-// target (and its connections).
-func (p *Proxy) Swap(app string, addrs []string) *Retired {
+// Route installs app's set of backends at once and returns the targets it
+// no longer routes to, for the caller to drain. Targets whose Addr
+// survives keep their connections, their requests in flight and their
+// health. split, when not nil, gives each version its share of new
+// requests in percent (e.g. {"v1": 90, "v2": 10}); the shares must add up
+// to 100, each version in split must have at least one backend, and
+// backends of a version split leaves out take requests only when no other
+// can. With split nil, requests spread over all backends alike. An error
+// (ErrBadRoute) leaves the app's routes as they were.
+func (p *Proxy) Route(app string, backends []Backend, split map[string]int) (*Retired, error) {
 	p.mu.Lock()
 	s := p.service(app)
 	p.mu.Unlock()
 
-	old := s.targets.Load()
+	s.routing.Lock()
+	defer s.routing.Unlock()
 	keep := map[string]*Target{}
-	if old != nil {
-		for _, t := range *old {
-			keep[t.addr] = t
+	if old := s.routes.Load(); old != nil {
+		for _, m := range old.all {
+			keep[m.t.addr] = m.t
 		}
 	}
-	next := make([]*Target, 0, len(addrs))
-	for _, a := range addrs {
-		if t, ok := keep[a]; ok {
-			next = append(next, t)
-			delete(keep, a)
-			continue
-		}
-		next = append(next, newTarget(a))
+	next, err := newRoutes(backends, split, keep)
+	if err != nil {
+		return nil, err
 	}
 	s.install(next)
+	for _, m := range next.all {
+		delete(keep, m.t.addr)
+	}
 	r := &Retired{}
 	for _, t := range keep {
 		r.targets = append(r.targets, t)
 	}
+	return r, nil
+}
+
+// Swap routes app to the targets at addrs, at once, and returns the set it
+// replaced for the caller to drain: Route with no version and no split.
+// An address listed twice is routed once.
+func (p *Proxy) Swap(app string, addrs []string) *Retired {
+	backends := make([]Backend, 0, len(addrs))
+	for _, a := range addrs {
+		if !slices.ContainsFunc(backends, func(b Backend) bool { return b.Addr == a }) {
+			backends = append(backends, Backend{Addr: a})
+		}
+	}
+	r, err := p.Route(app, backends, nil)
+	if err != nil {
+		panic("proxy: Route refused distinct backends without a split: " + err.Error())
+	}
 	return r
+}
+
+// Backends returns the backends app is routed to now.
+func (p *Proxy) Backends(app string) []Backend {
+	if r := p.routesOf(app); r != nil {
+		return r.backends()
+	}
+	return nil
 }
 
 // Targets returns the addresses app is routed to now.
 func (p *Proxy) Targets(app string) []string {
+	r := p.routesOf(app)
+	if r == nil {
+		return nil
+	}
+	return (&Retired{targets: r.targets()}).Addrs()
+}
+
+// SetHealthy records what the agent's active health check of app's
+// target at addr found: a target marked down takes no new requests until
+// it is marked up (which also ends a passive ejection). When no target of
+// the app takes requests, one is tried anyway. Unknown apps and addresses
+// are ignored.
+func (p *Proxy) SetHealthy(app, addr string, ok bool) {
+	p.mu.Lock()
+	s := p.services[app]
+	p.mu.Unlock()
+	if s == nil {
+		return
+	}
+	r := s.routes.Load()
+	if r == nil {
+		return
+	}
+	m, found := r.find(addr)
+	if !found || !m.t.setHealthy(ok) {
+		return
+	}
+	msg := "target marked unhealthy"
+	if ok {
+		msg = "target marked healthy"
+	}
+	s.log.LogAttrs(context.Background(), slog.LevelInfo, msg, slog.String("target", addr), slog.String("version", m.version))
+}
+
+// routesOf returns app's installed routes, or nil.
+func (p *Proxy) routesOf(app string) *routes {
 	p.mu.Lock()
 	s, ok := p.services[app]
 	p.mu.Unlock()
 	if !ok {
 		return nil
 	}
-	set := s.targets.Load()
-	if set == nil {
-		return nil
-	}
-	return (&Retired{targets: *set}).Addrs()
+	return s.routes.Load()
 }
 
 // Shutdown closes every listener, letting requests finish within ctx.
@@ -410,14 +477,14 @@ func (m multiAppObserver) Start() {
 	}
 }
 
-func (m multiAppObserver) Done(method string, status int, took time.Duration, bytes int64) {
+func (m multiAppObserver) Done(version, method string, status int, took time.Duration, bytes int64) {
 	for _, o := range m {
-		o.Done(method, status, took, bytes)
+		o.Done(version, method, status, took, bytes)
 	}
 }
 
-func (m multiAppObserver) UpstreamError(kind string) {
+func (m multiAppObserver) UpstreamError(version, kind string) {
 	for _, o := range m {
-		o.UpstreamError(kind)
+		o.UpstreamError(version, kind)
 	}
 }

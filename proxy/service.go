@@ -4,12 +4,14 @@ import (
 	"context"
 	"log"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 )
 
 // Service routes one app's public port(s) to its current set of targets.
 // The set is swapped as one pointer; the request path takes no lock.
+// Target health is a few atomics on each target.
 type Service struct {
 	app      string
 	opts     Options
@@ -18,8 +20,10 @@ type Service struct {
 
 	obs AppObserver
 
-	targets atomic.Pointer[[]*Target]
-	next    atomic.Uint64
+	routes atomic.Pointer[routes]
+	// routing serialises Route calls: each builds on the set before it.
+	// The request path never takes it.
+	routing sync.Mutex
 	// swapped is closed, and replaced, at every swap: requests waiting
 	// for a first version wake on it.
 	swapped atomic.Pointer[chan struct{}]
@@ -40,17 +44,17 @@ func newService(app string, opts Options, logger *slog.Logger) *Service {
 
 // install routes the service to next and wakes the requests waiting for
 // a version.
-func (s *Service) install(next []*Target) {
-	s.targets.Store(&next)
+func (s *Service) install(next *routes) {
+	s.routes.Store(next)
 	ch := make(chan struct{})
 	close(*s.swapped.Swap(&ch))
 }
 
-// pick returns a target that is not draining, counted as in flight. When
-// the app has none, it waits up to opts.StartWait for a swap to install
-// one (a first deploy finishing), and returns nil if none comes or ctx
-// ends.
-func (s *Service) pick(ctx context.Context) *Target {
+// pick returns a target for a new request (routes.pick says which),
+// counted as in flight. When the app has none, it waits up to
+// opts.StartWait for a swap to install one (a first deploy finishing), and
+// returns a zero picked if none comes or ctx ends.
+func (s *Service) pick(ctx context.Context) picked {
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
@@ -59,21 +63,16 @@ func (s *Service) pick(ctx context.Context) *Target {
 	}()
 	for {
 		swapped := s.swapped.Load() // before the set: a swap after this wakes us
-		if set := s.targets.Load(); set != nil && len(*set) > 0 {
-			ts := *set
-			t := ts[0]
-			if len(ts) > 1 {
-				t = ts[s.next.Add(1)%uint64(len(ts))]
+		if r := s.routes.Load(); r != nil && len(r.all) > 0 {
+			if p, ok := r.pick(); ok {
+				return p
 			}
-			if t.acquire() {
-				return t
-			}
-			// t began draining after we loaded the set: a newer set is
-			// already installed, so load again.
+			// The target began draining after we loaded the set: a
+			// newer set is already installed, so load again.
 			continue
 		}
 		if s.opts.StartWait <= 0 {
-			return nil
+			return picked{}
 		}
 		if timer == nil {
 			timer = time.NewTimer(s.opts.StartWait)
@@ -83,9 +82,65 @@ func (s *Service) pick(ctx context.Context) *Target {
 		select {
 		case <-*swapped:
 		case <-timer.C:
-			return nil
+			return picked{}
 		case <-ctx.Done():
-			return nil
+			return picked{}
 		}
 	}
+}
+
+// pickAnother returns a target for a request that could not be sent to the
+// ones in tried: another that takes requests, of the same version when one
+// is, counted as in flight; or a zero picked.
+func (s *Service) pickAnother(tried []*Target, version string) picked {
+	for {
+		r := s.routes.Load()
+		if r == nil {
+			return picked{}
+		}
+		m, trial, ok := r.anyTaking(tried, version)
+		if !ok {
+			return picked{}
+		}
+		if m.t.acquire() {
+			return picked{m.t, m.version, trial}
+		}
+	}
+}
+
+// refused takes t out of the rotation after it refused a connection,
+// unless no other target of the app takes requests: the last one is never
+// ejected (better a 502 than no chance). It logs transitions only.
+func (s *Service) refused(p picked, err error) {
+	if !p.trial && !s.othersTake(p.t) {
+		return
+	}
+	if ejected, backoff := p.t.eject(p.trial); ejected {
+		s.log.LogAttrs(context.Background(), slog.LevelWarn, "target ejected",
+			slog.String("target", p.t.addr), slog.String("version", p.version),
+			slog.Duration("retry_in", backoff), slog.String("error", err.Error()))
+	}
+}
+
+// reached notes that t accepted a connection, which ends an ejection.
+func (s *Service) reached(p picked) {
+	if p.t.reached() {
+		s.log.LogAttrs(context.Background(), slog.LevelInfo, "target back in rotation",
+			slog.String("target", p.t.addr), slog.String("version", p.version))
+	}
+}
+
+// othersTake tells whether a target of the app other than t is in the
+// rotation.
+func (s *Service) othersTake(t *Target) bool {
+	r := s.routes.Load()
+	if r == nil {
+		return false
+	}
+	for _, m := range r.all {
+		if m.t != t && m.t.inRotation() {
+			return true
+		}
+	}
+	return false
 }

@@ -24,7 +24,28 @@ type Target struct {
 	draining atomic.Bool
 	// cut is set when a drain ran out of time and closed the connections.
 	cut atomic.Bool
+
+	// unhealthy is set by the agent's active health checks (SetHealthy).
+	unhealthy atomic.Bool
+	// ejectedUntil is zero while t is in the rotation. After t refused a
+	// connection it is the time (monoNow) of its next trial; backoff is
+	// the wait before that trial.
+	ejectedUntil atomic.Int64
+	backoff      atomic.Int64
 }
+
+// Passive ejection's back-off: a target that refused a connection is tried
+// again after firstBackoff, then after twice as long after each failed
+// trial, up to maxBackoff.
+const (
+	firstBackoff = time.Second
+	maxBackoff   = 30 * time.Second
+)
+
+// monoStart makes monoNow monotonic: a wall-clock jump moves no back-off.
+var monoStart = time.Now()
+
+func monoNow() int64 { return int64(time.Since(monoStart)) }
 
 // bufferPool shares copy buffers between all targets.
 type bufferPool struct{ sync.Pool }
@@ -48,6 +69,69 @@ func (t *Target) acquire() bool {
 		return false
 	}
 	return true
+}
+
+// takes tells whether t may take a new request: it is healthy and in the
+// rotation, or it was ejected, its back-off has passed, and this request
+// wins its one trial (half-open). Whoever wins the trial moves the next
+// one a back-off later, so that the others wait for its outcome.
+func (t *Target) takes() (ok, trial bool) {
+	if t.unhealthy.Load() {
+		return false, false
+	}
+	until := t.ejectedUntil.Load()
+	if until == 0 {
+		return true, false
+	}
+	now := monoNow()
+	if now < until || !t.ejectedUntil.CompareAndSwap(until, now+t.backoff.Load()) {
+		return false, false
+	}
+	return true, true
+}
+
+// inRotation tells whether t takes requests without a trial.
+func (t *Target) inRotation() bool {
+	return !t.unhealthy.Load() && t.ejectedUntil.Load() == 0
+}
+
+// eject takes t out of the rotation after it refused a connection, and
+// tells whether that was a transition: a target already ejected whose
+// trial failed waits twice as long (up to maxBackoff) for the next one;
+// other requests failing at the same time change nothing.
+func (t *Target) eject(trial bool) (ejected bool, backoff time.Duration) {
+	if trial {
+		b := min(2*time.Duration(t.backoff.Load()), maxBackoff)
+		t.backoff.Store(int64(b))
+		t.ejectedUntil.Store(monoNow() + int64(b))
+		return false, b
+	}
+	if t.ejectedUntil.Load() != 0 {
+		return false, 0
+	}
+	t.backoff.Store(int64(firstBackoff))
+	return t.ejectedUntil.CompareAndSwap(0, monoNow()+int64(firstBackoff)), firstBackoff
+}
+
+// reached records that t accepted a connection, and tells whether that
+// returned it to the rotation.
+func (t *Target) reached() bool {
+	until := t.ejectedUntil.Load()
+	return until != 0 && t.ejectedUntil.CompareAndSwap(until, 0)
+}
+
+// setHealthy records what an active health check found, and tells whether
+// that changed t's state. A passing check also ends a passive ejection:
+// the target accepts connections again.
+func (t *Target) setHealthy(ok bool) (changed bool) {
+	if ok {
+		changed = t.unhealthy.CompareAndSwap(true, false)
+		if t.reached() {
+			changed = true
+		}
+		return changed
+	}
+	return t.unhealthy.CompareAndSwap(false, true)
 }
 
 // releaseStream ends a request, which was counted as a stream or not.
