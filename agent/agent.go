@@ -66,6 +66,8 @@ type Router interface {
 	// Remove forgets an app: its ports and its targets.
 	Remove(app string, grace time.Duration)
 	Swap(app string, addrs []string) *proxy.Retired
+	// Route installs app's instances, each with the version it runs.
+	Route(app string, backends []proxy.Backend, split map[string]int) (*proxy.Retired, error)
 	Targets(app string) []string
 }
 
@@ -89,8 +91,10 @@ type Metrics interface {
 	Usage(app string, cpu float64, memory uint64, restarts int)
 	// Status records an app's health status.
 	Status(app, status string)
-	// Forget drops every series of a removed app.
+	// Forget drops every series of a removed app, and ForgetVersion
+	// those of a version it no longer serves.
 	Forget(app string)
+	ForgetVersion(app, version string)
 }
 
 type nopMetrics struct{}
@@ -103,6 +107,7 @@ func (nopMetrics) Check(string, bool, time.Duration)  {}
 func (nopMetrics) Usage(string, float64, uint64, int) {}
 func (nopMetrics) Status(string, string)              {}
 func (nopMetrics) Forget(string)                      {}
+func (nopMetrics) ForgetVersion(string, string)       {}
 
 var (
 	_ Runtime = (*runtime.Docker)(nil)

@@ -463,7 +463,7 @@ func (d *deployment) describe(spec *platform.Spec) {
 		d.linef(".ebextensions: health check URL %s (a --health-path given to deploy wins)", o.HealthPath)
 	}
 	if p := o.Deploy.String(); p != "" {
-		d.linef(".ebextensions: %s; on one host every deployment policy starts the new version beside the old one and swaps when it is healthy", p)
+		d.linef(".ebextensions: %s (the app's own --policy and --batch-size win)", p)
 	}
 	if o.Deploy.IgnoreHealthCheck {
 		d.linef("warning: IgnoreHealthCheck is true: a version whose health check still fails at the deadline is swapped in anyway, if its container runs")
@@ -590,6 +590,10 @@ func (d *deployment) rollout(ctx context.Context) error {
 			old.Status = store.StatusRetired
 			a.store.PutVersion(old)
 		}
+		// Its requests are history: series are kept for the versions an
+		// app serves only.
+		a.metrics.ForgetVersion(d.app.Name, d.prev.Serving)
+		a.tracker.ForgetVersion(d.app.Name, d.prev.Serving)
 	}
 	d.v.Status, d.v.DeployedAt, d.v.FailedStep, d.v.Error = store.StatusServing, now, "", ""
 	if err := a.store.PutVersion(d.v); err != nil {
@@ -674,7 +678,9 @@ func (d *deployment) rolloutDirect(ctx context.Context, env map[string]string, c
 	retired := &proxy.Retired{}
 	if !d.direct {
 		old := a.router.Targets(d.app.Name)
-		retired = a.router.Swap(d.app.Name, []string{c.Addr})
+		if retired, err = a.router.Route(d.app.Name, []proxy.Backend{{Addr: c.Addr, Version: d.v.Label}}, nil); err != nil {
+			return err
+		}
 		// In memory only, like the route itself: written after.
 		if err := d.j.record(store.Undo{Kind: store.UndoRoute, Addrs: old, Label: d.prev.Serving}); err != nil {
 			return err

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sprout-paas/sprout/platform"
+	"github.com/sprout-paas/sprout/proxy"
 	"github.com/sprout-paas/sprout/rollout"
 	"github.com/sprout-paas/sprout/runtime"
 	"github.com/sprout-paas/sprout/store"
@@ -106,7 +107,9 @@ func (d *deployment) runPlan(ctx context.Context, env map[string]string, config 
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	if slices.ContainsFunc(plan.Batches, func(b rollout.Batch) bool {
-		return slices.ContainsFunc(b.Steps, func(s rollout.Step) bool { return s.Op == rollout.OpEvaluate || (s.Op == rollout.OpRoute && s.Percent > 0 && s.Percent < 100) })
+		return slices.ContainsFunc(b.Steps, func(s rollout.Step) bool {
+			return s.Op == rollout.OpEvaluate || (s.Op == rollout.OpRoute && s.Percent > 0 && s.Percent < 100)
+		})
 	}) {
 		return fmt.Errorf("%w: TrafficSplitting is not available yet on this agent: choose another --policy", ErrInvalid)
 	}
@@ -316,12 +319,15 @@ func (x *executor) route(ctx context.Context, names []string) error {
 	if err := d.j.record(store.Undo{Kind: store.UndoRoute, Containers: before, Label: d.prev.Serving}); err != nil {
 		return err
 	}
-	addrs := make([]string, len(names))
+	backends := make([]proxy.Backend, len(names))
 	for i, n := range names {
-		addrs[i] = x.inst[n].addr
+		backends[i] = proxy.Backend{Addr: x.inst[n].addr, Version: x.inst[n].Label}
 	}
 	at := time.Now()
-	retired := a.router.Swap(d.app.Name, addrs)
+	retired, err := a.router.Route(d.app.Name, backends, nil)
+	if err != nil {
+		return err
+	}
 	x.routed = names
 	var labels []string
 	for _, n := range names {

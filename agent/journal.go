@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/sprout-paas/sprout/health"
+	"github.com/sprout-paas/sprout/proxy"
+	"github.com/sprout-paas/sprout/runtime"
 	"github.com/sprout-paas/sprout/store"
 )
 
@@ -77,13 +79,20 @@ func (a *Agent) replay(ctx context.Context, rec *store.Journal, live bool, p Pro
 		}
 		switch u.Kind {
 		case store.UndoRoute:
-			addrs := u.Addrs
-			if len(u.Containers) > 0 {
-				addrs = a.addrsOf(ctx, u.Containers)
+			backends := make([]proxy.Backend, 0, len(u.Addrs))
+			for _, addr := range u.Addrs {
+				backends = append(backends, proxy.Backend{Addr: addr, Version: u.Label})
 			}
-			retired := a.router.Swap(rec.App, addrs)
-			if len(addrs) > 0 {
-				p.Line(fmt.Sprintf("traffic went back to %d instance(s) of %s", len(addrs), u.Label))
+			if len(u.Containers) > 0 {
+				backends = a.backendsOf(ctx, u.Containers)
+			}
+			retired, err := a.router.Route(rec.App, backends, nil)
+			if err != nil {
+				a.log.Error("route back", "app", rec.App, "error", err)
+				continue
+			}
+			if len(backends) > 0 {
+				p.Line(fmt.Sprintf("traffic went back to %d instance(s) of %s", len(backends), u.Label))
 			}
 			retired.Drain(ctx, a.cfg.DrainTimeout, a.cfg.StreamGrace)
 		case store.UndoRemove:
@@ -106,12 +115,13 @@ func (a *Agent) replay(ctx context.Context, rec *store.Journal, live bool, p Pro
 	}
 }
 
-// addrsOf looks up the addresses of the containers that run.
-func (a *Agent) addrsOf(ctx context.Context, ids []string) []string {
-	var out []string
+// backendsOf looks up the addresses and versions of the containers that
+// run.
+func (a *Agent) backendsOf(ctx context.Context, ids []string) []proxy.Backend {
+	var out []proxy.Backend
 	for _, id := range ids {
 		if c, err := a.rt.Container(ctx, id); err == nil && c.Running && c.Addr != "" {
-			out = append(out, c.Addr)
+			out = append(out, proxy.Backend{Addr: c.Addr, Version: c.Labels[runtime.LabelLabel]})
 		}
 	}
 	return out
@@ -130,9 +140,7 @@ func (a *Agent) restartContainer(ctx context.Context, app string, u store.Undo) 
 		a.event(app, u.Label, "deploy-failed", "%s was started again but is not healthy yet: %v", u.Label, err)
 	}
 	if u.Routed {
-		if c, err := a.rt.Container(ctx, u.Container); err == nil {
-			a.router.Swap(app, []string{c.Addr})
-		}
+		a.router.Route(app, a.backendsOf(ctx, []string{u.Container}), nil)
 	}
 	a.event(app, u.Label, "deploy-failed", "started %s again after the failed deploy", u.Label)
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/sprout-paas/sprout/proxy"
 	"github.com/sprout-paas/sprout/runtime"
 	"github.com/sprout-paas/sprout/store"
 )
@@ -49,7 +50,8 @@ func (a *Agent) Start(ctx context.Context) error {
 				continue
 			}
 		}
-		var addrs, names []string
+		var backends []proxy.Backend
+		var names []string
 		for _, id := range app.ServingIDs() {
 			c, ok := byID[id]
 			if !ok {
@@ -57,17 +59,20 @@ func (a *Agent) Start(ctx context.Context) error {
 			}
 			serving[c.ID] = true // a stopped one is replaced by the recovery, which removes it
 			if c.Running && c.Addr != "" {
-				addrs, names = append(addrs, c.Addr), append(names, shortID(c.ID)+" at "+c.Addr)
+				backends = append(backends, proxy.Backend{Addr: c.Addr, Version: c.Labels[runtime.LabelLabel]})
+				names = append(names, shortID(c.ID)+" at "+c.Addr)
 			}
 		}
-		if len(addrs) > 0 {
+		if len(backends) > 0 {
 			if !direct {
-				a.router.Swap(app.Name, addrs)
+				if _, err := a.router.Route(app.Name, backends, nil); err != nil {
+					a.event(app.Name, app.Serving, "restore", "cannot route to its instances: %v", err)
+				}
 			}
 			a.metrics.Serving(app.Name, app.Serving)
-			a.event(app.Name, app.Serving, "restore", "re-adopted %d of %d instance(s) of %s: %s", len(addrs), app.InstanceCount(), app.Serving, strings.Join(names, ", "))
+			a.event(app.Name, app.Serving, "restore", "re-adopted %d of %d instance(s) of %s: %s", len(backends), app.InstanceCount(), app.Serving, strings.Join(names, ", "))
 		}
-		if len(addrs) < app.InstanceCount() {
+		if len(backends) < app.InstanceCount() {
 			go a.recover(context.WithoutCancel(ctx), app.Name)
 		}
 	}

@@ -26,15 +26,22 @@ func (a *Agent) follow(ctx context.Context, app *store.App) {
 	if v, err := a.store.Version(app.Name, app.Serving); err == nil && v.Options.ProxyNone {
 		return // the container publishes its port itself
 	}
-	addrs := a.addrsOf(ctx, app.ServingIDs())
-	if len(addrs) == 0 {
+	backends := a.backendsOf(ctx, app.ServingIDs())
+	if len(backends) == 0 {
 		return
+	}
+	var addrs []string
+	for _, b := range backends {
+		addrs = append(addrs, b.Addr)
 	}
 	cur := a.router.Targets(app.Name)
 	slices.Sort(addrs)
 	slices.Sort(cur)
 	if !slices.Equal(cur, addrs) {
-		retired := a.router.Swap(app.Name, addrs)
+		retired, err := a.router.Route(app.Name, backends, nil)
+		if err != nil {
+			return
+		}
 		retired.Drain(ctx, time.Second, time.Second)
 		a.event(app.Name, app.Serving, "restart", "instances of %s came back at %s; traffic follows them", app.Serving, strings.Join(addrs, ", "))
 	}
