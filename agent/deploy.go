@@ -31,10 +31,12 @@ const (
 	StepBuild  = "build"
 	StepStart  = "start"
 	StepHealth = "health"
-	StepSwap   = "swap"
-	StepDrain  = "drain"
-	StepRetire = "retire"
-	StepRecord = "record"
+	// StepEvaluate is a TrafficSplitting canary's evaluation.
+	StepEvaluate = "evaluate"
+	StepSwap     = "swap"
+	StepDrain    = "drain"
+	StepRetire   = "retire"
+	StepRecord   = "record"
 )
 
 // Settings are per-app settings a deploy may change. Nil fields keep the
@@ -54,6 +56,9 @@ type Settings struct {
 	Policy        *string
 	BatchSizeType *string
 	BatchSize     *int
+	// CanaryPercent and EvaluationTime are TrafficSplitting's.
+	CanaryPercent  *int
+	EvaluationTime *time.Duration
 }
 
 // apply returns app with the settings changed, validated.
@@ -80,6 +85,14 @@ func (s Settings) apply(app store.App) (store.App, error) {
 	setD(&app.Health.Deadline, s.HealthDeadline)
 	set(&app.Capacity, s.Instances)
 	set(&app.Rollout.BatchSize, s.BatchSize)
+	set(&app.Rollout.NewVersionPercent, s.CanaryPercent)
+	setD(&app.Rollout.EvaluationTime, s.EvaluationTime)
+	if p := app.Rollout.NewVersionPercent; p < 0 || p > 100 {
+		return app, fmt.Errorf("%w: canary percent %d must be from 1 to 100", ErrInvalid, p)
+	}
+	if app.Rollout.EvaluationTime < 0 {
+		return app, fmt.Errorf("%w: evaluation time must be positive", ErrInvalid)
+	}
 	if s.Policy != nil {
 		p, err := rollout.ParsePolicy(*s.Policy)
 		if err != nil {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sprout-paas/sprout/health"
 	"github.com/sprout-paas/sprout/platform"
 	"github.com/sprout-paas/sprout/proxy"
 	"github.com/sprout-paas/sprout/rollout"
@@ -67,11 +69,11 @@ func rolloutSettings(app *store.App, v *store.Version) (rollout.Settings, error)
 	} else if bundle.BatchSize > 0 {
 		s.BatchSize = bundle.BatchSize
 	}
-	if app.Rollout.NewVersionPercent > 0 {
-		s.NewVersionPercent = app.Rollout.NewVersionPercent
+	if n := cmp.Or(app.Rollout.NewVersionPercent, bundle.NewVersionPercent); n > 0 {
+		s.NewVersionPercent = n
 	}
-	if app.Rollout.EvaluationTime > 0 {
-		s.EvaluationTime = app.Rollout.EvaluationTime
+	if t := cmp.Or(app.Rollout.EvaluationTime, bundle.EvaluationTime); t > 0 {
+		s.EvaluationTime = t
 	}
 	return s, s.Validate()
 }
@@ -105,13 +107,6 @@ func (d *deployment) runPlan(ctx context.Context, env map[string]string, config 
 	}
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
-	}
-	if slices.ContainsFunc(plan.Batches, func(b rollout.Batch) bool {
-		return slices.ContainsFunc(b.Steps, func(s rollout.Step) bool {
-			return s.Op == rollout.OpEvaluate || (s.Op == rollout.OpRoute && s.Percent > 0 && s.Percent < 100)
-		})
-	}) {
-		return fmt.Errorf("%w: TrafficSplitting is not available yet on this agent: choose another --policy", ErrInvalid)
 	}
 	for _, line := range strings.Split(plan.String(), "\n") {
 		d.linef("plan: %s", strings.TrimSpace(line))
@@ -214,19 +209,26 @@ func (x *executor) step(ctx context.Context, st rollout.Step) error {
 	case rollout.OpRoute:
 		d.begin(StepSwap)
 		next := slices.Clone(x.routed)
-		if st.Percent == 100 {
-			next = next[:0]
-			for _, name := range x.started {
-				next = append(next, name)
-			}
-		} else {
+		var split map[string]int
+		switch {
+		case st.Percent == 100:
+			next = slices.Clone(x.started)
+		case st.Percent > 0 && d.prev.Serving != "" && d.prev.Serving != d.v.Label:
+			// A canary: the new version takes its share of requests
+			// beside the old one.
+			next = append(next, x.batch...)
+			split = map[string]int{d.v.Label: st.Percent, d.prev.Serving: 100 - st.Percent}
+		default:
 			next = append(next, x.batch...)
 		}
-		return x.route(ctx, next)
+		return x.route(ctx, next, split)
 	case rollout.OpDrain:
 		d.begin(StepDrain)
 		next := slices.DeleteFunc(slices.Clone(x.routed), func(n string) bool { return slices.Contains(st.IDs, n) })
-		return x.route(ctx, next)
+		return x.route(ctx, next, nil)
+	case rollout.OpEvaluate:
+		d.begin(StepEvaluate)
+		return x.evaluate(ctx, st.For)
 	case rollout.OpRetire:
 		d.begin(StepRetire)
 		for _, name := range st.IDs {
@@ -310,7 +312,7 @@ func (x *executor) line(s string) {
 // route puts exactly the instances named in the rotation and drains the
 // ones it took out. Undoing it routes back to the instances that were in
 // the rotation before.
-func (x *executor) route(ctx context.Context, names []string) error {
+func (x *executor) route(ctx context.Context, names []string, split map[string]int) error {
 	d, a := x.d, x.d.a
 	var before []string
 	for _, n := range x.routed {
@@ -324,7 +326,7 @@ func (x *executor) route(ctx context.Context, names []string) error {
 		backends[i] = proxy.Backend{Addr: x.inst[n].addr, Version: x.inst[n].Label}
 	}
 	at := time.Now()
-	retired, err := a.router.Route(d.app.Name, backends, nil)
+	retired, err := a.router.Route(d.app.Name, backends, split)
 	if err != nil {
 		return err
 	}
@@ -336,6 +338,9 @@ func (x *executor) route(ctx context.Context, names []string) error {
 		}
 	}
 	msg := fmt.Sprintf("traffic on port %d now goes to %d instance(s) of %s", d.app.Port, len(names), strings.Join(labels, " and "))
+	if split != nil {
+		msg += fmt.Sprintf(" (%d%% of requests to %s)", split[d.v.Label], d.v.Label)
+	}
 	if !d.lastPass.IsZero() && at.Sub(d.lastPass) < time.Minute {
 		msg += fmt.Sprintf(", %s after the last passing check", at.Sub(d.lastPass).Round(10*time.Microsecond))
 	}
@@ -344,5 +349,47 @@ func (x *executor) route(ctx context.Context, names []string) error {
 		st := retired.Drain(context.WithoutCancel(ctx), a.cfg.DrainTimeout, a.cfg.StreamGrace)
 		d.linef("drained %s in %s (%d requests cut at the deadline)", strings.Join(old, ", "), st.Waited.Round(time.Millisecond), st.Cut)
 	}
+	return nil
+}
+
+// evaluate lets the canary take its share of requests for the evaluation
+// time, saying how both versions do as it goes, then judges it against
+// the old version over the same window (rollout.Judge). A clearly worse
+// canary fails the rollout, and its undo sends every request back to the
+// old version.
+func (x *executor) evaluate(ctx context.Context, span time.Duration) error {
+	d, a := x.d, x.d.a
+	newL, oldL := d.v.Label, d.prev.Serving
+	if oldL == "" || oldL == newL {
+		d.linef("nothing to compare %s with (the same version serves): no evaluation", newL)
+		return nil
+	}
+	d.linef("evaluating %s against %s for %s", newL, oldL, span)
+	start := time.Now()
+	judge := func() rollout.Verdict {
+		// Every bucket since the canary took requests, for both.
+		w := time.Since(start) + health.Resolution
+		return rollout.Judge(newL, a.tracker.VersionWindow(d.app.Name, newL).Stats(w), oldL, a.tracker.VersionWindow(d.app.Name, oldL).Stats(w))
+	}
+	every := min(max(span/5, time.Second), 30*time.Second)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	end := time.NewTimer(span)
+	defer end.Stop()
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-tick.C:
+			d.linef("so far: %s", judge().Figures)
+		case <-end.C:
+			done = true
+		}
+	}
+	v := judge()
+	if v.Worse {
+		return fmt.Errorf("canary %s rolled back: %s", newL, v.Reason)
+	}
+	d.linef("canary %s: %s", newL, v.Reason)
 	return nil
 }

@@ -154,3 +154,54 @@ func TestRestartKeepsEveryInstance(t *testing.T) {
 		t.Errorf("GET / after the restart = %d %q", code, body)
 	}
 }
+
+// TestCanary runs TrafficSplitting twice under load: a good canary is
+// promoted, and one that answers 5xx to a third of its requests is rolled
+// back after its evaluation, with the figures that decided it; every
+// instance is then the old version's again.
+func TestCanary(t *testing.T) {
+	h := newHarness(t)
+	app, port := testenv.Name("canary"), testenv.FreePort(t)
+	h.mustDeploy(app, "v1", testenv.Bundle(t, ""), map[string]string{"port": fmt.Sprint(port), "instances": "2", "health_path": "/healthz"})
+	canary := map[string]string{"policy": "TrafficSplitting", "canary_percent": "20", "evaluation_time": "4s"}
+
+	load := testenv.Load(t, port, 8)
+	testenv.Answered(t, load, "v1 ", 50)
+	_, lines, err := h.deploy(app, "v2", testenv.Bundle(t, ""), canary)
+	out := strings.Join(lines, "\n")
+	if err != nil {
+		t.Fatalf("the good canary: %v\n%s", err, out)
+	}
+	for _, want := range []string{"plan: TrafficSplitting, 20% of requests to v2 for 4s, then all", "(20% of requests to v2)", "canary v2: v2: ", "not clearly worse; promoted"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the good canary's output lacks %q:\n%s", want, out)
+		}
+	}
+	testenv.Answered(t, load, "v2 ", 50)
+	if r := load.Stop(); r.Failed != 0 {
+		t.Errorf("load during the good canary: %s", r)
+	}
+	before := instancesOf(t, h, app, "v2", 2)
+
+	load = testenv.Load(t, port, 8)
+	testenv.Answered(t, load, "v2 ", 50)
+	_, lines, err = h.deploy(app, "v3", testenv.Bundle(t, "", "ENV APP_FAIL_EVERY=3"), canary)
+	out = strings.Join(lines, "\n")
+	if err == nil {
+		t.Fatalf("the bad canary was promoted:\n%s", out)
+	}
+	t.Logf("the bad canary: %v", err)
+	if !strings.Contains(err.Error(), "canary v3 rolled back") || !strings.Contains(err.Error(), "5xx share") || !strings.Contains(err.Error(), "is clearly worse than 0.0%") {
+		t.Errorf("the bad canary's error does not give the figures: %v", err)
+	}
+	after := instancesOf(t, h, app, "v2", 2)
+	if !slices.Equal(before, after) {
+		t.Errorf("instances after the rollback = %v, want v2's %v", after, before)
+	}
+	// Once rolled back, nothing fails any more.
+	mid := load.Now()
+	testenv.Answered(t, load, "v2 ", 200)
+	if r := load.Stop(); r.Failed != mid.Failed {
+		t.Errorf("requests failed after the canary was rolled back: %s (%d failed before)", r, mid.Failed)
+	}
+}

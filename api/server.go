@@ -441,6 +441,8 @@ func parseSettings(q map[string][]string) (agent.Settings, error) {
 	s.HealthDeadline = durp("health_deadline")
 	s.Instances = intp("instances")
 	s.BatchSize = intp("batch_size")
+	s.CanaryPercent = intp("canary_percent")
+	s.EvaluationTime = durp("evaluation_time")
 	if v, ok := get("policy"); ok {
 		s.Policy = &v
 	}

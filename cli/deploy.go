@@ -37,9 +37,11 @@ var settingFlags = []struct{ flag, param, usage string }{
 	{"health-grace", "health_grace", "time after start before the first check, for slow boots (default 0s)"},
 	{"health-deadline", "health_deadline", "give up when not healthy within this time (default 5m)"},
 	{"instances", "instances", "how many instances (containers) of the app run behind the proxy (default 1)"},
-	{"policy", "policy", "deployment policy: AllAtOnce, Rolling, RollingWithAdditionalBatch or Immutable (default: the bundle's .ebextensions, else AllAtOnce)"},
+	{"policy", "policy", "deployment policy: AllAtOnce, Rolling, RollingWithAdditionalBatch, Immutable or TrafficSplitting (default: the bundle's .ebextensions, else AllAtOnce)"},
 	{"batch-size", "batch_size", "instances per batch of a rolling policy, as a percentage or a count (see --batch-size-type; default 100)"},
 	{"batch-size-type", "batch_size_type", "Percentage or Fixed (default Percentage)"},
+	{"canary-percent", "canary_percent", "TrafficSplitting: share of requests the new version takes while it is evaluated (default 10)"},
+	{"evaluation-time", "evaluation_time", "TrafficSplitting: how long the new version is compared with the old before it takes all traffic (default 5m)"},
 }
 
 func newDeployCommand(c *cli) *cobra.Command {
@@ -63,6 +65,7 @@ later deploys.`,
   sprout deploy ./myapp --health-path /healthz
   sprout deploy app.zip --app web --instances 4 --policy Rolling --batch-size 25
                                          # 4 instances, replaced one at a time
+  sprout deploy app.zip --app web --policy TrafficSplitting --canary-percent 10 --evaluation-time 2m
   sprout deploy s3://my-bucket/web/v7.zip --app web --label v7      # the agent fetches it
   sprout deploy app.zip --app web --label v8 --s3 s3://my-bucket/versions/
                                          # upload as an application version, then deploy it

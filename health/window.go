@@ -14,6 +14,10 @@ type Window struct {
 	now     func() time.Time
 }
 
+// Resolution is the width of a window's buckets: Stats covers whole
+// buckets.
+const Resolution = bucketSpan
+
 const (
 	bucketSpan    = 10 * time.Second
 	windowBuckets = 31 // five minutes, plus the bucket being filled

@@ -24,6 +24,8 @@ const (
 	NSApplication = "aws:elasticbeanstalk:application"
 	NSCommand     = "aws:elasticbeanstalk:command"
 	NSProxy       = "aws:elasticbeanstalk:environment:proxy"
+	// NSTrafficSplitting sets TrafficSplitting's canary share and time.
+	NSTrafficSplitting = "aws:elasticbeanstalk:trafficsplitting"
 )
 
 // Options are the option_settings of a bundle's .ebextensions that apply
@@ -50,6 +52,10 @@ type Policy struct {
 	// IgnoreHealthCheck swaps in a version whose health check still fails
 	// at the deadline, as long as its container runs.
 	IgnoreHealthCheck bool `json:"ignore_health_check,omitempty"`
+	// NewVersionPercent and EvaluationTime are TrafficSplitting's
+	// (aws:elasticbeanstalk:trafficsplitting).
+	NewVersionPercent int           `json:"new_version_percent,omitempty"`
+	EvaluationTime    time.Duration `json:"evaluation_time,omitempty"`
 }
 
 var (
@@ -233,6 +239,22 @@ func (o *Options) set(file, ns string, name, value *yaml.Node, ignored map[strin
 			}
 			return bad("%v", err)
 		}
+	case NSTrafficSplitting:
+		n, err := strconv.Atoi(v)
+		switch opt {
+		case "NewVersionPercent":
+			if err != nil || n < 1 || n > 100 {
+				return bad("%q is not a whole number from 1 to 100", v)
+			}
+			o.Deploy.NewVersionPercent = n
+		case "EvaluationTime":
+			if err != nil || n < 3 || n > 600 {
+				return bad("%q is not a number of minutes from 3 to 600", v)
+			}
+			o.Deploy.EvaluationTime = time.Duration(n) * time.Minute
+		default:
+			return extError(file, name, "%s has no option %q; it has NewVersionPercent, EvaluationTime", ns, opt)
+		}
 	case NSProxy:
 		if opt != "ProxyServer" {
 			ignored[ns+" "+opt] = append(ignored[ns+" "+opt], file)
@@ -324,6 +346,12 @@ func (p Policy) String() string {
 	}
 	if p.IgnoreHealthCheck {
 		parts = append(parts, "IgnoreHealthCheck")
+	}
+	if p.NewVersionPercent > 0 {
+		parts = append(parts, fmt.Sprintf("NewVersionPercent %d", p.NewVersionPercent))
+	}
+	if p.EvaluationTime > 0 {
+		parts = append(parts, "EvaluationTime "+p.EvaluationTime.String())
 	}
 	return strings.Join(parts, ", ")
 }

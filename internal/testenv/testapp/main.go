@@ -56,7 +56,14 @@ func main() {
 		}
 	}
 	mux := http.NewServeMux()
+	// APP_FAIL_EVERY=n makes every nth answer to / a 500: a version
+	// that fails a share of its requests while passing its checks.
+	failEvery, _ := strconv.ParseInt(os.Getenv("APP_FAIL_EVERY"), 10, 64)
+	var served atomic.Int64
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if n := served.Add(1); failEvery > 0 && n%failEvery == 0 {
+			w.WriteHeader(http.StatusInternalServerError)
+		}
 		fmt.Fprintf(w, "%s %s", version, os.Getenv("GREETING"))
 	})
 	// A POST to /healthz/fail makes /healthz answer 500 from then on, as
