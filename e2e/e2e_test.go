@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -354,6 +355,52 @@ func TestSIGKILLMidDirectDeploy(t *testing.T) {
 	}
 	if events := a.mustSprout("events", "--app", app); !strings.Contains(events, "undoing the deploy of v2") || !strings.Contains(events, "started v1 again") {
 		t.Errorf("events do not tell the undo:\n%s", events)
+	}
+}
+
+// TestSIGKILLMidRollingDeploy kills the agent in the middle of a rolling
+// deploy of four instances, once batch 1 has stopped an old instance and
+// waits for a new one. On start the journal is replayed: the new
+// container goes, the stopped one runs again, and all four instances are
+// the old version's own containers, none removed as an orphan.
+func TestSIGKILLMidRollingDeploy(t *testing.T) {
+	a := startAgent(t)
+	port := testenv.FreePort(t)
+	app := testenv.Name("killroll")
+	a.mustSprout("deploy", testenv.Bundle(t, ""), "--app", app, "--label", "v1", "--port", fmt.Sprint(port), "--instances", "4")
+	instances := func() []string {
+		var st []api.AppStatus
+		if err := json.Unmarshal([]byte(a.mustSprout("status", "--app", app, "--json")), &st); err != nil || len(st) != 1 {
+			t.Fatalf("status --json: %v", err)
+		}
+		var ids []string
+		for _, in := range st[0].Instances {
+			if in.Label != "v1" || in.State != "running" || !in.Routed {
+				t.Errorf("instance %+v, want a running, routed v1", in)
+			}
+			ids = append(ids, in.ContainerID)
+		}
+		slices.Sort(ids)
+		return ids
+	}
+	before := instances()
+	if len(before) != 4 {
+		t.Fatalf("%d instances, want 4", len(before))
+	}
+	a.killDuringHealth(func() {
+		if n := len(testenv.Containers(t, a.id)); n != 5 {
+			t.Errorf("%d containers in batch 1, want the 4 old ones (one stopped) and a new one", n)
+		}
+	}, testenv.Bundle(t, "", "ENV APP_BOOT_DELAY=60s"), "--app", app, "--label", "v2", "--policy", "Rolling", "--batch-size", "1", "--batch-size-type", "Fixed")
+	a.start()
+	if after := instances(); !slices.Equal(after, before) {
+		t.Errorf("instances after the restart = %v, want v1's own %v", after, before)
+	}
+	if n := len(testenv.Containers(t, a.id)); n != 4 {
+		t.Errorf("%d containers after the restart, want 4", n)
+	}
+	if body := get(t, port); body != "v1 " {
+		t.Errorf("GET after the restart = %q", body)
 	}
 }
 

@@ -55,7 +55,8 @@ cleanup() {
   kill "$agent_pid" 2>/dev/null || true
   wait "$agent_pid" 2>/dev/null || true
   ids=$(docker ps -aq --filter label=io.sprout.app=bench)
-  ids=$(echo $ids $(docker ps -aq --filter label=io.sprout.app=bench-base))
+  # shellcheck disable=SC2046,SC2086 # lists of container ids, split on purpose
+  ids=$(echo $ids $(docker ps -aq --filter label=io.sprout.app=bench-base) $(docker ps -aq --filter label=io.sprout.app=bench4))
   [ -n "$ids" ] && docker rm -f $ids >/dev/null
   true
 }
@@ -63,6 +64,10 @@ trap cleanup EXIT
 for _ in $(seq 1 50); do [ -S "$SPROUT_SOCKET" ] && break; sleep 0.1; done
 
 "$sprout" deploy "$work/benchd" --app bench --label r0 --port "$port" --health-path / >"$work/deploy-r0.txt"
+# The same image as an app of four instances, for the throughput rounds
+# and the rolling deploy below.
+port4=18083
+"$sprout" deploy "$work/benchd" --app bench4 --label r0 --port "$port4" --health-path / --instances 4 >"$work/deploy4-r0.txt"
 backend=$("$sprout" status --app bench --json | grep -A1 '"targets"' | grep -oE '[0-9.]+:[0-9]+' | head -1)
 [ -n "$backend" ] || { echo "could not find the container's address" >&2; exit 1; }
 
@@ -141,6 +146,7 @@ echo "== throughput: $rounds interleaved rounds of wrk -t2 -c64 -d${secs}s, back
 for r in $(seq 1 "$rounds"); do
   run direct "http://$backend/" ""
   run sprout "http://127.0.0.1:$port/" "$agent_pid"
+  run sprout4 "http://127.0.0.1:$port4/" "$agent_pid"
   [ -n "${base_pid:-}" ] && run baseline "http://127.0.0.1:$base_port/" "$base_pid"
   [ "$have_nginx" = 1 ] && run nginx "http://127.0.0.1:$nginx_port/" "$nginx_pid"
   echo "  round $r done"
@@ -148,12 +154,13 @@ done
 
 col() { awk -v c="$2" '{print $c}' "$work/$1.txt" | median; }
 printf '\n%-8s %12s %12s %18s\n' target "req/s" "p99 ms" "proxy CPU µs/req"
-for t in direct sprout baseline nginx; do
+for t in direct sprout sprout4 baseline nginx; do
   [ -f "$work/$t.txt" ] || continue
   printf '%-8s %12.0f %12.2f %18s\n' "$t" "$(col $t 1)" "$(col $t 2)" "$(awk '{print $3}' "$work/$t.txt" | sort -n | sed -n "$(( (rounds+1)/2 ))p")"
 done
 s=$(col sprout 1); d=$(col direct 1)
 awk -v s="$s" -v d="$d" 'BEGIN { printf "sprout / direct throughput: %.2f\n", s/d }'
+awk -v s="$s" -v f="$(col sprout4 1)" 'BEGIN { printf "sprout, 4 instances / 1 instance throughput: %.2f (one container behind each)\n", f/s }'
 if [ -n "${base_pid:-}" ]; then
   b=$(col baseline 1)
   awk -v s="$s" -v b="$b" 'BEGIN { printf "sprout / baseline throughput: %.2f\n", s/b }'
@@ -177,6 +184,18 @@ for i in 1 2 3; do
   printf '  re%d: %d ms in all, health wait %s ms, excluding it %d ms; traffic moved %s after the last passing check (target <= 25ms)\n' "$i" "$total" "$health" "$((total - ${health%.*}))" "$moved"
 done
 echo "  median excluding the app's health wait: $(awk '{ print $1 - $2 }' "$work/redeploy.txt" | median) ms (target <= 2000 ms)"
+
+echo
+echo "== a rolling deploy of 4 instances against a single-instance deploy of the same image"
+single=$(awk '{ print $1 }' "$work/redeploy.txt" | median)
+for policy in "Rolling --batch-size 1 --batch-size-type Fixed" "RollingWithAdditionalBatch --batch-size 50" "AllAtOnce"; do
+  start=$(date +%s%N)
+  # shellcheck disable=SC2086 # the policy's flags are words
+  "$sprout" deploy "$work/benchd" --app bench4 --label "p$(date +%s%N)" --policy $policy >"$work/deploy4.txt"
+  end=$(date +%s%N)
+  ms=$(( (end - start) / 1000000 ))
+  awk -v p="$policy" -v ms="$ms" -v s="$single" 'BEGIN { printf "  %-45s %6d ms = %.2f x the single-instance deploy (%d ms; target <= 2.00)\n", p, ms, ms/s, s }'
+done
 
 echo
 echo "== $swaps consecutive swaps under load (16 connections, POSTs, no retries)"
