@@ -254,6 +254,8 @@ type Agent struct {
 	locks  map[string]chan struct{}
 	health map[string]*appHealth
 	busy   map[string]int
+	// rollouts are the rollouts in flight that abort may stop, by app.
+	rollouts map[string]*runningRollout
 }
 
 // New returns an agent. Call Start before serving requests. m may be nil;
@@ -276,7 +278,8 @@ func New(cfg Config, rt Runtime, router Router, st *store.Store, m Metrics, trac
 		}
 	}
 	return &Agent{cfg: cfg, rt: rt, router: router, store: st, metrics: m, tracker: tracker, log: logger, id: id,
-		locks: map[string]chan struct{}{}, health: map[string]*appHealth{}, busy: map[string]int{}}, nil
+		locks: map[string]chan struct{}{}, health: map[string]*appHealth{}, busy: map[string]int{},
+		rollouts: map[string]*runningRollout{}}, nil
 }
 
 // SetFetcher gives the agent its remote bundle sources; call it before
@@ -322,6 +325,29 @@ func (a *Agent) lock(ctx context.Context, app string, noWait bool, p Progress) (
 			delete(a.busy, app)
 		}
 		a.mu.Unlock()
+		unlock()
+	}, nil
+}
+
+// lockRollout is lock for a rollout (deploy, rollback, setenv, scale)
+// that `sprout abort` may stop: the context it returns is cancelled with
+// ErrAborted by Abort until the rollout stands (see stand).
+func (a *Agent) lockRollout(ctx context.Context, app, op string, noWait bool, p Progress) (context.Context, func(), error) {
+	unlock, err := a.lock(ctx, app, noWait, p)
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	r := &runningRollout{op: op, cancel: cancel, done: make(chan struct{})}
+	a.mu.Lock()
+	a.rollouts[app] = r
+	a.mu.Unlock()
+	return ctx, func() {
+		a.mu.Lock()
+		delete(a.rollouts, app)
+		a.mu.Unlock()
+		cancel(nil)
+		close(r.done)
 		unlock()
 	}, nil
 }

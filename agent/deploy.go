@@ -181,7 +181,7 @@ func (a *Agent) Deploy(ctx context.Context, req DeployRequest, p Progress) (*sto
 			return nil, err
 		}
 	}
-	unlock, err := a.lock(ctx, req.App, req.NoWait, p)
+	ctx, unlock, err := a.lockRollout(ctx, req.App, "deploy", req.NoWait, p)
 	if err != nil {
 		return nil, err
 	}
@@ -247,7 +247,7 @@ func (a *Agent) Deploy(ctx context.Context, req DeployRequest, p Progress) (*sto
 		err = d.rollout(ctx)
 	}
 	if err != nil {
-		err = d.fail(err)
+		err = d.fail(ctx, err)
 		tr.close("deploy failed: " + err.Error())
 		return v, err
 	}
@@ -267,7 +267,7 @@ func (a *Agent) appOrNew(name string) (*store.App, error) {
 // deployment carries one deploy (or rollout) from step to step.
 type deployment struct {
 	a    *Agent
-	op   string     // deploy, rollback, setenv or recover
+	op   string     // deploy, rollback, setenv, scale or recover
 	app  *store.App // the app as it will be once this succeeds
 	prev *store.App // the app as it was
 	v    *store.Version
@@ -334,6 +334,17 @@ func (d *deployment) end() {
 }
 
 func (d *deployment) linef(format string, args ...any) { d.p.Line(fmt.Sprintf(format, args...)) }
+
+// runsHooks tells whether the rollout runs the version's predeploy and
+// postdeploy hooks: a recovery or a scale changes neither the version nor
+// its configuration, and runs none (as Elastic Beanstalk runs none for a
+// capacity change).
+func (d *deployment) runsHooks() bool { return d.op != "recover" && d.op != "scale" }
+
+// resizes tells whether the rollout keeps the instances that serve and
+// only brings their count to the app's (rollout.Scale), rather than
+// replacing them.
+func (d *deployment) resizes() bool { return d.op == "recover" || d.op == "scale" }
 
 // fetch gets a remote bundle into an upload file and records where it
 // came from: the object's ETag, the commit, and the bundle's SHA-256.
@@ -572,7 +583,7 @@ func (d *deployment) rollout(ctx context.Context) error {
 			return err
 		}
 	}
-	if d.op != "recover" {
+	if d.runsHooks() {
 		if err := d.runHooks(ctx, platform.StagePredeploy, config, env); err != nil {
 			return err
 		}
@@ -608,11 +619,16 @@ func (d *deployment) rollout(ctx context.Context) error {
 		a.metrics.ForgetVersion(d.app.Name, d.prev.Serving)
 		a.tracker.ForgetVersion(d.app.Name, d.prev.Serving)
 	}
-	d.v.Status, d.v.DeployedAt, d.v.FailedStep, d.v.Error = store.StatusServing, now, "", ""
+	d.v.Status, d.v.FailedStep, d.v.Error = store.StatusServing, "", ""
+	d.app.Serving = d.v.Label
+	if !d.resizes() {
+		// A scale or a recovery runs the version that served on another
+		// count: it serves since it did.
+		d.v.DeployedAt, d.app.ServingAt = now, now
+	}
 	if err := a.store.PutVersion(d.v); err != nil {
 		return err
 	}
-	d.app.Serving, d.app.ServingAt = d.v.Label, now
 	if err := a.store.PutApp(d.app); err != nil {
 		return err
 	}
@@ -699,6 +715,9 @@ func (d *deployment) rolloutDirect(ctx context.Context, env map[string]string, c
 			return err
 		}
 	}
+	if err := d.a.stand(d.app.Name); err != nil {
+		return err
+	}
 	ctx = context.WithoutCancel(ctx)
 	d.begin(StepSwap)
 	d.stepAt = swapAt
@@ -713,7 +732,7 @@ func (d *deployment) rolloutDirect(ctx context.Context, env map[string]string, c
 	if old := retired.Addrs(); len(old) > 0 {
 		d.linef("drained %s in %s (%d requests cut at the deadline)", strings.Join(old, ", "), st.Waited.Round(time.Millisecond), st.Cut)
 	}
-	if d.op != "recover" {
+	if d.runsHooks() {
 		// A failing postdeploy hook undoes the rollout: the old
 		// container still runs (or starts again) and gets its traffic
 		// back.
@@ -830,10 +849,12 @@ func (d *deployment) waitHealthy(ctx context.Context, c *runtime.Container, who 
 }
 
 // fail undoes what this deploy created and records why it failed. The
-// version that was serving is never touched.
-func (d *deployment) fail(err error) error {
+// version that was serving is never touched. ctx is the rollout's: it
+// tells an abort from a client that went away.
+func (d *deployment) fail(ctx context.Context, err error) error {
 	a := d.a
-	ctx := context.Background()
+	cause := context.Cause(ctx)
+	ctx = context.WithoutCancel(ctx)
 	step := d.step
 	d.end()
 	a.metrics.DeployDone(d.app.Name, d.op, "failed")
@@ -843,11 +864,21 @@ func (d *deployment) fail(err error) error {
 		a.log.Error("deploy finished with an error after the swap", "app", d.app.Name, "error", err)
 		return &StepError{Step: step, Err: err}
 	}
+	if errors.Is(cause, ErrAborted) {
+		back := "removing what it started"
+		if d.prev.Serving != "" {
+			back = "every instance goes back to " + d.prev.Serving
+		}
+		d.linef("%v: %s", ErrAborted, back)
+	}
 	d.j.undo(ctx, d.p)
 	if d.builtTag != "" {
 		a.rt.RemoveImage(ctx, d.builtTag)
 	}
-	if errors.Is(err, context.Canceled) {
+	switch {
+	case errors.Is(cause, ErrAborted):
+		err = ErrAborted
+	case errors.Is(err, context.Canceled):
 		err = errors.New("the deploy was cancelled (the client went away)")
 	}
 	if t := d.v.Options.Deploy.Timeout; errors.Is(err, context.DeadlineExceeded) && t > 0 {
@@ -863,7 +894,7 @@ func (d *deployment) fail(err error) error {
 	if d.prev.Serving != "" {
 		serving = d.prev.Serving + " keeps serving"
 	}
-	a.event(d.app.Name, d.v.Label, "deploy-failed", "deploy of %s failed at %s; %s: %s", d.v.Label, step, serving, firstLine(err.Error()))
+	a.event(d.app.Name, d.v.Label, "deploy-failed", "%s of %s failed at %s; %s: %s", d.op, d.v.Label, step, serving, firstLine(err.Error()))
 	return &StepError{Step: step, Err: err}
 }
 

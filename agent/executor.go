@@ -100,7 +100,7 @@ func (d *deployment) runPlan(ctx context.Context, env map[string]string, config 
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	var plan rollout.Plan
-	if d.op == "recover" && len(current) > 0 {
+	if d.resizes() && len(current) > 0 {
 		plan, err = rollout.Scale(settings, current, d.app.InstanceCount())
 	} else {
 		plan, err = rollout.Deploy(settings, d.v.Label, current, d.app.InstanceCount())
@@ -128,8 +128,13 @@ func (d *deployment) runPlan(ctx context.Context, env map[string]string, config 
 			}
 		}
 	}
+	// From here on the rollout finishes even if the client goes away,
+	// and an abort is too late.
+	if err := a.stand(d.app.Name); err != nil {
+		return err
+	}
 	ctx = context.WithoutCancel(ctx)
-	if d.op != "recover" {
+	if d.runsHooks() {
 		// A failing postdeploy hook undoes the rollout: the old instances
 		// run again and get their traffic back.
 		if err := d.runHooks(ctx, platform.StagePostdeploy, config, env); err != nil {

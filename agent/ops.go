@@ -25,7 +25,7 @@ func (a *Agent) Rollback(ctx context.Context, app, to string, noWait bool, p Pro
 // rollback serves version to again; with env not nil, with that
 // environment (kept only if the version becomes healthy).
 func (a *Agent) rollback(ctx context.Context, app, to string, env map[string]string, noWait bool, p Progress) (*store.Version, error) {
-	unlock, err := a.lock(ctx, app, noWait, p)
+	ctx, unlock, err := a.lockRollout(ctx, app, "rollback", noWait, p)
 	if err != nil {
 		return nil, err
 	}
@@ -48,7 +48,7 @@ func (a *Agent) rollback(ctx context.Context, app, to string, env map[string]str
 	}
 	d := a.newDeployment("rollback", &next, cur, target, p)
 	if err := d.rollout(ctx); err != nil {
-		return target, d.failRollout(err)
+		return target, d.failRollout(ctx, err)
 	}
 	a.event(app, target.Label, "rollback", "rolled back to %s", target.Label)
 	// Report this rollout's timings, not those of the version's deploy.
@@ -90,12 +90,12 @@ func (a *Agent) rollbackTarget(cur *store.App, to string) (*store.Version, error
 	return best, nil
 }
 
-// failRollout handles a failed rollback or environment rollout: the
-// version keeps its status (it did not fail; this rollout did), the new
-// container is removed, and the serving version stays.
-func (d *deployment) failRollout(err error) error {
+// failRollout handles a failed rollback, environment rollout, scale or
+// recovery: the version keeps its status (it did not fail; this rollout
+// did), the new containers are removed, and the serving version stays.
+func (d *deployment) failRollout(ctx context.Context, err error) error {
 	status := d.v.Status
-	serr := d.fail(err)
+	serr := d.fail(ctx, err)
 	d.v.Status, d.v.FailedStep, d.v.Error = status, "", ""
 	d.a.store.PutVersion(d.v)
 	return serr
@@ -125,7 +125,7 @@ func (a *Agent) reconfigure(ctx context.Context, name string, noWait bool, p Pro
 	if err := ValidateAppName(name); err != nil {
 		return err
 	}
-	unlock, err := a.lock(ctx, name, noWait, p)
+	ctx, unlock, err := a.lockRollout(ctx, name, "setenv", noWait, p)
 	if err != nil {
 		return err
 	}
@@ -153,7 +153,7 @@ func (a *Agent) reconfigure(ctx context.Context, name string, noWait bool, p Pro
 	a.event(name, v.Label, "config", "%s: rolling out", what)
 	d := a.newDeployment("setenv", &next, cur, v, p)
 	if err := d.rollout(ctx); err != nil {
-		return d.failRollout(err)
+		return d.failRollout(ctx, err)
 	}
 	a.event(name, v.Label, "config", "%s: live on %s", what, v.Label)
 	return nil

@@ -141,7 +141,7 @@ func (a *Agent) recover(ctx context.Context, name string) {
 	next := *app
 	d := a.newDeployment("recover", &next, app, v, p)
 	if err := d.rollout(ctx); err != nil {
-		d.failRollout(err)
+		d.failRollout(ctx, err)
 		return
 	}
 	a.event(name, v.Label, "restore", "%s is serving again", v.Label)

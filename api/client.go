@@ -245,6 +245,19 @@ func (c *Client) SetEnv(ctx context.Context, app string, req EnvChange, on func(
 	return c.stream(ctx, "/apps/"+url.PathEscape(app)+"/env", nil, bytes.NewReader(b), on)
 }
 
+// Scale changes how many instances an app runs and streams its rollout.
+func (c *Client) Scale(ctx context.Context, app string, req ScaleRequest, on func(Message)) (*Message, error) {
+	b, _ := json.Marshal(req)
+	return c.stream(ctx, "/apps/"+url.PathEscape(app)+"/scale", nil, bytes.NewReader(b), on)
+}
+
+// Abort stops an app's rollout in flight; it answers once every instance
+// is back on the version that was serving.
+func (c *Client) Abort(ctx context.Context, app string) (AbortResult, error) {
+	var out AbortResult
+	return out, c.post(ctx, "/apps/"+url.PathEscape(app)+"/abort", nil, &out)
+}
+
 // Volumes lists an app's volumes.
 func (c *Client) Volumes(ctx context.Context, app string) ([]agent.VolumeInfo, error) {
 	var out []agent.VolumeInfo
@@ -270,15 +283,31 @@ func (c *Client) RemoveApp(ctx context.Context, app string, purge bool, on func(
 
 // Watch makes an app follow a manifest ("" stops following).
 func (c *Client) Watch(ctx context.Context, app string, req WatchRequest) error {
-	b, _ := json.Marshal(req)
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url("/apps/"+url.PathEscape(app)+"/watch", nil), bytes.NewReader(b))
+	return c.post(ctx, "/apps/"+url.PathEscape(app)+"/watch", req, nil)
+}
+
+// post sends body (when not nil) as JSON and decodes the answer into out
+// (when not nil).
+func (c *Client) post(ctx context.Context, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url(path, nil), rd)
 	if err != nil {
 		return err
 	}
-	resp, err := c.do(hreq)
+	resp, err := c.do(req)
 	if err != nil {
 		return err
 	}
-	resp.Body.Close()
-	return nil
+	defer resp.Body.Close()
+	if out == nil {
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
 }

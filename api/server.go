@@ -41,6 +41,8 @@ func NewServer(ag *agent.Agent, version string, logger *slog.Logger) *Server {
 	s.mux.HandleFunc("POST "+p+"/apps/{app}/rollback", s.rollback)
 	s.mux.HandleFunc("GET "+p+"/apps/{app}/env", s.env)
 	s.mux.HandleFunc("POST "+p+"/apps/{app}/env", s.setenv)
+	s.mux.HandleFunc("POST "+p+"/apps/{app}/scale", s.scale)
+	s.mux.HandleFunc("POST "+p+"/apps/{app}/abort", s.abort)
 	s.mux.HandleFunc("GET "+p+"/apps/{app}/logs", s.logs)
 	s.mux.HandleFunc("GET "+p+"/apps/{app}/versions/{label}/deploy-log", s.buildLog)
 	s.mux.HandleFunc("GET "+p+"/apps/{app}/volumes", s.volumes)
@@ -340,7 +342,11 @@ func (st *stream) finish(v *store.Version, err error) {
 	if err != nil {
 		m.Error = err.Error()
 		var se *agent.StepError
-		if errors.As(err, &se) {
+		switch {
+		case errors.As(err, &se) && errors.Is(err, agent.ErrAborted):
+			// An abort is not the failure of the step it stopped.
+			m.Error = fmt.Sprintf("%v at the %s step", se.Err, se.Step)
+		case errors.As(err, &se):
 			m.Step, m.Error = se.Step, se.Err.Error()
 		}
 	} else {
@@ -475,6 +481,33 @@ func (s *Server) setenv(w http.ResponseWriter, r *http.Request) {
 	st := &stream{w: w}
 	err := s.agent.SetEnv(r.Context(), r.PathValue("app"), req.Set, req.Unset, req.NoWait, st)
 	st.finish(nil, err)
+}
+
+func (s *Server) scale(w http.ResponseWriter, r *http.Request) {
+	var req ScaleRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		writeError(w, fmt.Errorf("%w: %v", agent.ErrInvalid, err))
+		return
+	}
+	st := &stream{w: w}
+	st.finish(nil, s.agent.Scale(r.Context(), r.PathValue("app"), req.Instances, req.NoWait, st))
+}
+
+// abort stops the app's rollout in flight and answers once every
+// instance is back on the version that was serving.
+func (s *Server) abort(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("app")
+	op, err := s.agent.Abort(r.Context(), name)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	app, err := s.agent.App(name)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, 200, AbortResult{Aborted: op, Serving: app.Serving, Instances: len(app.Instances)})
 }
 
 func (s *Server) volumes(w http.ResponseWriter, r *http.Request) {

@@ -99,6 +99,22 @@ type RollbackRequest struct {
 	NoWait bool   `json:"no_wait,omitempty"`
 }
 
+// ScaleRequest changes how many instances an app runs.
+type ScaleRequest struct {
+	Instances int  `json:"instances"`
+	NoWait    bool `json:"no_wait,omitempty"`
+}
+
+// AbortResult says what an abort stopped and what serves after it.
+type AbortResult struct {
+	// Aborted is the operation that was stopped (deploy, rollback, setenv
+	// or scale), or "" when none was running.
+	Aborted string `json:"aborted"`
+	// Serving is the version the app's Instances run.
+	Serving   string `json:"serving,omitempty"`
+	Instances int    `json:"instances"`
+}
+
 // ErrorBody is the body of a failed non-streaming request.
 type ErrorBody struct {
 	Error string `json:"error"`

@@ -1,0 +1,55 @@
+package cli
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+)
+
+type abortOptions struct {
+	app string
+}
+
+func newAbortCommand(c *cli) *cobra.Command {
+	o := &abortOptions{}
+	cmd := &cobra.Command{
+		Use:   "abort --app APP",
+		Short: "Stop an app's deploy, rollback, setenv or scale in flight; every instance goes back to the version that was serving",
+		Long: `Stop the deploy, rollback, setenv or scale of an app that is running, as
+'eb abort' does, and put every instance back on the version that was serving:
+the instances the rollout stopped start again (the same containers) and take
+traffic once healthy, and the ones it started are drained and removed. The
+command returns once that is done. The stopped rollout fails with "aborted",
+and a stopped deploy's version is recorded as failed.
+
+With nothing running, abort says so and exits 0, so that it is safe to run
+whenever a rollout must not go on. A rollout whose new instances already serve
+every request is finishing and cannot be aborted: abort exits 1 and says how
+to go back once it is done. Operations queued behind the aborted one run next.`,
+		Example: `  sprout abort --app web`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runAbort(cmd, c, o)
+		},
+	}
+	cmd.Flags().StringVar(&o.app, "app", "", "the app (required)")
+	cmd.MarkFlagRequired("app")
+	return cmd
+}
+
+func runAbort(cmd *cobra.Command, c *cli, o *abortOptions) error {
+	client, err := c.client(cmd)
+	if err != nil {
+		return err
+	}
+	res, err := client.Abort(cmd.Context(), o.app)
+	if err != nil {
+		return fmt.Errorf("abort of %s: %w", o.app, err)
+	}
+	if res.Aborted == "" {
+		fmt.Fprintf(c.out, "nothing to abort: no deploy, rollback, setenv or scale of %s is running\n", o.app)
+		return nil
+	}
+	fmt.Fprintf(c.out, "aborted the %s of %s: %s serves on %d instance(s)\n", res.Aborted, o.app, res.Serving, res.Instances)
+	return nil
+}
