@@ -1,8 +1,11 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/sprout-paas/sprout/health"
@@ -92,7 +95,13 @@ func (a *Agent) replay(ctx context.Context, rec *store.Journal, live bool, p Pro
 				continue
 			}
 			if len(backends) > 0 {
-				p.Line(fmt.Sprintf("traffic went back to %d instance(s) of %s", len(backends), u.Label))
+				var versions []string
+				for _, b := range backends {
+					if b.Version != "" && !slices.Contains(versions, b.Version) {
+						versions = append(versions, b.Version)
+					}
+				}
+				p.Line(fmt.Sprintf("traffic went back to %d instance(s) of %s", len(backends), cmp.Or(strings.Join(versions, " and "), u.Label)))
 			}
 			retired.Drain(ctx, a.cfg.DrainTimeout, a.cfg.StreamGrace)
 		case store.UndoRemove:
