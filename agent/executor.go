@@ -114,13 +114,40 @@ func (d *deployment) runPlan(ctx context.Context, env map[string]string, config 
 	if x.mounts, err = a.mounts(ctx, d.app, d.v); err != nil {
 		return err
 	}
+	// The rollout stands once its last route step has run (the new
+	// instances take every request they will): from there on it finishes
+	// even if the client goes away or the agent is stopping, and an abort
+	// is too late; what is left drains and stops old instances.
+	lastRoute := [2]int{-1, -1}
+	for i, b := range plan.Batches {
+		for j, st := range b.Steps {
+			if st.Op == rollout.OpRoute {
+				lastRoute = [2]int{i, j}
+			}
+		}
+	}
+	stood := false
+	stand := func() error {
+		if stood {
+			return nil
+		}
+		if err := a.stand(d.app.Name); err != nil {
+			return err
+		}
+		stood, ctx = true, context.WithoutCancel(ctx)
+		return nil
+	}
 	for i, b := range plan.Batches {
 		if len(plan.Batches) > 1 {
 			d.linef("batch %d/%d: %s", i+1, len(plan.Batches), b.String())
 		}
 		x.batch = nil
-		for _, st := range b.Steps {
-			if err := x.step(ctx, st); err != nil {
+		for j, st := range b.Steps {
+			err := x.step(ctx, st)
+			if err == nil && [2]int{i, j} == lastRoute {
+				err = stand()
+			}
+			if err != nil {
 				if len(plan.Batches) > 1 {
 					return fmt.Errorf("batch %d/%d: %w", i+1, len(plan.Batches), err)
 				}
@@ -128,12 +155,9 @@ func (d *deployment) runPlan(ctx context.Context, env map[string]string, config 
 			}
 		}
 	}
-	// From here on the rollout finishes even if the client goes away,
-	// and an abort is too late.
-	if err := a.stand(d.app.Name); err != nil {
+	if err := stand(); err != nil {
 		return err
 	}
-	ctx = context.WithoutCancel(ctx)
 	if d.runsHooks() {
 		// A failing postdeploy hook undoes the rollout: the old instances
 		// run again and get their traffic back.

@@ -100,7 +100,7 @@ func (d *Docker) Build(ctx context.Context, dir, tag string, labels map[string]s
 		ForceRemove: true,
 	})
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrBuildFailed, err)
+		return "", buildError(ctx, err)
 	}
 	defer resp.Body.Close()
 	if err := jsonmessage.DisplayJSONMessagesStream(resp.Body, out, 0, false, nil); err != nil {
@@ -108,13 +108,22 @@ func (d *Docker) Build(ctx context.Context, dir, tag string, labels map[string]s
 		if errors.As(err, &jerr) {
 			return "", fmt.Errorf("%w: %s", ErrBuildFailed, strings.TrimSpace(jerr.Message))
 		}
-		return "", fmt.Errorf("%w: %v", ErrBuildFailed, err)
+		return "", buildError(ctx, err)
 	}
 	info, err := d.Image(ctx, tag)
 	if err != nil {
 		return "", err
 	}
 	return info.ID, nil
+}
+
+// buildError says why a build failed; a build stopped by its context (a
+// deploy's Timeout, a cancel) says that, and wraps the context's error.
+func buildError(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w: stopped: %w", ErrBuildFailed, context.Cause(ctx))
+	}
+	return fmt.Errorf("%w: %v", ErrBuildFailed, err)
 }
 
 // dockerignore reads dir/.dockerignore into a skip function for the build
