@@ -347,9 +347,6 @@ func (x *executor) route(ctx context.Context, names []string, split map[string]i
 	for _, n := range x.routed {
 		before = append(before, x.inst[n].ContainerID)
 	}
-	if err := d.j.record(store.Undo{Kind: store.UndoRoute, Containers: before, Label: d.prev.Serving}); err != nil {
-		return err
-	}
 	backends := make([]proxy.Backend, len(names))
 	for i, n := range names {
 		backends[i] = proxy.Backend{Addr: x.inst[n].addr, Version: x.inst[n].Label}
@@ -359,6 +356,13 @@ func (x *executor) route(ctx context.Context, names []string, split map[string]i
 	if err != nil {
 		return err
 	}
+	// Routes live in this process only, so the undo is written after the
+	// route (a crash in between loses both), and the journal's disk write
+	// stays out of the time from a passing check to traffic.
+	if err := d.j.record(store.Undo{Kind: store.UndoRoute, Containers: before, Label: d.prev.Serving}); err != nil {
+		return err
+	}
+	added := slices.ContainsFunc(names, func(n string) bool { return !slices.Contains(x.routed, n) })
 	x.routed = names
 	var labels []string
 	for _, n := range names {
@@ -370,7 +374,7 @@ func (x *executor) route(ctx context.Context, names []string, split map[string]i
 	if split != nil {
 		msg += fmt.Sprintf(" (%d%% of requests to %s)", split[d.v.Label], d.v.Label)
 	}
-	if !d.lastPass.IsZero() && at.Sub(d.lastPass) < time.Minute {
+	if added && !d.lastPass.IsZero() && at.Sub(d.lastPass) < time.Minute {
 		msg += fmt.Sprintf(", %s after the last passing check", at.Sub(d.lastPass).Round(10*time.Microsecond))
 	}
 	d.linef("%s", msg)
