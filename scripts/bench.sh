@@ -64,10 +64,6 @@ trap cleanup EXIT
 for _ in $(seq 1 50); do [ -S "$SPROUT_SOCKET" ] && break; sleep 0.1; done
 
 "$sprout" deploy "$work/benchd" --app bench --label r0 --port "$port" --health-path / >"$work/deploy-r0.txt"
-# The same image as an app of four instances, for the throughput rounds
-# and the rolling deploy below.
-port4=18083
-"$sprout" deploy "$work/benchd" --app bench4 --label r0 --port "$port4" --health-path / --instances 4 >"$work/deploy4-r0.txt"
 backend=$("$sprout" status --app bench --json | grep -A1 '"targets"' | grep -oE '[0-9.]+:[0-9]+' | head -1)
 [ -n "$backend" ] || { echo "could not find the container's address" >&2; exit 1; }
 
@@ -141,6 +137,10 @@ run() {
 
 sleep 2
 echo "== agent idle RSS with one app: $(awk '/VmRSS/ {printf "%.1f MB", $2/1024}' /proc/$agent_pid/status) (target <= 20 MB)"
+# The same image as an app of four instances, for the throughput rounds
+# and the rolling deploy below (after the one-app RSS).
+port4=18083
+"$sprout" deploy "$work/benchd" --app bench4 --label r0 --port "$port4" --health-path / --instances 4 >"$work/deploy4-r0.txt"
 echo
 echo "== throughput: $rounds interleaved rounds of wrk -t2 -c64 -d${secs}s, backend $backend (container)"
 for r in $(seq 1 "$rounds"); do
