@@ -92,8 +92,30 @@ func TestPoliciesWithFourInstancesUnderLoad(t *testing.T) {
 			if r.Failed != 0 {
 				t.Errorf("%d requests failed during the %s deploy: %s", r.Failed, tc.policy, r)
 			}
-			instancesOf(t, h, app, "v2", 4)
+			servedBy(t, port, instancesOf(t, h, app, "v2", 4))
 		})
+	}
+}
+
+// servedBy checks that requests to port are answered by each of the
+// containers ids and by no other: each instance says which container it
+// is (its hostname is the container's short ID).
+func servedBy(t *testing.T, port int, ids []string) {
+	t.Helper()
+	want := map[string]bool{}
+	for _, id := range ids {
+		want[id[:12]] = true
+	}
+	seen := map[string]bool{}
+	for range 60 {
+		code, host := get(t, port, "/env?k=HOSTNAME")
+		if code != 200 || !want[host] {
+			t.Fatalf("GET /env?k=HOSTNAME = %d %q, not one of the instances %v", code, host, ids)
+		}
+		seen[host] = true
+	}
+	if len(seen) != len(want) {
+		t.Errorf("60 requests reached %d of the %d instances: %v", len(seen), len(want), seen)
 	}
 }
 
