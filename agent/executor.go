@@ -54,20 +54,18 @@ func rolloutSettings(app *store.App, v *store.Version) (rollout.Settings, error)
 	s := rollout.Defaults()
 	bundle := v.Options.Deploy
 	var err error
-	if p := cmpOr(app.Rollout.Policy, bundle.DeploymentPolicy); p != "" {
+	if p := cmp.Or(app.Rollout.Policy, bundle.DeploymentPolicy); p != "" {
 		if s.Policy, err = rollout.ParsePolicy(p); err != nil {
 			return s, err
 		}
 	}
-	if t := cmpOr(app.Rollout.BatchSizeType, bundle.BatchSizeType); t != "" {
+	if t := cmp.Or(app.Rollout.BatchSizeType, bundle.BatchSizeType); t != "" {
 		if s.BatchSizeType, err = rollout.ParseBatchSizeType(t); err != nil {
 			return s, err
 		}
 	}
-	if n := max(app.Rollout.BatchSize, 0); n > 0 {
+	if n := cmp.Or(app.Rollout.BatchSize, bundle.BatchSize); n > 0 {
 		s.BatchSize = n
-	} else if bundle.BatchSize > 0 {
-		s.BatchSize = bundle.BatchSize
 	}
 	if n := cmp.Or(app.Rollout.NewVersionPercent, bundle.NewVersionPercent); n > 0 {
 		s.NewVersionPercent = n
@@ -76,13 +74,6 @@ func rolloutSettings(app *store.App, v *store.Version) (rollout.Settings, error)
 		s.EvaluationTime = t
 	}
 	return s, s.Validate()
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // runPlan plans the rollout of d.v on the app's instances and runs it.
