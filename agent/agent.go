@@ -69,6 +69,9 @@ type Router interface {
 	// Route installs app's instances, each with the version it runs.
 	Route(app string, backends []proxy.Backend, split map[string]int) (*proxy.Retired, error)
 	Targets(app string) []string
+	// SetHealthy takes app's instance at addr out of the rotation (ok
+	// false) or brings it back (ok true), after the monitor's checks.
+	SetHealthy(app, addr string, ok bool)
 }
 
 // Metrics hears how deploys go; the agent's Prometheus metrics implement
@@ -84,10 +87,10 @@ type Metrics interface {
 	Fetch(app, kind, result string)
 	// Serving records the label an app serves.
 	Serving(app, label string)
-	// Check counts a health check of a serving container.
+	// Check counts a health check of a serving instance.
 	Check(app string, ok bool, took time.Duration)
-	// Usage records a serving container's CPU (share of one CPU), memory
-	// and restart count.
+	// Usage records an app's CPU (share of one CPU), memory and restart
+	// count, summed over its instances.
 	Usage(app string, cpu float64, memory uint64, restarts int)
 	// Status records an app's health status.
 	Status(app, status string)

@@ -39,6 +39,9 @@ type harness struct {
 	stop    func()
 	logs    *testenv.SyncBuffer
 	flying  *inFlight
+	// tune changes the agent's config; a harness with tune also runs the
+	// health monitor, as `sprout agent` does.
+	tune func(*agent.Config)
 }
 
 func testConfig(dataDir string) agent.Config {
@@ -57,7 +60,14 @@ func testConfig(dataDir string) agent.Config {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	h := &harness{t: t, dataDir: t.TempDir(), docker: testenv.Docker(t), logs: &testenv.SyncBuffer{}}
+	return newHarnessWith(t, nil)
+}
+
+// newHarnessWith is newHarness with tune applied to the agent's config,
+// and the health monitor running.
+func newHarnessWith(t *testing.T, tune func(*agent.Config)) *harness {
+	t.Helper()
+	h := &harness{t: t, dataDir: t.TempDir(), docker: testenv.Docker(t), logs: &testenv.SyncBuffer{}, tune: tune}
 	testenv.CleanupAgent(t, func() string { return h.ag.ID() })
 	h.start()
 	t.Cleanup(func() {
@@ -81,7 +91,11 @@ func (h *harness) start() {
 	tracker := health.NewTracker() // the proxy feeds it, the agent reads it, as in `sprout agent`
 	h.flying = &inFlight{n: map[string]int{}}
 	h.px = proxy.New(proxy.Options{BindAddress: "127.0.0.1", UpstreamTimeout: 30 * time.Second, Observer: proxy.Observers(tracker, h.flying)}, log)
-	h.ag, err = agent.New(testConfig(h.dataDir), h.docker, h.px, st, nil, tracker, log)
+	cfg := testConfig(h.dataDir)
+	if h.tune != nil {
+		h.tune(&cfg)
+	}
+	h.ag, err = agent.New(cfg, h.docker, h.px, st, nil, tracker, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,6 +105,9 @@ func (h *harness) start() {
 	h.st = st
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	go h.ag.Watch(watchCtx)
+	if h.tune != nil {
+		go h.ag.Monitor(watchCtx)
+	}
 	sock := filepath.Join(h.dataDir, "sprout.sock")
 	os.Remove(sock)
 	ln, err := net.Listen("unix", sock)

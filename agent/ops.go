@@ -228,20 +228,31 @@ type InstanceStatus struct {
 	State       string    `json:"state"`
 	Routed      bool      `json:"routed"`
 	Since       time.Time `json:"since,omitzero"`
+	// Check is the monitor's last health check of the instance: "ok",
+	// "failing" (since FailingSince) or "" before the first.
+	Check        string    `json:"check,omitempty"`
+	CheckedAt    time.Time `json:"checked_at,omitzero"`
+	FailingSince time.Time `json:"failing_since,omitzero"`
 }
 
 // Instances returns the state of each of app's instances.
 func (a *Agent) Instances(ctx context.Context, app *store.App) []InstanceStatus {
 	routed := a.router.Targets(app.Name)
-	ins := app.Instances
-	if len(ins) == 0 && app.ContainerID != "" {
-		ins = []store.Instance{{ContainerID: app.ContainerID, Label: app.Serving, StartedAt: app.ServingAt}}
-	}
+	checks := a.instanceHealth(app.Name)
+	ins := instancesOf(app)
 	out := make([]InstanceStatus, 0, len(ins))
 	for _, in := range ins {
 		cs := a.ContainerStatus(ctx, &store.App{ContainerID: in.ContainerID})
-		out = append(out, InstanceStatus{Name: in.Name, Label: in.Label, ContainerID: in.ContainerID, Addr: cs.Addr, State: cs.State,
-			Routed: cs.Addr != "" && slices.Contains(routed, cs.Addr), Since: in.StartedAt})
+		ih, checked := checks[in.ContainerID]
+		is := InstanceStatus{Name: in.Name, Label: in.Label, ContainerID: in.ContainerID, Addr: cs.Addr, State: cs.State,
+			Routed: cs.Addr != "" && slices.Contains(routed, cs.Addr) && !ih.out, Since: in.StartedAt}
+		if checked && ih.checksRun {
+			is.Check, is.CheckedAt, is.FailingSince = "ok", ih.lastCheck.At, ih.failingSince
+			if ih.lastCheck.Err != "" {
+				is.Check = "failing"
+			}
+		}
+		out = append(out, is)
 	}
 	return out
 }

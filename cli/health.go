@@ -94,6 +94,24 @@ func printHealth(out io.Writer, reports []agent.Report) {
 	}
 	tw.Flush()
 	for _, r := range reports {
+		if len(r.Instances) > 1 {
+			fmt.Fprintf(out, "%s: restarts, CPU and memory are the total of %d instances:\n", r.App, len(r.Instances))
+			for _, in := range r.Instances {
+				rotation := "in the rotation"
+				if !in.InRotation {
+					rotation = "out of the rotation"
+				}
+				check := "not checked yet"
+				switch {
+				case in.LastCheck.Err != "":
+					check = "check failing since " + in.FailingSince.Format(time.TimeOnly) + ": " + in.LastCheck.Err
+				case !in.LastCheck.At.IsZero():
+					check = "check ok at " + in.LastCheck.At.Format(time.TimeOnly)
+				}
+				fmt.Fprintf(out, "  %s  %s  %s  %s, %s, %d restarts, CPU %.1f%%, MEM %s, %s\n", in.Name, in.Label, in.State, in.Status,
+					rotation, in.Restarts, in.CPU*100, units.BytesSize(float64(in.Memory)), check)
+			}
+		}
 		if len(r.Causes) > 0 {
 			fmt.Fprintf(out, "%s %s: %s\n", r.App, r.Status, strings.Join(r.Causes, "; "))
 		}

@@ -88,7 +88,14 @@ func printStatus(out io.Writer, st api.AppStatus) {
 			if !in.Routed {
 				routed = "out of the rotation"
 			}
-			fmt.Fprintf(tw, "\t%s  %s  %s  %s  %s, %s, since %s\n", in.Name, in.Label, shortID(in.ContainerID), orDash(in.Addr), in.State, routed, ago(in.Since))
+			check := ""
+			switch in.Check {
+			case "ok":
+				check = ", check ok " + ago(in.CheckedAt)
+			case "failing":
+				check = ", check failing since " + ago(in.FailingSince)
+			}
+			fmt.Fprintf(tw, "\t%s  %s  %s  %s  %s, %s, since %s%s\n", in.Name, in.Label, shortID(in.ContainerID), orDash(in.Addr), in.State, routed, ago(in.Since), check)
 		}
 	}
 	h := st.HealthConfig

@@ -86,7 +86,7 @@ func TestEnhancedHealth(t *testing.T) {
 		}
 		return nil
 	})
-	if !strings.Contains(events, "health check of v1 failing") {
+	if !strings.Contains(events, "of v1 failing its health check") {
 		t.Errorf("no failing event before the restart:\n%s", events)
 	}
 	if r := report(); !strings.Contains(strings.Join(r.Causes, ";"), "restarted") && !strings.Contains(strings.Join(r.Causes, ";"), "health check failing") {

@@ -74,6 +74,15 @@ type Input struct {
 	Now       time.Time
 }
 
+// Worst returns the more severe of two statuses (a when they weigh the
+// same).
+func Worst(a, b string) string {
+	if severity[b] > severity[a] {
+		return b
+	}
+	return a
+}
+
 // Evaluate returns the app's status and, for anything but Ok, its causes
 // in words. The worst rule that applies sets the status.
 func Evaluate(in Input, r Rules) (string, []string) {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -342,12 +343,18 @@ func TestSetHealthy(t *testing.T) {
 	if got := countBodies(t, url, 50); got["b"] != 50 {
 		t.Errorf("with a down: %v, want all on b", got)
 	}
+	if in := p.InRotation("web"); !slices.Equal(in, []string{b}) {
+		t.Errorf("in the rotation with a down: %v, want %s", in, b)
+	}
 	p.SetHealthy("web", b, false)
 	if got := countBodies(t, url, 20); got["a"]+got["b"] != 20 {
 		t.Errorf("with both down: %v, want every request answered", got)
 	}
 	p.SetHealthy("web", a, true)
 	p.SetHealthy("web", b, true)
+	if in := p.InRotation("web"); len(in) != 2 {
+		t.Errorf("in the rotation with both up: %v", in)
+	}
 	if got := countBodies(t, url, 200); got["a"] < 50 || got["b"] < 50 {
 		t.Errorf("with both up again: %v", got)
 	}

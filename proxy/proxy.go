@@ -402,6 +402,23 @@ func (p *Proxy) Targets(app string) []string {
 	return (&Retired{targets: r.targets()}).Addrs()
 }
 
+// InRotation lists the addresses of app's targets that take requests:
+// neither marked down (SetHealthy) nor ejected after refusing a
+// connection.
+func (p *Proxy) InRotation(app string) []string {
+	r := p.routesOf(app)
+	if r == nil {
+		return nil
+	}
+	var out []string
+	for _, t := range r.targets() {
+		if t.inRotation() {
+			out = append(out, t.addr)
+		}
+	}
+	return out
+}
+
 // SetHealthy records what the agent's active health check of app's
 // target at addr found: a target marked down takes no new requests until
 // it is marked up (which also ends a passive ejection). When no target of
