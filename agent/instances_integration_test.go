@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"os/exec"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sprout-paas/sprout/agent"
 	"github.com/sprout-paas/sprout/internal/testenv"
 	"github.com/sprout-paas/sprout/runtime"
 )
@@ -167,6 +169,17 @@ func TestRestartKeepsEveryInstance(t *testing.T) {
 	}
 	if code, body := get(t, port, "/"); code != 200 || body != "v1 " {
 		t.Errorf("GET / after the restart = %d %q", code, body)
+	}
+	// Each instance's output is its own, named, in the app's logs.
+	var logs strings.Builder
+	if err := h.ag.Logs(context.Background(), agent.LogRequest{App: app}, &logs); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := h.st.App(app)
+	for _, in := range a.Instances {
+		if !strings.Contains(logs.String(), in.Name+" | ") {
+			t.Errorf("the logs have no line of instance %s:\n%s", in.Name, logs.String())
+		}
 	}
 }
 

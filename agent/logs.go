@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -10,9 +11,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sprout-paas/sprout/runtime"
+	"github.com/sprout-paas/sprout/store"
 )
 
 // Logs of containers that are gone are kept under the data dir, one file
@@ -165,6 +168,9 @@ func (a *Agent) Logs(ctx context.Context, req LogRequest, w io.Writer) error {
 	if label == "" {
 		return fmt.Errorf("%w: %s has no serving version yet; name one with --label", ErrNotFound, req.App)
 	}
+	if label == app.Serving && len(app.Instances) > 1 {
+		return a.instanceLogs(ctx, app.Instances, req, w)
+	}
 	if label == app.Serving && app.ContainerID != "" {
 		rc, err := a.rt.LogStream(ctx, app.ContainerID, runtime.LogOptions{Follow: req.Follow, Since: req.Since, Tail: req.Tail})
 		if err == nil {
@@ -188,6 +194,41 @@ func (a *Agent) Logs(ctx context.Context, req LogRequest, w io.Writer) error {
 	}
 	defer f.Close()
 	return copyLogLines(f, w, req.Since, req.Tail)
+}
+
+// instanceLogs writes the output of every instance side by side, each
+// line after its instance's name, as `docker compose logs` does; with
+// follow, until ctx ends.
+func (a *Agent) instanceLogs(ctx context.Context, ins []store.Instance, req LogRequest, w io.Writer) error {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	errs := make([]error, len(ins))
+	for i, in := range ins {
+		rc, err := a.rt.LogStream(ctx, in.ContainerID, runtime.LogOptions{Follow: req.Follow, Since: req.Since, Tail: req.Tail})
+		if err != nil {
+			errs[i] = fmt.Errorf("instance %s: %w", cmp.Or(in.Name, shortID(in.ContainerID)), err)
+			continue
+		}
+		prefix := cmp.Or(in.Name, shortID(in.ContainerID)) + " | "
+		wg.Go(func() {
+			defer rc.Close()
+			sc := bufio.NewScanner(rc)
+			sc.Buffer(make([]byte, 64<<10), 1<<20)
+			for sc.Scan() {
+				mu.Lock()
+				_, err := fmt.Fprintf(w, "%s%s\n", prefix, sc.Text())
+				mu.Unlock()
+				if err != nil {
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return nil
+	}
+	return errors.Join(errs...)
 }
 
 // copyLogLines copies timestamped lines written at or after since (all
