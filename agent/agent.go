@@ -65,10 +65,12 @@ type Router interface {
 	Close(port int, grace time.Duration)
 	// Remove forgets an app: its ports and its targets.
 	Remove(app string, grace time.Duration)
-	Swap(app string, addrs []string) *proxy.Retired
 	// Route installs app's instances, each with the version it runs.
 	Route(app string, backends []proxy.Backend, split map[string]int) (*proxy.Retired, error)
 	Targets(app string) []string
+	// InRotation lists the targets that take requests: not marked down
+	// nor ejected after refusing connections.
+	InRotation(app string) []string
 	// SetHealthy takes app's instance at addr out of the rotation (ok
 	// false) or brings it back (ok true), after the monitor's checks.
 	SetHealthy(app, addr string, ok bool)

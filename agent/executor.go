@@ -195,11 +195,7 @@ func (d *deployment) runPlan(ctx context.Context, env map[string]string, config 
 // addresses.
 func (d *deployment) prevInstances(ctx context.Context) []*instanceState {
 	var out []*instanceState
-	ins := d.prev.Instances
-	if len(ins) == 0 && d.prev.ContainerID != "" {
-		ins = []store.Instance{{ContainerID: d.prev.ContainerID, Label: d.prev.Serving, StartedAt: d.prev.ServingAt}}
-	}
-	for _, in := range ins {
+	for _, in := range d.prev.InstanceList() {
 		c, err := d.a.rt.Container(ctx, in.ContainerID)
 		if err != nil || !c.Running || c.Addr == "" {
 			continue // gone: nothing to route or retire

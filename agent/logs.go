@@ -2,7 +2,6 @@ package agent
 
 import (
 	"bufio"
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -206,10 +205,10 @@ func (a *Agent) instanceLogs(ctx context.Context, ins []store.Instance, req LogR
 	for i, in := range ins {
 		rc, err := a.rt.LogStream(ctx, in.ContainerID, runtime.LogOptions{Follow: req.Follow, Since: req.Since, Tail: req.Tail})
 		if err != nil {
-			errs[i] = fmt.Errorf("instance %s: %w", cmp.Or(in.Name, shortID(in.ContainerID)), err)
+			errs[i] = fmt.Errorf("%s: %w", instanceName(in), err)
 			continue
 		}
-		prefix := cmp.Or(in.Name, shortID(in.ContainerID)) + " | "
+		prefix := instanceName(in) + " | "
 		wg.Go(func() {
 			defer rc.Close()
 			sc := bufio.NewScanner(rc)

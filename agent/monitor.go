@@ -66,28 +66,12 @@ func (a *Agent) appHealth(app string) *appHealth {
 	return h
 }
 
-// instancesOf lists app's instances: its own, or the one container of an
-// app recorded before instances.
-func instancesOf(app *store.App) []store.Instance {
-	if len(app.Instances) == 0 && app.ContainerID != "" {
-		return []store.Instance{{ContainerID: app.ContainerID, Label: app.Serving, StartedAt: app.ServingAt}}
-	}
-	return app.Instances
-}
-
 // instanceName is how events and causes name an instance.
 func instanceName(in store.Instance) string {
 	if in.Name != "" {
 		return in.Name
 	}
-	return "container " + shortContainerID(in.ContainerID)
-}
-
-func shortContainerID(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
+	return "container " + shortID(in.ContainerID)
 }
 
 // Monitor checks the serving instances every cfg.MonitorInterval until
@@ -114,7 +98,7 @@ func (a *Agent) probeServing(ctx context.Context, app *store.App) {
 	h := a.appHealth(app.Name)
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	ins := instancesOf(app)
+	ins := app.InstanceList()
 	seen := make(map[string]bool, len(ins))
 	for _, in := range ins {
 		seen[in.ContainerID] = true
@@ -319,7 +303,8 @@ func (a *Agent) Health(ctx context.Context, app *store.App) Report {
 	stats := a.tracker.Window(app.Name).Stats(a.cfg.Rules.Window)
 	r := Report{App: app.Name, Serving: app.Serving, Stats: stats, RateRPS: stats.Rate()}
 	in := health.Input{Serving: app.Serving != "", Deploying: deploying, Container: "running", Stats: stats, Now: now}
-	ins := instancesOf(app)
+	ins := app.InstanceList()
+	rotation := a.router.InRotation(app.Name)
 	if len(ins) == 0 {
 		in.Container = "none"
 		if app.Serving != "" {
@@ -374,7 +359,7 @@ func (a *Agent) Health(ctx context.Context, app *store.App) Report {
 		r.Instances = append(r.Instances, InstanceHealth{
 			Name: instanceName(inst), Label: inst.Label, ContainerID: inst.ContainerID, State: cs.State, Status: s,
 			LastCheck: ih.lastCheck, FailingSince: ih.failingSince, CPU: ih.cpu, Memory: ih.memory,
-			Restarts: cs.RestartCount, InRotation: cs.State == "running" && !ih.out,
+			Restarts: cs.RestartCount, InRotation: cs.Addr != "" && slices.Contains(rotation, cs.Addr),
 		})
 	}
 	appStatus, appCauses := health.Evaluate(in, a.cfg.Rules)

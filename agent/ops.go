@@ -237,15 +237,15 @@ type InstanceStatus struct {
 
 // Instances returns the state of each of app's instances.
 func (a *Agent) Instances(ctx context.Context, app *store.App) []InstanceStatus {
-	routed := a.router.Targets(app.Name)
+	routed := a.router.InRotation(app.Name)
 	checks := a.instanceHealth(app.Name)
-	ins := instancesOf(app)
+	ins := app.InstanceList()
 	out := make([]InstanceStatus, 0, len(ins))
 	for _, in := range ins {
 		cs := a.ContainerStatus(ctx, &store.App{ContainerID: in.ContainerID})
 		ih, checked := checks[in.ContainerID]
 		is := InstanceStatus{Name: in.Name, Label: in.Label, ContainerID: in.ContainerID, Addr: cs.Addr, State: cs.State,
-			Routed: cs.Addr != "" && slices.Contains(routed, cs.Addr) && !ih.out, Since: in.StartedAt}
+			Routed: cs.Addr != "" && slices.Contains(routed, cs.Addr), Since: in.StartedAt}
 		if checked && ih.checksRun {
 			is.Check, is.CheckedAt, is.FailingSince = "ok", ih.lastCheck.At, ih.failingSince
 			if ih.lastCheck.Err != "" {

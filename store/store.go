@@ -75,17 +75,20 @@ type Instance struct {
 // InstanceCount is how many instances the app runs.
 func (a *App) InstanceCount() int { return max(a.Capacity, 1) }
 
-// ServingIDs lists the containers serving the app: its instances, or the
-// one container of an app recorded before instances.
-func (a *App) ServingIDs() []string {
-	if len(a.Instances) == 0 {
-		if a.ContainerID == "" {
-			return nil
-		}
-		return []string{a.ContainerID}
+// InstanceList lists the app's instances: its own, or the one container
+// of an app recorded before apps had instances.
+func (a *App) InstanceList() []Instance {
+	if len(a.Instances) == 0 && a.ContainerID != "" {
+		return []Instance{{ContainerID: a.ContainerID, Label: a.Serving, StartedAt: a.ServingAt}}
 	}
-	out := make([]string, len(a.Instances))
-	for i, in := range a.Instances {
+	return a.Instances
+}
+
+// ServingIDs lists the containers serving the app.
+func (a *App) ServingIDs() []string {
+	ins := a.InstanceList()
+	out := make([]string, len(ins))
+	for i, in := range ins {
 		out[i] = in.ContainerID
 	}
 	return out
