@@ -33,8 +33,10 @@ type executor struct {
 	// inst holds every instance the rollout knows, old and new, by name
 	// (the plan's instance IDs are container names).
 	inst map[string]*instanceState
-	// routed are the names of the instances in the rotation, in order.
+	// routed are the names of the instances in the rotation, in order,
+	// and split the versions' shares of requests, when set.
 	routed []string
+	split  map[string]int
 	// batch are the instances the current batch started.
 	batch []string
 	// started and stopped are the instances this rollout started, and the
@@ -330,6 +332,9 @@ func (x *executor) line(s string) {
 // the rotation before.
 func (x *executor) route(ctx context.Context, names []string, split map[string]int) error {
 	d, a := x.d, x.d.a
+	if split == nil && x.split == nil && slices.Equal(names, x.routed) {
+		return nil // a drain of instances a full switch already took out
+	}
 	var before []string
 	for _, n := range x.routed {
 		before = append(before, x.inst[n].ContainerID)
@@ -350,7 +355,7 @@ func (x *executor) route(ctx context.Context, names []string, split map[string]i
 		return err
 	}
 	added := slices.ContainsFunc(names, func(n string) bool { return !slices.Contains(x.routed, n) })
-	x.routed = names
+	x.routed, x.split = names, split
 	var labels []string
 	for _, n := range names {
 		if l := x.inst[n].Label; !slices.Contains(labels, l) {
