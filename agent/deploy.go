@@ -16,7 +16,6 @@ import (
 	"github.com/sprout-paas/sprout/bundle"
 	"github.com/sprout-paas/sprout/health"
 	"github.com/sprout-paas/sprout/platform"
-	"github.com/sprout-paas/sprout/proxy"
 	"github.com/sprout-paas/sprout/rollout"
 	"github.com/sprout-paas/sprout/runtime"
 	"github.com/sprout-paas/sprout/source"
@@ -281,15 +280,11 @@ type deployment struct {
 	lastPass time.Time // when the last passing health check ended
 	// j records how to undo each step; fail replays it.
 	j *journal
-	// direct and prevDirect: the new and the serving version bypass the
-	// proxy (ProxyServer none).
-	direct, prevDirect bool
-	spec               *platform.Spec // what the bundle says, on a deploy
-	workDir            string         // the unpacked bundle, removed by cleanup
-	root               string         // the bundle's root: in workDir, or kept
-	// stoppedPrev is set once the serving container was stopped
-	// (ProxyServer none), so that it is stopped once.
-	stoppedPrev bool
+	// routing is how the rollout's instances get their requests.
+	routing routing
+	spec    *platform.Spec // what the bundle says, on a deploy
+	workDir string         // the unpacked bundle, removed by cleanup
+	root    string         // the bundle's root: in workDir, or kept
 }
 
 // newDeployment starts a rollout of v on app (prev is the app as it is),
@@ -416,53 +411,11 @@ func (d *deployment) unpack(ctx context.Context, archive string) error {
 		}
 	}
 	// Open a new public port before anything is built, so that a port
-	// clash fails the deploy first. A port that the serving container
-	// holds itself (ProxyServer none) opens once that container stops.
-	d.modes()
-	if !d.direct && (d.app.Port != d.prev.Port || d.prev.Serving == "") {
-		d.begin(StepListen)
-		if err := d.listen(); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// modes finds out whether the new and the serving version bypass the
-// proxy (ProxyServer none).
-func (d *deployment) modes() {
-	d.direct = d.v.Options.ProxyNone
-	d.prevDirect = false
-	if d.prev.Serving != "" {
-		if pv, err := d.a.store.Version(d.prev.Name, d.prev.Serving); err == nil {
-			d.prevDirect = pv.Options.ProxyNone
-		}
-	}
-}
-
-// stopPrev stops the serving container (keeping it, so that undoing the
-// rollout starts it again) and closes the proxy's port when it uses the
-// one the new container takes. Requests fail from here until the new one
-// serves: this is the downtime ProxyServer none brings.
-func (d *deployment) stopPrev(ctx context.Context) error {
-	a := d.a
-	if d.prev.ContainerID == "" || d.stoppedPrev {
-		return nil
-	}
-	if !d.prevDirect && d.prev.Port == d.app.Port {
-		if err := d.j.record(store.Undo{Kind: store.UndoListen, Port: d.prev.Port, Label: d.prev.Serving}); err != nil {
-			return err
-		}
-		a.router.Close(d.prev.Port, a.cfg.DrainTimeout)
-	}
-	if err := d.j.record(store.Undo{Kind: store.UndoRestart, Container: d.prev.ContainerID, Routed: !d.prevDirect, Label: d.prev.Serving}); err != nil {
+	// clash fails the deploy first.
+	d.routing = d.routingFor()
+	if err := d.routing.open(d); err != nil {
 		return err
 	}
-	d.stoppedPrev = true
-	if err := a.rt.Stop(ctx, d.prev.ContainerID, a.cfg.StopGrace); err != nil {
-		return fmt.Errorf("stop the serving container: %w", err)
-	}
-	d.linef("stopped %s's container: port %d is down until %s serves (ProxyServer none)", d.prev.Serving, d.app.Port, d.v.Label)
 	return nil
 }
 
@@ -570,14 +523,16 @@ func (d *deployment) build(ctx context.Context) error {
 // before they take traffic, and records the result. The version's hooks
 // run at the same points as on Elastic Beanstalk: predeploy before the
 // first container starts, postdeploy once the new instances serve; a
-// failing postdeploy hook undoes the rollout. Apps behind the proxy follow
-// their deployment policy's plan (runPlan); ProxyServer none serves one
-// container on the app's own port (rolloutDirect).
+// failing postdeploy hook undoes the rollout. Every rollout follows its
+// deployment policy's plan (runPlan), through the version's routing
+// strategy.
 func (d *deployment) rollout(ctx context.Context) error {
 	a := d.a
 	env := platform.Effective(d.v.Options.Env, d.app.Env)
 	config := d.op == "setenv"
-	d.modes()
+	if d.routing == nil {
+		d.routing = d.routingFor()
+	}
 	if config {
 		if err := d.runHooks(ctx, platform.StagePrebuild, true, env); err != nil {
 			return err
@@ -588,23 +543,14 @@ func (d *deployment) rollout(ctx context.Context) error {
 			return err
 		}
 	}
-	var err error
-	if d.direct || d.prevDirect {
-		if d.app.InstanceCount() > 1 {
-			return fmt.Errorf("%w: ProxyServer none publishes one container on port %d, so the app can run only 1 instance (it has %d): use the proxy, or `sprout scale --app %s 1`", ErrInvalid, d.app.Port, d.app.InstanceCount(), d.app.Name)
-		}
-		err = d.rolloutDirect(ctx, env, config)
-	} else {
-		err = d.runPlan(ctx, env, config)
+	if most := d.routing.most(); most > 0 && d.app.InstanceCount() > most {
+		return fmt.Errorf("%w: ProxyServer none publishes one container on port %d, so the app can run only %d instance (it has %d): use the proxy, or `sprout scale --app %s %d`", ErrInvalid, d.app.Port, most, d.app.InstanceCount(), d.app.Name, most)
 	}
-	if err != nil {
+	if err := d.runPlan(ctx, env, config); err != nil {
 		return err
 	}
 	ctx = context.WithoutCancel(ctx)
-	if d.prev.Serving != "" && d.prev.Port != d.app.Port && !d.prevDirect {
-		a.router.Close(d.prev.Port, a.cfg.DrainTimeout)
-		d.linef("closed the old public port %d", d.prev.Port)
-	}
+	d.routing.leave(d)
 
 	d.begin(StepRecord)
 	d.end()
@@ -656,116 +602,6 @@ func (d *deployment) containerSpec(name string, env map[string]string, mounts []
 		LogMaxSize:    a.cfg.LogMaxSize,
 		LogMaxFiles:   a.cfg.LogMaxFiles,
 	}
-}
-
-// rolloutDirect replaces the one container of an app whose new or serving
-// version bypasses the proxy (ProxyServer none): the serving container
-// stops first when the new one needs its port.
-func (d *deployment) rolloutDirect(ctx context.Context, env map[string]string, config bool) error {
-	a := d.a
-	d.begin(StepStart)
-	mounts, err := a.mounts(ctx, d.app, d.v)
-	if err != nil {
-		return err
-	}
-	publicPort := 0
-	if d.direct {
-		if err := d.stopPrev(ctx); err != nil {
-			return err
-		}
-		publicPort = d.app.Port
-	}
-	name := fmt.Sprintf("sprout-%s-%s-%s", d.app.Name, d.v.Label, randomID(3))
-	if err := d.j.record(store.Undo{Kind: store.UndoRemove, Container: name, Label: d.v.Label}); err != nil {
-		return err
-	}
-	c, err := a.rt.Run(ctx, d.containerSpec(name, env, mounts, publicPort))
-	if err != nil {
-		return err
-	}
-	d.linef("started container %s (%s), app at %s, published on 127.0.0.1:%d", c.Name, shortID(c.ID), c.Addr, c.HostPort)
-
-	d.begin(StepHealth)
-	if d.lastPass, err = d.waitHealthy(ctx, c, "", d.p.Line); err != nil {
-		return err
-	}
-
-	// Traffic moves the moment the app is healthy; the bookkeeping (step
-	// events are written to the store) follows. From here on the new
-	// version takes traffic: finish even if the client goes away.
-	if d.prevDirect && !d.direct && d.prev.Port == d.app.Port {
-		// The serving container holds the public port: stop it, then
-		// the proxy takes the port.
-		if err := d.stopPrev(ctx); err != nil {
-			return err
-		}
-		if err := d.listen(); err != nil {
-			return err
-		}
-	}
-	swapAt := time.Now()
-	retired := &proxy.Retired{}
-	if !d.direct {
-		old := a.router.Targets(d.app.Name)
-		if retired, err = a.router.Route(d.app.Name, []proxy.Backend{{Addr: c.Addr, Version: d.v.Label}}, nil); err != nil {
-			return err
-		}
-		// In memory only, like the route itself: written after.
-		if err := d.j.record(store.Undo{Kind: store.UndoRoute, Addrs: old, Label: d.prev.Serving}); err != nil {
-			return err
-		}
-	}
-	if err := d.a.stand(d.app.Name); err != nil {
-		return err
-	}
-	ctx = context.WithoutCancel(ctx)
-	d.begin(StepSwap)
-	d.stepAt = swapAt
-	if d.direct {
-		d.linef("port %d now goes straight to %s's container (ProxyServer none)", d.app.Port, d.v.Label)
-	} else {
-		d.linef("traffic on port %d now goes to %s, %s after the last passing check", d.app.Port, d.v.Label, swapAt.Sub(d.lastPass).Round(10*time.Microsecond))
-	}
-
-	d.begin(StepDrain)
-	st := retired.Drain(ctx, a.cfg.DrainTimeout, a.cfg.StreamGrace)
-	if old := retired.Addrs(); len(old) > 0 {
-		d.linef("drained %s in %s (%d requests cut at the deadline)", strings.Join(old, ", "), st.Waited.Round(time.Millisecond), st.Cut)
-	}
-	if d.runsHooks() {
-		// A failing postdeploy hook undoes the rollout: the old
-		// container still runs (or starts again) and gets its traffic
-		// back.
-		if err := d.runHooks(ctx, platform.StagePostdeploy, config, env); err != nil {
-			return err
-		}
-	}
-	// From here on the new version stands: what follows retires the old
-	// one and records, and a failure there is reported, not undone.
-	d.j.commit()
-
-	d.begin(StepRetire)
-	if d.direct && !d.prevDirect && d.prev.Serving != "" && d.prev.Port == d.app.Port {
-		d.linef("the proxy no longer serves port %d", d.app.Port)
-	}
-	// Only now may the engine restart the container: a crash before the
-	// swap must fail the deploy, not be hidden by a restart.
-	if err := a.rt.KeepRunning(ctx, c.ID); err != nil {
-		d.linef("warning: %v; the engine will not restart %s if it crashes", err, d.v.Label)
-	}
-	if d.prev.ContainerID != "" && d.prev.ContainerID != c.ID {
-		if err := a.rt.Stop(ctx, d.prev.ContainerID, a.cfg.StopGrace); err != nil {
-			d.linef("warning: stopping the old container: %v", err)
-		}
-		a.archiveLogs(ctx, d.app.Name, d.prev.Serving, d.prev.ContainerID)
-		if err := a.rt.Remove(ctx, d.prev.ContainerID); err != nil {
-			d.linef("warning: removing the old container: %v", err)
-		}
-		d.linef("stopped and removed the container of %s", d.prev.Serving)
-	}
-	d.app.ContainerID = c.ID
-	d.app.Instances = []store.Instance{{ContainerID: c.ID, Name: name, Label: d.v.Label, StartedAt: time.Now()}}
-	return nil
 }
 
 // containerEnv lists env for the engine. It adds PORT (as Heroku and

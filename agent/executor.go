@@ -92,6 +92,10 @@ func (d *deployment) runPlan(ctx context.Context, env map[string]string, config 
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
+	if settings.Policy == rollout.TrafficSplitting && !d.routing.splits() {
+		d.linef("ProxyServer none cannot share requests between two versions: TrafficSplitting runs as AllAtOnce")
+		settings.Policy = rollout.AllAtOnce
+	}
 	var plan rollout.Plan
 	if d.resizes() && len(current) > 0 {
 		plan, err = rollout.Scale(settings, current, d.app.InstanceCount())
@@ -212,7 +216,7 @@ func (d *deployment) prevInstances(ctx context.Context) []*instanceState {
 
 // step runs one primitive.
 func (x *executor) step(ctx context.Context, st rollout.Step) error {
-	d, a := x.d, x.d.a
+	d := x.d
 	switch st.Op {
 	case rollout.OpStart:
 		d.begin(StepStart)
@@ -250,15 +254,9 @@ func (x *executor) step(ctx context.Context, st rollout.Step) error {
 	case rollout.OpRetire:
 		d.begin(StepRetire)
 		for _, name := range st.IDs {
-			in := x.inst[name]
-			if err := d.j.record(store.Undo{Kind: store.UndoRestart, Container: in.ContainerID, Label: in.Label}); err != nil {
+			if err := x.stop(ctx, name); err != nil {
 				return err
 			}
-			if err := a.rt.Stop(ctx, in.ContainerID, a.cfg.StopGrace); err != nil {
-				return fmt.Errorf("stop %s: %w", name, err)
-			}
-			x.stopped = append(x.stopped, name)
-			d.linef("stopped %s (%s)", name, in.Label)
 		}
 	default:
 		return fmt.Errorf("the plan has a step this agent cannot run: %s", st.Op)
@@ -266,14 +264,37 @@ func (x *executor) step(ctx context.Context, st rollout.Step) error {
 	return nil
 }
 
+// stop stops an old instance, keeping its container so that undoing the
+// rollout starts it again; an instance already stopped stays so.
+func (x *executor) stop(ctx context.Context, name string) error {
+	d, a := x.d, x.d.a
+	if slices.Contains(x.stopped, name) {
+		return nil
+	}
+	in := x.inst[name]
+	if err := d.j.record(store.Undo{Kind: store.UndoRestart, Container: in.ContainerID, Label: in.Label}); err != nil {
+		return err
+	}
+	if err := a.rt.Stop(ctx, in.ContainerID, a.cfg.StopGrace); err != nil {
+		return fmt.Errorf("stop %s: %w", name, err)
+	}
+	x.stopped = append(x.stopped, name)
+	d.linef("stopped %s (%s)", name, in.Label)
+	return nil
+}
+
 // start starts one instance of the new version, out of the rotation.
 func (x *executor) start(ctx context.Context) error {
 	d, a := x.d, x.d.a
+	port, err := d.routing.publish(ctx, x)
+	if err != nil {
+		return err
+	}
 	name := fmt.Sprintf("sprout-%s-%s-%s", d.app.Name, d.v.Label, randomID(3))
 	if err := d.j.record(store.Undo{Kind: store.UndoRemove, Container: name, Label: d.v.Label}); err != nil {
 		return err
 	}
-	c, err := a.rt.Run(ctx, d.containerSpec(name, x.env, x.mounts, 0))
+	c, err := a.rt.Run(ctx, d.containerSpec(name, x.env, x.mounts, port))
 	if err != nil {
 		return err
 	}
@@ -344,25 +365,35 @@ func (x *executor) route(ctx context.Context, names []string, split map[string]i
 		backends[i] = proxy.Backend{Addr: x.inst[n].addr, Version: x.inst[n].Label}
 	}
 	at := time.Now()
-	retired, err := a.router.Route(d.app.Name, backends, split)
+	retired, moved, err := d.routing.route(ctx, x, backends, split)
 	if err != nil {
 		return err
 	}
 	// Routes live in this process only, so the undo is written after the
 	// route (a crash in between loses both), and the journal's disk write
 	// stays out of the time from a passing check to traffic.
-	if err := d.j.record(store.Undo{Kind: store.UndoRoute, Containers: before, Label: d.prev.Serving}); err != nil {
-		return err
+	if moved {
+		if err := d.j.record(store.Undo{Kind: store.UndoRoute, Containers: before, Label: d.prev.Serving}); err != nil {
+			return err
+		}
 	}
 	added := slices.ContainsFunc(names, func(n string) bool { return !slices.Contains(x.routed, n) })
 	x.routed, x.split = names, split
 	var labels []string
+	serving := 0
 	for _, n := range names {
+		if slices.Contains(x.stopped, n) {
+			continue // a container that held the port, stopped for the proxy to take it
+		}
+		serving++
 		if l := x.inst[n].Label; !slices.Contains(labels, l) {
 			labels = append(labels, l)
 		}
 	}
-	msg := fmt.Sprintf("traffic on port %d now goes to %d instance(s) of %s", d.app.Port, len(names), strings.Join(labels, " and "))
+	msg := fmt.Sprintf("traffic on port %d now goes to %d instance(s) of %s", d.app.Port, serving, strings.Join(labels, " and "))
+	if !moved {
+		msg = fmt.Sprintf("port %d now goes straight to %s's container (ProxyServer none)", d.app.Port, strings.Join(labels, " and "))
+	}
 	if split != nil {
 		msg += fmt.Sprintf(" (%d%% of requests to %s)", split[d.v.Label], d.v.Label)
 	}

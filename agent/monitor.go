@@ -115,7 +115,7 @@ func (a *Agent) probeServing(ctx context.Context, app *store.App) {
 	}
 	v, _ := a.store.Version(app.Name, app.Serving)
 	hasHC := v != nil && v.HasHealthcheck
-	proxied := v == nil || !v.Options.ProxyNone
+	r := routingOf(v)
 	s := a.HealthSettings(app)
 	var cpu float64
 	var memory uint64
@@ -133,7 +133,7 @@ func (a *Agent) probeServing(ctx context.Context, app *store.App) {
 	wg.Wait()
 	for i, in := range ins {
 		ih := h.instances[in.ContainerID]
-		a.probeInstance(ctx, app, in.ContainerID, engine[i], ih, s, hasHC, proxied, h)
+		a.probeInstance(ctx, app, in.ContainerID, engine[i], ih, s, hasHC, r, h)
 		cpu, memory, restarts = cpu+ih.cpu, memory+ih.memory, restarts+max(ih.restartCount, 0)
 	}
 	a.metrics.Usage(app.Name, cpu, memory, restarts)
@@ -149,7 +149,7 @@ type engineView struct {
 
 // probeInstance runs one round of the monitor on the instance in
 // container id, of which the engine said e. h's lock is held.
-func (a *Agent) probeInstance(ctx context.Context, app *store.App, id string, e engineView, ih *instanceHealth, s health.Settings, hasHC, proxied bool, h *appHealth) {
+func (a *Agent) probeInstance(ctx context.Context, app *store.App, id string, e engineView, ih *instanceHealth, s health.Settings, hasHC bool, r routing, h *appHealth) {
 	now := time.Now()
 	st := e.state
 	if e.err != nil {
@@ -171,9 +171,9 @@ func (a *Agent) probeInstance(ctx context.Context, app *store.App, id string, e 
 	if !st.Running || st.Addr == "" {
 		return
 	}
-	if st.Addr != ih.addr && ih.out && proxied {
+	if st.Addr != ih.addr && ih.out {
 		// It came back on another address: hold the new one out too.
-		a.router.SetHealthy(app.Name, st.Addr, false)
+		r.hold(a, app.Name, st.Addr, false)
 	}
 	ih.addr = st.Addr
 	probe, _ := a.probeFor(s, hasHC, id, st.Addr, 0)
@@ -187,9 +187,7 @@ func (a *Agent) probeInstance(ctx context.Context, app *store.App, id string, e 
 	if perr == nil {
 		switch {
 		case ih.out:
-			if proxied {
-				a.router.SetHealthy(app.Name, st.Addr, true)
-			}
+			r.hold(a, app.Name, st.Addr, true)
 			a.event(app.Name, ih.label, "health", "instance %s of %s passes its health check again; back in the rotation", ih.name, ih.label)
 		case !ih.failingSince.IsZero():
 			a.event(app.Name, ih.label, "health", "instance %s of %s passes its health check again", ih.name, ih.label)
@@ -204,15 +202,14 @@ func (a *Agent) probeInstance(ctx context.Context, app *store.App, id string, e 
 	}
 	if ih.failures >= OutAfter && !ih.out && !ih.keptIn {
 		switch {
-		case !proxied:
-			a.event(app.Name, ih.label, "health", "instance %s of %s failing its health check: %v", ih.name, ih.label, perr)
-			ih.keptIn = true
 		case h.othersInRotation(ih) == 0:
 			// A 502 is no better than a slow or failing answer.
 			a.event(app.Name, ih.label, "health", "instance %s of %s failing its health check: %v; kept in the rotation, the last instance in it", ih.name, ih.label, perr)
 			ih.keptIn = true
+		case !r.hold(a, app.Name, st.Addr, false):
+			a.event(app.Name, ih.label, "health", "instance %s of %s failing its health check: %v", ih.name, ih.label, perr)
+			ih.keptIn = true
 		default:
-			a.router.SetHealthy(app.Name, st.Addr, false)
 			a.event(app.Name, ih.label, "health", "instance %s of %s failing its health check: %v; out of the rotation", ih.name, ih.label, perr)
 			ih.out = true
 		}

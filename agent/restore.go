@@ -39,17 +39,6 @@ func (a *Agent) Start(ctx context.Context) error {
 		if app.Serving == "" {
 			continue
 		}
-		// With ProxyServer none the container publishes the port itself.
-		direct := false
-		if v, err := a.store.Version(app.Name, app.Serving); err == nil {
-			direct = v.Options.ProxyNone
-		}
-		if !direct {
-			if err := a.router.Listen(app.Name, app.Port); err != nil {
-				a.event(app.Name, app.Serving, "restore", "cannot listen on port %d: %v", app.Port, err)
-				continue
-			}
-		}
 		var backends []proxy.Backend
 		var names []string
 		for _, id := range app.ServingIDs() {
@@ -63,12 +52,13 @@ func (a *Agent) Start(ctx context.Context) error {
 				names = append(names, shortID(c.ID)+" at "+c.Addr)
 			}
 		}
+		// Its containers stay, even when it cannot be routed: a port
+		// taken by another program must not cost the app its instances.
+		if _, err := a.servingRouting(app).adopt(a, app, backends); err != nil {
+			a.event(app.Name, app.Serving, "restore", "%v", err)
+			continue
+		}
 		if len(backends) > 0 {
-			if !direct {
-				if _, err := a.router.Route(app.Name, backends, nil); err != nil {
-					a.event(app.Name, app.Serving, "restore", "cannot route to its instances: %v", err)
-				}
-			}
 			a.metrics.Serving(app.Name, app.Serving)
 			a.event(app.Name, app.Serving, "restore", "re-adopted %d of %d instance(s) of %s: %s", len(backends), app.InstanceCount(), app.Serving, strings.Join(names, ", "))
 		}

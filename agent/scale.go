@@ -39,8 +39,8 @@ func (a *Agent) Scale(ctx context.Context, name string, n int, noWait bool, p Pr
 		return err
 	}
 	from := cur.InstanceCount()
-	if v.Options.ProxyNone && n > 1 {
-		return fmt.Errorf("%w: %s %s runs with ProxyServer none, which publishes its one container on port %d, so it runs 1 instance only: deploy a version without ProxyServer: none (in .ebextensions) to scale it", ErrInvalid, name, v.Label, cur.Port)
+	if most := routingOf(v).most(); most > 0 && n > most {
+		return fmt.Errorf("%w: %s %s runs with ProxyServer none, which publishes its one container on port %d, so it runs %d instance only: deploy a version without ProxyServer: none (in .ebextensions) to scale it", ErrInvalid, name, v.Label, cur.Port, most)
 	}
 	if n == from {
 		p.Line(fmt.Sprintf("%s already runs %d instance(s) of %s: nothing to do", name, n, v.Label))

@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"runtime/debug"
-	"slices"
 	"strings"
 	"time"
 
@@ -23,26 +22,15 @@ func (a *Agent) Watch(ctx context.Context) {
 // follow re-routes app when one of its instances came back on another
 // address.
 func (a *Agent) follow(ctx context.Context, app *store.App) {
-	if v, err := a.store.Version(app.Name, app.Serving); err == nil && v.Options.ProxyNone {
-		return // the container publishes its port itself
-	}
 	backends := a.backendsOf(ctx, app.ServingIDs())
 	if len(backends) == 0 {
 		return
 	}
-	var addrs []string
-	for _, b := range backends {
-		addrs = append(addrs, b.Addr)
-	}
-	cur := a.router.Targets(app.Name)
-	slices.Sort(addrs)
-	slices.Sort(cur)
-	if !slices.Equal(cur, addrs) {
-		retired, err := a.router.Route(app.Name, backends, nil)
-		if err != nil {
-			return
+	if moved, err := a.servingRouting(app).adopt(a, app, backends); err == nil && moved {
+		var addrs []string
+		for _, b := range backends {
+			addrs = append(addrs, b.Addr)
 		}
-		retired.Drain(ctx, time.Second, time.Second)
 		a.event(app.Name, app.Serving, "restart", "instances of %s came back at %s; traffic follows them", app.Serving, strings.Join(addrs, ", "))
 	}
 }
