@@ -42,6 +42,39 @@ type harness struct {
 	// tune changes the agent's config; a harness with tune also runs the
 	// health monitor, as `sprout agent` does.
 	tune func(*agent.Config)
+	// routes hears every route the agent installs, right after it takes
+	// effect and before the agent goes on.
+	routes routeHook
+}
+
+// routeHook hands each route the agent installs to a test, in the
+// agent's own goroutine, so that the test sees every step as it is.
+type routeHook struct {
+	mu sync.Mutex
+	fn func(app string, backends []proxy.Backend)
+}
+
+func (r *routeHook) set(fn func(app string, backends []proxy.Backend)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.fn = fn
+}
+
+// hookedRouter is the proxy, telling routes what it routes.
+type hookedRouter struct {
+	*proxy.Proxy
+	hook *routeHook
+}
+
+func (r hookedRouter) Route(app string, backends []proxy.Backend, split map[string]int) (*proxy.Retired, error) {
+	retired, err := r.Proxy.Route(app, backends, split)
+	r.hook.mu.Lock()
+	fn := r.hook.fn
+	r.hook.mu.Unlock()
+	if err == nil && fn != nil {
+		fn(app, backends)
+	}
+	return retired, err
 }
 
 func testConfig(dataDir string) agent.Config {
@@ -95,7 +128,7 @@ func (h *harness) start() {
 	if h.tune != nil {
 		h.tune(&cfg)
 	}
-	h.ag, err = agent.New(cfg, h.docker, h.px, st, nil, tracker, log)
+	h.ag, err = agent.New(cfg, h.docker, hookedRouter{h.px, &h.routes}, st, nil, tracker, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sprout-paas/sprout/agent"
 	"github.com/sprout-paas/sprout/internal/testenv"
+	"github.com/sprout-paas/sprout/proxy"
 	"github.com/sprout-paas/sprout/runtime"
 )
 
@@ -62,11 +63,14 @@ func TestPoliciesWithFourInstancesUnderLoad(t *testing.T) {
 		policy  string
 		params  map[string]string
 		batches int
+		// steps is what the rotation holds after each route, as
+		// "<instances of v1>+<instances of v2>".
+		steps []string
 	}{
-		{"AllAtOnce", nil, 1},
-		{"Rolling", map[string]string{"batch_size": "25"}, 4},
-		{"RollingWithAdditionalBatch", map[string]string{"batch_size": "2", "batch_size_type": "Fixed"}, 2},
-		{"Immutable", nil, 1},
+		{"AllAtOnce", nil, 1, []string{"0+4"}},
+		{"Rolling", map[string]string{"batch_size": "25"}, 4, []string{"3+0", "3+1", "2+1", "2+2", "1+2", "1+3", "0+3", "0+4"}},
+		{"RollingWithAdditionalBatch", map[string]string{"batch_size": "2", "batch_size_type": "Fixed"}, 2, []string{"4+2", "2+2", "2+4", "0+4"}},
+		{"Immutable", nil, 1, []string{"0+4"}},
 	} {
 		t.Run(tc.policy, func(t *testing.T) {
 			app, port := testenv.Name("pol"), testenv.FreePort(t)
@@ -77,10 +81,20 @@ func TestPoliciesWithFourInstancesUnderLoad(t *testing.T) {
 			testenv.Answered(t, load, "v1 ", 50)
 			params := map[string]string{"policy": tc.policy}
 			maps.Copy(params, tc.params)
+			var steps []string
+			h.routes.set(func(routed string, backends []proxy.Backend) {
+				if routed == app {
+					steps = append(steps, rotation(t, port, app, backends))
+				}
+			})
 			_, lines, err := h.deploy(app, "v2", bundle, params)
+			h.routes.set(nil)
 			out := strings.Join(lines, "\n")
 			if err != nil {
 				t.Fatalf("deploy: %v\n%s", err, out)
+			}
+			if !slices.Equal(steps, tc.steps) {
+				t.Errorf("the rotation went %v, want %v (instances of v1+v2 after each route)\n%s", steps, tc.steps, out)
 			}
 			if tc.batches > 1 && !strings.Contains(out, fmt.Sprintf("batch %d/%d", tc.batches, tc.batches)) {
 				t.Errorf("the deploy did not run %d batches:\n%s", tc.batches, out)
@@ -97,6 +111,49 @@ func TestPoliciesWithFourInstancesUnderLoad(t *testing.T) {
 			servedBy(t, port, instancesOf(t, h, app, "v2", 4))
 		})
 	}
+}
+
+// rotation checks one route of app as the agent installs it: each backend
+// is a running container of the version the route gives it, and requests
+// to port reach those containers and no other. It returns the count of
+// each version, as "<v1>+<v2>".
+func rotation(t *testing.T, port int, app string, backends []proxy.Backend) string {
+	out, err := exec.Command("docker", "ps", "-q", "--no-trunc", "--filter", "label="+runtime.LabelApp+"="+app).Output()
+	if err != nil {
+		t.Errorf("docker ps: %v", err)
+		return "?"
+	}
+	type container struct{ id, label string }
+	at := map[string]container{}
+	if ids := strings.Fields(string(out)); len(ids) > 0 {
+		out, err = exec.Command("docker", append([]string{"inspect", "-f", `{{.Id}} {{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}} {{index .Config.Labels "` + runtime.LabelLabel + `"}}`}, ids...)...).Output()
+		if err != nil {
+			t.Errorf("docker inspect: %v", err)
+			return "?"
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if f := strings.Fields(line); len(f) == 3 {
+				at[f[1]] = container{f[0][:12], f[2]}
+			}
+		}
+	}
+	count := map[string]int{}
+	routed := map[string]bool{}
+	for _, b := range backends {
+		c, ok := at[strings.TrimSuffix(b.Addr, ":8080")]
+		if !ok || c.label != b.Version {
+			t.Errorf("routed to %s as %s, but the running container there is %+v", b.Addr, b.Version, c)
+		}
+		count[b.Version]++
+		routed[c.id] = true
+	}
+	for range 2 * len(backends) {
+		code, host := get(t, port, "/env?k=HOSTNAME")
+		if code != 200 || !routed[host] {
+			t.Errorf("GET /env?k=HOSTNAME = %d %q, not one of the routed instances %v", code, host, routed)
+		}
+	}
+	return fmt.Sprintf("%d+%d", count["v1"], count["v2"])
 }
 
 // servedBy checks that requests to port are answered by each of the
