@@ -42,7 +42,11 @@ type executor struct {
 	// started and stopped are the instances this rollout started, and the
 	// old ones its retire steps stopped (removed once it commits).
 	started, stopped []string
-	mu               sync.Mutex // guards d.p while health waits run side by side
+	// stopping are the retire steps' stops under way, and stopErrs
+	// their failures.
+	stopping sync.WaitGroup
+	stopErrs []error
+	mu       sync.Mutex // guards d.p and stopErrs while steps run side by side
 }
 
 type instanceState struct {
@@ -134,23 +138,35 @@ func (d *deployment) runPlan(ctx context.Context, env map[string]string, config 
 		stood, ctx = true, context.WithoutCancel(ctx)
 		return nil
 	}
-	for i, b := range plan.Batches {
-		if len(plan.Batches) > 1 {
-			d.linef("batch %d/%d: %s", i+1, len(plan.Batches), b.String())
-		}
-		x.batch = nil
-		for j, st := range b.Steps {
-			err := x.step(ctx, st)
-			if err == nil && [2]int{i, j} == lastRoute {
-				err = stand()
+	batches := func() error {
+		for i, b := range plan.Batches {
+			if len(plan.Batches) > 1 {
+				d.linef("batch %d/%d: %s", i+1, len(plan.Batches), b.String())
 			}
-			if err != nil {
-				if len(plan.Batches) > 1 {
-					return fmt.Errorf("batch %d/%d: %w", i+1, len(plan.Batches), err)
+			x.batch = nil
+			for j, st := range b.Steps {
+				err := x.step(ctx, st)
+				if err == nil && [2]int{i, j} == lastRoute {
+					err = stand()
 				}
-				return err
+				if err != nil {
+					if len(plan.Batches) > 1 {
+						return fmt.Errorf("batch %d/%d: %w", i+1, len(plan.Batches), err)
+					}
+					return err
+				}
 			}
 		}
+		return nil
+	}
+	// Whatever happens, the old instances being stopped have stopped
+	// before the rollout is undone or goes on.
+	err = batches()
+	if serr := x.settle(); err == nil {
+		err = serr
+	}
+	if err != nil {
+		return err
 	}
 	if err := stand(); err != nil {
 		return err
@@ -220,11 +236,7 @@ func (x *executor) step(ctx context.Context, st rollout.Step) error {
 	switch st.Op {
 	case rollout.OpStart:
 		d.begin(StepStart)
-		for range st.N {
-			if err := x.start(ctx); err != nil {
-				return err
-			}
-		}
+		return x.start(ctx, st.N)
 	case rollout.OpWaitHealthy:
 		d.begin(StepHealth)
 		return x.waitHealthy(ctx)
@@ -253,8 +265,11 @@ func (x *executor) step(ctx context.Context, st rollout.Step) error {
 		return x.evaluate(ctx, st.For)
 	case rollout.OpRetire:
 		d.begin(StepRetire)
+		// Drained already: they stop while the rollout goes on (the next
+		// batch starts beside them), and the rollout waits for them
+		// before it ends either way.
 		for _, name := range st.IDs {
-			if err := x.stop(ctx, name); err != nil {
+			if err := x.stopLater(ctx, name); err != nil {
 				return err
 			}
 		}
@@ -283,26 +298,71 @@ func (x *executor) stop(ctx context.Context, name string) error {
 	return nil
 }
 
-// start starts one instance of the new version, out of the rotation.
-func (x *executor) start(ctx context.Context) error {
+// stopLater stops an old instance, out of the rotation, in the
+// background; settle waits for it. Its undo is recorded first, as stop's.
+func (x *executor) stopLater(ctx context.Context, name string) error {
+	d, a := x.d, x.d.a
+	if slices.Contains(x.stopped, name) {
+		return nil
+	}
+	in := x.inst[name]
+	if err := d.j.record(store.Undo{Kind: store.UndoRestart, Container: in.ContainerID, Label: in.Label}); err != nil {
+		return err
+	}
+	x.stopped = append(x.stopped, name)
+	d.linef("stopping %s (%s)", name, in.Label)
+	x.stopping.Go(func() {
+		if err := a.rt.Stop(ctx, in.ContainerID, a.cfg.StopGrace); err != nil {
+			x.mu.Lock()
+			defer x.mu.Unlock()
+			x.stopErrs = append(x.stopErrs, fmt.Errorf("stop %s: %w", name, err))
+		}
+	})
+	return nil
+}
+
+// settle waits until the instances being stopped have stopped, and says
+// whether one could not be.
+func (x *executor) settle() error {
+	x.stopping.Wait()
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return errors.Join(x.stopErrs...)
+}
+
+// start starts n instances of the new version, out of the rotation, side
+// by side: the engine creates and starts containers concurrently.
+func (x *executor) start(ctx context.Context, n int) error {
 	d, a := x.d, x.d.a
 	port, err := d.routing.publish(ctx, x)
 	if err != nil {
 		return err
 	}
-	name := fmt.Sprintf("sprout-%s-%s-%s", d.app.Name, d.v.Label, randomID(3))
-	if err := d.j.record(store.Undo{Kind: store.UndoRemove, Container: name, Label: d.v.Label}); err != nil {
-		return err
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("sprout-%s-%s-%s", d.app.Name, d.v.Label, randomID(3))
+		if err := d.j.record(store.Undo{Kind: store.UndoRemove, Container: names[i], Label: d.v.Label}); err != nil {
+			return err
+		}
 	}
-	c, err := a.rt.Run(ctx, d.containerSpec(name, x.env, x.mounts, port))
-	if err != nil {
-		return err
+	cs := make([]*runtime.Container, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i, name := range names {
+		wg.Go(func() { cs[i], errs[i] = a.rt.Run(ctx, d.containerSpec(name, x.env, x.mounts, port)) })
 	}
-	x.inst[name] = &instanceState{Instance: store.Instance{ContainerID: c.ID, Name: name, Label: d.v.Label, StartedAt: time.Now()}, addr: c.Addr}
-	x.batch = append(x.batch, name)
-	x.started = append(x.started, name)
-	d.linef("started instance %s (%s) at %s", name, shortID(c.ID), c.Addr)
-	return nil
+	wg.Wait()
+	for i, name := range names {
+		if errs[i] != nil {
+			continue
+		}
+		c := cs[i]
+		x.inst[name] = &instanceState{Instance: store.Instance{ContainerID: c.ID, Name: name, Label: d.v.Label, StartedAt: time.Now()}, addr: c.Addr}
+		x.batch = append(x.batch, name)
+		x.started = append(x.started, name)
+		d.linef("started instance %s (%s) at %s", name, shortID(c.ID), c.Addr)
+	}
+	return errors.Join(errs...)
 }
 
 // waitHealthy waits until every instance of the batch passes its health

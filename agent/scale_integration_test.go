@@ -125,7 +125,7 @@ func TestScaleUnderLoad(t *testing.T) {
 	}
 	instancesOf(t, h, app, "v1", 1)
 	routedToInstances(t, h, app)
-	drained, stopped := strings.Index(out, "drained "), strings.Index(out, "stopped sprout-")
+	drained, stopped := strings.Index(out, "drained "), strings.Index(out, "stopping sprout-")
 	if drained < 0 || stopped < 0 || drained > stopped {
 		t.Errorf("the scale down did not drain before it stopped:\n%s", out)
 	}
