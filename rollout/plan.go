@@ -157,7 +157,7 @@ func Scale(s Settings, current []Instance, capacity int) (Plan, error) {
 		p.BatchSize = -n
 		p.add(Batch{Steps: retire(retireOrder(current)[:-n])})
 	default:
-		p.Notes = append(p.Notes, fmt.Sprintf("the app already runs %d instances: nothing to do", capacity))
+		p.Notes = append(p.Notes, fmt.Sprintf("the app already runs %s: nothing to do", instances(capacity)))
 	}
 	return p, nil
 }
@@ -319,9 +319,9 @@ func (b Batch) String() string {
 // String prints the plan for people: a line that says what and how, the
 // notes, then a line per batch.
 func (p Plan) String() string {
-	what := fmt.Sprintf("deploy %s to %d instances, replacing %d", p.Label, p.To, p.From)
+	what := fmt.Sprintf("deploy %s to %s, replacing %d", p.Label, instances(p.To), p.From)
 	if p.Scale {
-		what = fmt.Sprintf("scale %s from %d to %d instances", p.Label, p.From, p.To)
+		what = fmt.Sprintf("scale %s from %d to %s", p.Label, p.From, instances(p.To))
 	}
 	var how string
 	switch s := p.Settings; {
@@ -345,4 +345,12 @@ func (p Plan) String() string {
 		fmt.Fprintf(&b, "\n  batch %d/%d: %s", i+1, len(p.Batches), bt)
 	}
 	return b.String()
+}
+
+// instances says "1 instance" or "n instances".
+func instances(n int) string {
+	if n == 1 {
+		return "1 instance"
+	}
+	return fmt.Sprintf("%d instances", n)
 }

@@ -300,7 +300,7 @@ Rolling, batches of 1 (25% of 4): deploy v2 to 4 instances, replacing 4
   batch 3/4: drain and retire a3; start 1 of v2; wait healthy; route
   batch 4/4: drain and retire a4; start 1 of v2; wait healthy; route`},
 		{"rolling on one instance", func() (Plan, error) { return Deploy(settings(Rolling, Percentage, 100), "v2", app(1), 1) }, `
-Rolling, one batch: deploy v2 to 1 instances, replacing 1
+Rolling, one batch: deploy v2 to 1 instance, replacing 1
   note: an app of 1 instance cannot drop a batch without downtime: each batch starts beside the old one
   batch 1/1: start 1 of v2; wait healthy; route; drain and retire a1`},
 		{"rolling 100% of 3, one serving", func() (Plan, error) { return Deploy(settings(Rolling, Percentage, 100), "v2", twoUnhealthy, 3) }, `
@@ -341,7 +341,7 @@ Rolling, batches of 2 (25% of 7): scale v1 from 2 to 7 instances
   batch 2/3: start 2 of v1; wait healthy; route
   batch 3/3: start 1 of v1; wait healthy; route`},
 		{"scale down", func() (Plan, error) { return Scale(Defaults(), app(4), 1) }, `
-AllAtOnce, one batch: scale v1 from 4 to 1 instances
+AllAtOnce, one batch: scale v1 from 4 to 1 instance
   batch 1/1: drain and retire a1, a2, a3`},
 		{"scale to the same", func() (Plan, error) { return Scale(Defaults(), app(2), 2) }, `
 AllAtOnce, nothing to do: scale v1 from 2 to 2 instances
