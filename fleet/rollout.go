@@ -312,17 +312,29 @@ func (r *Rollout) in(st HostState) []string {
 }
 
 // Progress says where the rollout stands, in words: its state, its batch,
-// and each host that is not where the others are.
+// and its hosts by where they stand.
 func (r *Rollout) Progress() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s: %s", r.Release.App, r.Release.Label, r.State)
 	if r.State == StateRunning || r.State == StateEvaluating {
 		fmt.Fprintf(&b, ", batch %d of %d", r.Batch+1, len(r.Batches))
 	}
+	groups := map[string][]string{}
+	for _, id := range r.hostIDs() {
+		h := r.Hosts[id]
+		where := string(h.State)
+		switch {
+		case h.Returned:
+			where = "returned"
+		case h.ReturnError != "":
+			where = "could not return"
+		}
+		groups[where] = append(groups[where], id)
+	}
 	var parts []string
-	for _, st := range []HostState{HostMoving, HostPrepared, HostHealthy, HostFailed, HostLost} {
-		if ids := r.in(st); len(ids) > 0 {
-			parts = append(parts, fmt.Sprintf("%s %s", st, strings.Join(ids, ", ")))
+	for _, where := range []string{"moving", "prepared", "healthy", "failed", "returned", "could not return", "lost"} {
+		if ids := groups[where]; len(ids) > 0 {
+			parts = append(parts, where+" "+strings.Join(ids, ", "))
 		}
 	}
 	if len(parts) > 0 {
