@@ -91,7 +91,8 @@ func desired(r *Rollout, host, app string, cur AppReport) (Action, bool) {
 			a.Kind = ActDeploy
 		}
 	default:
-		if cur.Serving == label && cur.Phase != PhasePrepared {
+		// Serving label, with nothing else prepared or under way.
+		if cur.Serving == label && cur.Phase != PhasePrepared && !cur.Phase.busy() {
 			return Action{}, false
 		}
 		// Leaving the rollout's version (serving, prepared or on its
