@@ -304,7 +304,9 @@ func TestRolloutScenarios(t *testing.T) {
 			t.Fatal(s.r.Progress())
 		}
 		s.wantServing(all(5, "v2"))
-		if !slices.ContainsFunc(s.why, func(w string) bool { return strings.Contains(w, "every host has v2 ready: switching h1, h2, h3, h4, h5") }) {
+		if !slices.ContainsFunc(s.why, func(w string) bool {
+			return strings.Contains(w, "every host has v2 ready: switching h1, h2, h3, h4, h5")
+		}) {
 			t.Errorf("no switch of every host at once:\n%s", strings.Join(s.why, "\n"))
 		}
 	})

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -134,7 +133,7 @@ func (s *Store) swap(ctx context.Context, next func(cur *Rollout) (*Rollout, err
 		if err != nil || n == nil {
 			return cur, false, err
 		}
-		body, err := json.MarshalIndent(n, "", "  ")
+		body, err := encode(n)
 		if err != nil {
 			return nil, false, err
 		}
@@ -228,7 +227,7 @@ func (s *Store) Advance(ctx context.Context, watchingSince time.Time) (Outcome, 
 
 // archive copies a terminal rollout to rollouts/<id>.json, once.
 func (s *Store) archive(ctx context.Context, r *Rollout) error {
-	body, err := json.MarshalIndent(r, "", "  ")
+	body, err := encode(r)
 	if err != nil {
 		return err
 	}
@@ -268,7 +267,7 @@ func (s *Store) Report(ctx context.Context, rep HostReport) error {
 		return err
 	}
 	rep.Format = FormatVersion
-	body, err := json.MarshalIndent(rep, "", "  ")
+	body, err := encode(rep)
 	if err != nil {
 		return err
 	}
@@ -288,41 +287,34 @@ func (s *Store) Reports(ctx context.Context) (reports map[string]HostReport, unr
 	s.mu.Lock()
 	cache := s.reports
 	s.mu.Unlock()
-	fresh := make(map[string]cachedReport, len(listed))
-	var (
-		mu   sync.Mutex
-		wg   sync.WaitGroup
-		sem  = make(chan struct{}, reportFetches)
-		fail error
-	)
-	for _, o := range listed {
+	read := make([]cachedReport, len(listed))
+	errs := make([]error, len(listed))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, reportFetches)
+	for i, o := range listed {
 		if c, ok := cache[o.Key]; ok && c.etag == o.ETag {
-			fresh[o.Key] = c
+			read[i] = c
 			continue
 		}
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			c, err := s.readReport(ctx, o)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				fail = err
-				return
-			}
-			fresh[o.Key] = c
+			read[i], errs[i] = s.readReport(ctx, o)
 		})
 	}
 	wg.Wait()
-	if fail != nil {
-		return nil, nil, fail
+	if err := errors.Join(errs...); err != nil {
+		return nil, nil, err
+	}
+	fresh := make(map[string]cachedReport, len(listed))
+	for i, o := range listed {
+		fresh[o.Key] = read[i]
 	}
 	s.mu.Lock()
 	s.reports = fresh
 	s.mu.Unlock()
 	reports = map[string]HostReport{}
-	for _, key := range slices.Sorted(maps.Keys(fresh)) {
-		c := fresh[key]
+	for _, c := range read { // in key order, as listed
 		if c.err != nil {
 			unreadable = append(unreadable, c.err.Error())
 			continue
@@ -382,6 +374,9 @@ func (s *Store) PutVersion(ctx context.Context, app, label string, body io.ReadS
 	}
 	return Release{App: app, Label: label, Bundle: obj.String(), ETag: etag, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
 }
+
+// encode writes a document as people read it.
+func encode(v any) ([]byte, error) { return json.MarshalIndent(v, "", "  ") }
 
 // decode reads a document of this format or an older one, strictly:
 // unknown fields are errors, since rewriting the document would drop them.
