@@ -119,9 +119,10 @@ func (s *Store) remember(r *Rollout, etag string) {
 }
 
 // swap reads rollout.json, computes its successor with next (nil for no
-// change), and writes it only over what it read. When another writer got
-// there first it reads and computes again. It returns the document as it
-// now is, and whether this call wrote it.
+// change), and writes it only over what it read; a terminal successor is
+// archived. When another writer got there first it reads and computes
+// again. It returns the document as it now is, and whether this call
+// wrote it.
 func (s *Store) swap(ctx context.Context, next func(cur *Rollout) (*Rollout, error)) (*Rollout, bool, error) {
 	obj := s.object(rolloutKey)
 	for range swapAttempts {
@@ -141,6 +142,11 @@ func (s *Store) swap(ctx context.Context, next func(cur *Rollout) (*Rollout, err
 		switch {
 		case err == nil:
 			s.remember(n, newETag)
+			if n.State.Terminal() {
+				// Should this fail, the next publisher archives it
+				// before replacing it.
+				_ = s.archive(ctx, n)
+			}
 			return n, true, nil
 		case errors.Is(err, source.ErrPreconditionFailed), etag != "" && errors.Is(err, source.ErrNotFound):
 			// Another writer got there first: decide again from theirs.
@@ -195,11 +201,15 @@ type Outcome struct {
 	Unreadable []string
 }
 
-// Advance evaluates the rollout in flight: it reads every report,
-// computes Next and writes the result over the document it read. A
+// Advance evaluates the rollout in flight, if any: it reads every report,
+// computes Next and writes the result over the document it read; a
 // terminal result is archived to rollouts/<id>.json. watchingSince is as
 // for Next.
 func (s *Store) Advance(ctx context.Context, watchingSince time.Time) (Outcome, error) {
+	cur, _, err := s.Rollout(ctx)
+	if err != nil || !inFlight(cur) {
+		return Outcome{Rollout: cur}, err // nothing to evaluate: spare the listing
+	}
 	reports, unreadable, err := s.Reports(ctx)
 	if err != nil {
 		return Outcome{}, err
@@ -216,11 +226,6 @@ func (s *Store) Advance(ctx context.Context, watchingSince time.Time) (Outcome, 
 	out := Outcome{Rollout: r, Changed: changed, Unreadable: unreadable}
 	if changed {
 		out.Why = why
-		if r.State.Terminal() {
-			// Should this fail, the next publisher archives it before
-			// replacing it.
-			_ = s.archive(ctx, r)
-		}
 	}
 	return out, nil
 }

@@ -41,10 +41,10 @@ func client(t *testing.T, endpoint string) *source.S3 {
 	return s
 }
 
-// spy counts GETs and can hold writes of rollout.json.
+// spy counts GETs and listings, and can hold writes of rollout.json.
 type spy struct {
 	Objects
-	gets atomic.Int32
+	gets, lists atomic.Int32
 	// beforeSwap, when set, runs before each conditional write of
 	// rollout.json.
 	beforeSwap func()
@@ -53,6 +53,11 @@ type spy struct {
 func (s *spy) GetIfChanged(ctx context.Context, obj source.Object, etag string) ([]byte, string, bool, error) {
 	s.gets.Add(1)
 	return s.Objects.GetIfChanged(ctx, obj, etag)
+}
+
+func (s *spy) List(ctx context.Context, prefix source.Object) ([]source.Listed, error) {
+	s.lists.Add(1)
+	return s.Objects.List(ctx, prefix)
 }
 
 func (s *spy) PutIfMatch(ctx context.Context, obj source.Object, body []byte, contentType, etag string) (string, error) {
@@ -161,6 +166,11 @@ func TestStore(t *testing.T) {
 	if _, _, err := st.Reports(ctx); err != nil || sp.gets.Load() != gets {
 		t.Errorf("reading unchanged reports made %d GETs: %v", sp.gets.Load()-gets, err)
 	}
+	// With no rollout in flight an evaluation lists nothing.
+	lists := sp.lists.Load()
+	if out, err := st.Advance(ctx, t0); err != nil || out.Changed || out.Rollout.State != StateSucceeded || sp.lists.Load() != lists {
+		t.Errorf("an idle evaluation: %+v %v, %d listings", out, err, sp.lists.Load()-lists)
+	}
 
 	// The next rollout replaces the finished one, which stays archived.
 	v2 := rel
@@ -175,6 +185,26 @@ func TestStore(t *testing.T) {
 	aborted, err := st.Abort(ctx, "web", "bob@ci")
 	if err != nil || aborted.State != StateRollingBack {
 		t.Errorf("abort: %v %+v", err, aborted)
+	}
+}
+
+// TestAbortArchives: aborting the first version of an app has nothing to
+// return to, so the rollout ends failed at once, and is archived.
+func TestAbortArchives(t *testing.T) {
+	ctx := context.Background()
+	s3c, _ := newS3(t)
+	now := t0
+	st, _ := open(t, s3c, &now)
+	report(t, st, "h1", nil, "", now, time.Time{})
+	if _, err := st.Publish(ctx, Request{Release: release("v1"), Settings: DefaultSettings(), By: "alice@laptop"}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := st.Abort(ctx, "web", "bob@ci")
+	if err != nil || r.State != StateFailed {
+		t.Fatalf("abort: %v %+v", err, r)
+	}
+	if h, err := st.History(ctx); err != nil || len(h) != 1 || h[0].State != StateFailed {
+		t.Errorf("history: %v %+v", err, h)
 	}
 }
 
