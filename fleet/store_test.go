@@ -316,6 +316,38 @@ func TestAdvanceRace(t *testing.T) {
 	}
 }
 
+// TestSwapGivesUp: against a rival that writes rollout.json between every
+// read and write, a writer gives up after swapAttempts, having written
+// nothing, and says it will decide again.
+func TestSwapGivesUp(t *testing.T) {
+	ctx := context.Background()
+	s3c, _ := newS3(t)
+	now := t0
+	st, sp := open(t, s3c, &now)
+	report(t, st, "h1", nil, "", now, time.Time{})
+	r, err := st.Publish(ctx, Request{Release: release("v1"), Settings: DefaultSettings()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj := source.Object{Bucket: "fleet", Key: "envs/prod/rollout.json"}
+	rival := *r
+	sp.beforeSwap = func() {
+		rival.Epoch++
+		body, _ := encode(&rival)
+		if _, err := s3c.Put(ctx, obj, body, jsonType); err != nil {
+			t.Error(err)
+		}
+	}
+	_, err = st.Abort(ctx, "web", "bob@ci")
+	if !errors.Is(err, source.ErrPreconditionFailed) || !strings.Contains(err.Error(), "written by another agent each of the 5 times") {
+		t.Fatalf("abort against a rival: %v", err)
+	}
+	sp.beforeSwap = nil
+	if cur, _, _ := st.Rollout(ctx); cur.State != StateRunning || cur.Epoch != rival.Epoch {
+		t.Errorf("the loser wrote: %s epoch %d, want the rival's running epoch %d", cur.State, cur.Epoch, rival.Epoch)
+	}
+}
+
 // TestReportsUnreadable: a report that is not valid, is another host's,
 // or comes from a newer Sprout is left out and named; the rest are read.
 func TestReportsUnreadable(t *testing.T) {
@@ -359,9 +391,9 @@ func TestReportsUnreadable(t *testing.T) {
 	}
 }
 
-// stripping is a loopback S3 that drops the headers named from every
-// request: a store that does not honour them.
-func stripping(t *testing.T, fake *testenv.FakeS3, headers ...string) string {
+// meddling is a loopback S3 behind a handler that may answer a request
+// itself (it returns true) or change it before the S3 answers.
+func meddling(t *testing.T, fake *testenv.FakeS3, meddle func(w http.ResponseWriter, r *http.Request) bool) string {
 	t.Helper()
 	target, err := url.Parse(fake.URL)
 	if err != nil {
@@ -369,13 +401,34 @@ func stripping(t *testing.T, fake *testenv.FakeS3, headers ...string) string {
 	}
 	proxy := httputil.NewSingleHostReverseProxy(target)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		for _, h := range headers {
-			r.Header.Del(h)
+		if !meddle(w, r) {
+			proxy.ServeHTTP(w, r)
 		}
-		proxy.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
 	return srv.URL
+}
+
+// stripping drops the headers named from every request: a store that
+// does not honour them.
+func stripping(headers ...string) func(w http.ResponseWriter, r *http.Request) bool {
+	return func(w http.ResponseWriter, r *http.Request) bool {
+		for _, h := range headers {
+			r.Header.Del(h)
+		}
+		return false
+	}
+}
+
+// refusingIfMatch answers 412 to every write with If-Match.
+func refusingIfMatch(w http.ResponseWriter, r *http.Request) bool {
+	if r.Method != http.MethodPut || r.Header.Get("If-Match") == "" {
+		return false
+	}
+	w.Header().Set("Content-Type", "application/xml")
+	w.WriteHeader(http.StatusPreconditionFailed)
+	fmt.Fprint(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>PreconditionFailed</Code><Message>At least one of the pre-conditions you specified did not hold</Message></Error>`)
+	return true
 }
 
 // TestProbe refuses a store that ignores either conditional header, and
@@ -392,16 +445,18 @@ func TestProbe(t *testing.T) {
 		t.Fatalf("a second probe on the same key: %v", err)
 	}
 	for _, tc := range []struct {
-		strip []string
-		want  string
+		name   string
+		meddle func(w http.ResponseWriter, r *http.Request) bool
+		want   string
 	}{
-		{[]string{"If-None-Match", "If-Match"}, "a PUT with If-None-Match: * over an existing object succeeded, so the store ignores If-None-Match"},
-		{[]string{"If-Match"}, "a PUT with If-Match on a wrong ETag succeeded, so the store ignores If-Match"},
+		{"no conditional headers", stripping("If-None-Match", "If-Match"), "a PUT with If-None-Match: * over an existing object succeeded, so the store ignores If-None-Match"},
+		{"no If-Match", stripping("If-Match"), "a PUT with If-Match on a wrong ETag succeeded, so the store ignores If-Match"},
+		{"every If-Match refused", refusingIfMatch, "a PUT with If-Match on the object's own ETag failed, so no conditional write could ever succeed"},
 	} {
-		st, _ := open(t, client(t, stripping(t, fake, tc.strip...)), &now)
+		st, _ := open(t, client(t, meddling(t, fake, tc.meddle)), &now)
 		err := st.Probe(ctx, "h2")
 		if !errors.Is(err, ErrNoConditionalWrites) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "use AWS S3, or a store that implements If-None-Match and If-Match on PutObject") {
-			t.Errorf("without %v: %v\nwant %q", tc.strip, err, tc.want)
+			t.Errorf("%s: %v\nwant %q", tc.name, err, tc.want)
 		}
 	}
 	if err := good.Probe(ctx, "a/b"); !errors.Is(err, ErrInvalid) {
