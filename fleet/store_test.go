@@ -92,6 +92,21 @@ func report(t *testing.T, st *Store, id string, r *Rollout, label string, now, s
 	}
 }
 
+// firstVersion opens an environment of one host, h1, and publishes v1 of
+// web, its first version, to it.
+func firstVersion(t *testing.T) (*source.S3, *Store, *spy, *Rollout) {
+	t.Helper()
+	s3c, _ := newS3(t)
+	now := t0
+	st, sp := open(t, s3c, &now)
+	report(t, st, "h1", nil, "", now, time.Time{})
+	r, err := st.Publish(context.Background(), Request{Release: release("v1"), Settings: DefaultSettings(), By: "alice@laptop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s3c, st, sp, r
+}
+
 // TestStore runs a rollout through the real S3 wire protocol: upload a
 // version, publish, hosts report, evaluations advance it to succeeded,
 // the finished rollout is archived, and polls are conditional.
@@ -192,13 +207,7 @@ func TestStore(t *testing.T) {
 // return to, so the rollout ends failed at once, and is archived.
 func TestAbortArchives(t *testing.T) {
 	ctx := context.Background()
-	s3c, _ := newS3(t)
-	now := t0
-	st, _ := open(t, s3c, &now)
-	report(t, st, "h1", nil, "", now, time.Time{})
-	if _, err := st.Publish(ctx, Request{Release: release("v1"), Settings: DefaultSettings(), By: "alice@laptop"}); err != nil {
-		t.Fatal(err)
-	}
+	_, st, _, _ := firstVersion(t)
 	r, err := st.Abort(ctx, "web", "bob@ci")
 	if err != nil || r.State != StateFailed {
 		t.Fatalf("abort: %v %+v", err, r)
@@ -321,14 +330,7 @@ func TestAdvanceRace(t *testing.T) {
 // nothing, and says it will decide again.
 func TestSwapGivesUp(t *testing.T) {
 	ctx := context.Background()
-	s3c, _ := newS3(t)
-	now := t0
-	st, sp := open(t, s3c, &now)
-	report(t, st, "h1", nil, "", now, time.Time{})
-	r, err := st.Publish(ctx, Request{Release: release("v1"), Settings: DefaultSettings()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s3c, st, sp, r := firstVersion(t)
 	obj := source.Object{Bucket: "fleet", Key: "envs/prod/rollout.json"}
 	rival := *r
 	sp.beforeSwap = func() {
@@ -338,7 +340,7 @@ func TestSwapGivesUp(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	_, err = st.Abort(ctx, "web", "bob@ci")
+	_, err := st.Abort(ctx, "web", "bob@ci")
 	if !errors.Is(err, source.ErrPreconditionFailed) || !strings.Contains(err.Error(), "written by another agent each of the 5 times") {
 		t.Fatalf("abort against a rival: %v", err)
 	}
