@@ -310,3 +310,37 @@ func TestManifest(t *testing.T) {
 		}
 	}
 }
+
+// TestList lists the objects under a prefix, in key order, each with the
+// ETag its PUT returned, and nothing outside the prefix.
+func TestList(t *testing.T) {
+	_, s := newS3(t)
+	ctx := context.Background()
+	tags := map[string]string{}
+	for _, key := range []string{"envs/prod/hosts/b.json", "envs/prod/hosts/a.json", "envs/prod/rollout.json", "envs/staging/hosts/a.json"} {
+		etag, err := s.Put(ctx, source.Object{Bucket: "bundles", Key: key}, []byte(key), "application/json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tags[key] = etag
+	}
+	got, err := s.List(ctx, source.Object{Bucket: "bundles", Key: "envs/prod/hosts/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"envs/prod/hosts/a.json", "envs/prod/hosts/b.json"}
+	if len(got) != len(want) {
+		t.Fatalf("listed %+v, want %v", got, want)
+	}
+	for i, o := range got {
+		if o.Key != want[i] || o.ETag != tags[o.Key] || o.Size != int64(len(o.Key)) || o.LastModified.IsZero() {
+			t.Errorf("listed %+v, want key %s with ETag %s", o, want[i], tags[want[i]])
+		}
+	}
+	if got, err := s.List(ctx, source.Object{Bucket: "bundles", Key: "envs/none/"}); err != nil || len(got) != 0 {
+		t.Errorf("an empty prefix: %v %v", got, err)
+	}
+	if _, err := s.List(ctx, source.Object{Bucket: "nobucket", Key: "envs/"}); err == nil || !strings.Contains(err.Error(), "bucket nobucket does not exist") {
+		t.Errorf("a missing bucket: %v", err)
+	}
+}
