@@ -85,7 +85,7 @@ func TestDeployRunsEveryStep(t *testing.T) {
 		t.Errorf("env = %v", env)
 	}
 	// 2. the image is tagged with app and label, and labelled.
-	info, err := h.docker.Image(context.Background(), "sprout/"+app+":v1")
+	info, err := h.docker.Image(context.Background(), "sprout-"+h.ag.ID()+"/"+app+":v1")
 	if err != nil || info.ID != v.ImageID {
 		t.Errorf("image: %+v %v", info, err)
 	}
@@ -381,7 +381,7 @@ func TestRestartReadoptsContainers(t *testing.T) {
 	// What a deploy killed mid-way leaves: a labelled container and a
 	// pending version.
 	orphan, err := h.docker.Run(context.Background(), runtime.ContainerSpec{
-		Name: testenv.Name("sprout-orphan"), Image: "sprout/" + app + ":v1", ContainerPort: 8080, Env: []string{"PORT=8080"},
+		Name: testenv.Name("sprout-orphan"), Image: "sprout-" + h.ag.ID() + "/" + app + ":v1", ContainerPort: 8080, Env: []string{"PORT=8080"},
 		Labels: map[string]string{runtime.LabelAgent: h.ag.ID(), runtime.LabelApp: app, runtime.LabelLabel: "v2"},
 	})
 	if err != nil {
@@ -477,12 +477,12 @@ func TestDockerrunBundles(t *testing.T) {
 		}
 		return dir
 	}
-	dir := write("sprout/" + app + ":v1")
+	dir := write("sprout-" + h.ag.ID() + "/" + app + ":v1")
 	_, lines, err := h.deploy(app, "v2", dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(strings.Join(lines, "\n"), "using the local image sprout/"+app+":v1") {
+	if !strings.Contains(strings.Join(lines, "\n"), "using the local image sprout-"+h.ag.ID()+"/"+app+":v1") {
 		t.Errorf("deploy did not say which image it used:\n%s", strings.Join(lines, "\n"))
 	}
 	if _, body := get(t, port, "/"); body != "v2 " {
@@ -497,7 +497,7 @@ func TestDockerrunBundles(t *testing.T) {
 	}
 	// Deleting the Dockerrun-based version's tag must not touch the image
 	// it was made from.
-	if _, err := h.docker.Image(context.Background(), "sprout/"+app+":v1"); err != nil {
+	if _, err := h.docker.Image(context.Background(), "sprout-"+h.ag.ID()+"/"+app+":v1"); err != nil {
 		t.Errorf("the named image is gone: %v", err)
 	}
 }
@@ -516,7 +516,7 @@ func TestOldImagesArePruned(t *testing.T) {
 	pruned := map[string]bool{}
 	for _, v := range vs {
 		pruned[v.Label] = v.ImagePruned
-		_, err := h.docker.Image(ctx, "sprout/"+app+":"+v.Label)
+		_, err := h.docker.Image(ctx, "sprout-"+h.ag.ID()+"/"+app+":"+v.Label)
 		if (err == nil) == v.ImagePruned {
 			t.Errorf("%s: pruned=%v but image lookup says %v", v.Label, v.ImagePruned, err)
 		}

@@ -298,12 +298,13 @@ func TestPersistentVolumes(t *testing.T) {
 	if err := h.ag.RemoveApp(context.Background(), app, true, p); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"sprout-" + app + "-data", "sprout-" + app + "-cache"} {
+	prefix := "sprout-" + h.ag.ID() + "-" + app + "--"
+	for _, name := range []string{prefix + "data", prefix + "cache"} {
 		if exec.Command("docker", "volume", "inspect", name).Run() == nil {
 			t.Errorf("volume %s survived apps rm --purge", name)
 		}
 	}
-	if !strings.Contains(strings.Join(p.lines, "\n"), "deleted volume sprout-"+app+"-data") {
+	if !strings.Contains(strings.Join(p.lines, "\n"), "deleted volume "+prefix+"data") {
 		t.Errorf("purge said:\n%s", strings.Join(p.lines, "\n"))
 	}
 }
@@ -454,7 +455,7 @@ func TestImageUpdatePulls(t *testing.T) {
 	// Two images built here and pushed under one tag, one after the other.
 	h.mustDeploy(app, "one", testenv.Bundle(t, "", "ENV GREETING=one"), portParam(port))
 	h.mustDeploy(app, "two", testenv.Bundle(t, "", "ENV GREETING=two"), nil)
-	reg.Push(t, "sprout/"+app+":one", ref)
+	reg.Push(t, "sprout-"+h.ag.ID()+"/"+app+":one", ref)
 
 	deploy := func(label, update string, want ...string) {
 		t.Helper()
@@ -473,7 +474,7 @@ func TestImageUpdatePulls(t *testing.T) {
 	if _, body := get(t, port, "/"); body != "p1 one" {
 		t.Errorf("p1 GET = %q", body)
 	}
-	reg.Push(t, "sprout/"+app+":two", ref)
+	reg.Push(t, "sprout-"+h.ag.ID()+"/"+app+":two", ref)
 	deploy("p2", "false", "using the local image "+ref, "Image.Update is false, so it is not pulled")
 	if _, body := get(t, port, "/"); body != "p2 one" {
 		t.Errorf("p2 (Update false) GET = %q", body)

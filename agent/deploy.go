@@ -485,7 +485,7 @@ func (d *deployment) build(ctx context.Context) error {
 		return err
 	}
 	d.begin(StepBuild)
-	tag := imageTag(d.app.Name, d.v.Label)
+	tag := a.imageTag(d.app.Name, d.v.Label)
 	labels := map[string]string{runtime.LabelAgent: a.id, runtime.LabelApp: d.app.Name, runtime.LabelLabel: d.v.Label}
 	out := &lineWriter{p: d.p}
 	var err error
@@ -513,8 +513,9 @@ func (d *deployment) build(ctx context.Context) error {
 		return ErrNoPort
 	}
 	d.linef("image %s ready (%s), app listens on container port %d", tag, shortID(info.ID), d.v.ContainerPort)
+	own, _ := a.ownVolumes(ctx, d.app.Name)
 	for _, vol := range appVolumes(d.app, d.v) {
-		d.linef("%s is kept across deploys in volume %s", vol.Path, engineVolume(d.app.Name, vol.Name))
+		d.linef("%s is kept across deploys in volume %s", vol.Path, a.volumeName(own, d.app.Name, vol.Name))
 	}
 	return a.store.PutVersion(d.v)
 }
@@ -750,7 +751,7 @@ func (a *Agent) pruneImages(ctx context.Context, app string, p Progress) {
 			kept++
 			continue
 		}
-		if err := a.rt.RemoveImage(ctx, v.Image); err != nil {
+		if err := a.removeImage(ctx, v.Image); err != nil {
 			a.log.Warn("prune image", "image", v.Image, "error", err)
 			continue
 		}
@@ -763,8 +764,6 @@ func (a *Agent) pruneImages(ctx context.Context, app string, p Progress) {
 		p.Line(fmt.Sprintf("pruned the image of %s (keeping %d earlier versions for rollback)", v.Label, a.cfg.KeepVersions))
 	}
 }
-
-func imageTag(app, label string) string { return "sprout/" + app + ":" + label }
 
 func shortID(id string) string {
 	id = strings.TrimPrefix(id, "sha256:")

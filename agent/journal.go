@@ -105,8 +105,9 @@ func (a *Agent) replay(ctx context.Context, rec *store.Journal, live bool, p Pro
 			}
 			retired.Drain(ctx, a.cfg.DrainTimeout, a.cfg.StreamGrace)
 		case store.UndoRemove:
-			a.archiveLogs(ctx, rec.App, u.Label, u.Container)
-			if err := a.rt.Remove(ctx, u.Container); err != nil {
+			// Written down by name before the container existed: a
+			// container of another agent may bear the name.
+			if err := a.removeOwnContainer(ctx, rec.App, u.Label, u.Container); err != nil {
 				a.log.Warn("remove the container of an undone rollout", "app", rec.App, "container", u.Container, "error", err)
 			}
 		case store.UndoRestart:

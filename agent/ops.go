@@ -364,7 +364,9 @@ func (a *Agent) RemoveApp(ctx context.Context, name string, purge bool, p Progre
 	versions, _ := a.store.Versions(name)
 	for _, v := range versions {
 		if v.Image != "" && !v.ImagePruned {
-			a.rt.RemoveImage(ctx, v.Image)
+			if err := a.removeImage(ctx, v.Image); err != nil {
+				p.Line("warning: " + err.Error())
+			}
 		}
 	}
 	os.RemoveAll(filepath.Join(a.cfg.DataDir, "versions", name))
@@ -372,7 +374,7 @@ func (a *Agent) RemoveApp(ctx context.Context, name string, purge bool, p Progre
 		return err
 	}
 	a.forget(name)
-	vols, err := a.rt.Volumes(ctx, map[string]string{runtime.LabelApp: name})
+	vols, err := a.ownVolumes(ctx, name)
 	if err != nil {
 		return err
 	}

@@ -99,7 +99,7 @@ func (a *Agent) failPending(ctx context.Context, app string) {
 			continue
 		}
 		if v.Image != "" {
-			if err := a.rt.RemoveImage(ctx, v.Image); err != nil {
+			if err := a.removeImage(ctx, v.Image); err != nil {
 				a.log.Warn("remove image of an interrupted deploy", "image", v.Image, "error", err)
 			}
 		}

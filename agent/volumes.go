@@ -37,9 +37,6 @@ func ValidateVolume(v store.Volume) error {
 
 func validVolumeName(s string) bool { return len(s) <= 63 && volumeNameRe.MatchString(s) }
 
-// engineVolume is the engine's name of an app's volume.
-func engineVolume(app, name string) string { return "sprout-" + app + "-" + name }
-
 // imageVolumeName names the volume kept for an image's VOLUME path:
 // /var/lib/data becomes var-lib-data.
 func imageVolumeName(p string) string {
@@ -67,9 +64,13 @@ func appVolumes(app *store.App, v *store.Version) []store.Volume {
 // mounts makes what a version's container mounts: the app's persistent
 // volumes, Dockerrun's host directories, and its Logging directory.
 func (a *Agent) mounts(ctx context.Context, app *store.App, v *store.Version) ([]runtime.Mount, error) {
+	own, err := a.ownVolumes(ctx, app.Name)
+	if err != nil {
+		return nil, err
+	}
 	var out []runtime.Mount
 	for _, vol := range appVolumes(app, v) {
-		name := engineVolume(app.Name, vol.Name)
+		name := a.volumeName(own, app.Name, vol.Name)
 		labels := map[string]string{runtime.LabelAgent: a.id, runtime.LabelApp: app.Name, LabelVolume: vol.Name}
 		if err := a.rt.EnsureVolume(ctx, name, labels); err != nil {
 			return nil, err
@@ -146,7 +147,7 @@ func (a *Agent) Volumes(ctx context.Context, name string) ([]VolumeInfo, error) 
 	if err != nil {
 		return nil, err
 	}
-	engine, err := a.rt.Volumes(ctx, map[string]string{runtime.LabelApp: name})
+	engine, err := a.ownVolumes(ctx, name)
 	if err != nil {
 		return nil, err
 	}
@@ -168,7 +169,7 @@ func (a *Agent) Volumes(ctx context.Context, name string) ([]VolumeInfo, error) 
 		if !slices.ContainsFunc(app.Volumes, func(x store.Volume) bool { return x.Name == vol.Name }) {
 			from = "image VOLUME"
 		}
-		ename := engineVolume(name, vol.Name)
+		ename := a.volumeName(engine, name, vol.Name)
 		seen[ename] = true
 		ev := byName[ename]
 		out = append(out, VolumeInfo{Name: vol.Name, Path: vol.Path, From: from, Source: ename, HostPath: ev.Mountpoint, Created: ev.CreatedAt})

@@ -309,7 +309,7 @@ func TestSIGKILLMidDeploy(t *testing.T) {
 	if n := len(testenv.Containers(t, a.id)); n != 1 {
 		t.Errorf("%d containers after restart, want only v1's", n)
 	}
-	if out, _ := exec.Command("docker", "images", "-q", "sprout/"+app+":v2").Output(); len(bytes.TrimSpace(out)) > 0 {
+	if out, _ := exec.Command("docker", "images", "-q", "sprout-"+a.id+"/"+app+":v2").Output(); len(bytes.TrimSpace(out)) > 0 {
 		t.Errorf("the interrupted version's image tag is still there")
 	}
 	versions := a.mustSprout("versions", "--app", app)

@@ -102,7 +102,7 @@ func flaskLifecycle(t *testing.T, a *agentProc, app string, port int, dialect st
 		".ebextensions: health check URL /health",
 		"[hooks/predeploy/01-announce.sh] predeploy: " + app + " v1 will use",
 		"waiting until GET /health answers",
-		"/data is kept across deploys in volume sprout-" + app + "-data",
+		"/data is kept across deploys in volume sprout-" + a.id + "-" + app + "--data",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("deploy output lacks %q:\n%s", want, out)
@@ -220,10 +220,11 @@ func TestFlaskWithSQLiteOnAVolume(t *testing.T) {
 	a.mustSprout("deploy", flaskBundle(t, ""), "--app", app, "--port", fmt.Sprint(port))
 	checkRecords(t, port, "after apps rm and a new deploy", want)
 	out = a.mustSprout("apps", "rm", app, "--purge")
-	if !strings.Contains(out, "deleted volume sprout-"+app+"-data") {
+	vol := "sprout-" + a.id + "-" + app + "--data"
+	if !strings.Contains(out, "deleted volume "+vol) {
 		t.Errorf("apps rm --purge said:\n%s", out)
 	}
-	if exec.Command("docker", "volume", "inspect", "sprout-"+app+"-data").Run() == nil {
+	if exec.Command("docker", "volume", "inspect", vol).Run() == nil {
 		t.Error("the volume survived --purge")
 	}
 }

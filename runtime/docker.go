@@ -168,6 +168,8 @@ type ImageInfo struct {
 	// Volumes are the container paths the image declares with VOLUME,
 	// sorted.
 	Volumes []string
+	// Labels are the image's labels; Sprout's builds carry LabelAgent.
+	Labels map[string]string
 }
 
 // Image inspects an image by reference or ID.
@@ -191,6 +193,7 @@ func (d *Docker) Image(ctx context.Context, ref string) (ImageInfo, error) {
 		hc := ins.Config.Healthcheck
 		info.HasHealthcheck = hc != nil && len(hc.Test) > 0 && hc.Test[0] != "NONE"
 		info.Volumes = slices.Sorted(maps.Keys(ins.Config.Volumes))
+		info.Labels = ins.Config.Labels
 	}
 	return info, nil
 }
