@@ -244,7 +244,9 @@ type Progress interface {
 
 // Agent deploys and runs the apps of one host.
 type Agent struct {
-	fetcher   Fetcher
+	fetcher Fetcher
+	// env is this host's part of its environment (RunEnvironment).
+	env       envState
 	manifests follower
 	cfg       Config
 	rt        Runtime

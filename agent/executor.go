@@ -138,6 +138,7 @@ func (d *deployment) runPlan(ctx context.Context, env map[string]string, config 
 		stood, ctx = true, context.WithoutCancel(ctx)
 		return nil
 	}
+	gated := false
 	batches := func() error {
 		for i, b := range plan.Batches {
 			if len(plan.Batches) > 1 {
@@ -145,6 +146,14 @@ func (d *deployment) runPlan(ctx context.Context, env map[string]string, config 
 			}
 			x.batch = nil
 			for j, st := range b.Steps {
+				if st.Op == rollout.OpRoute && !gated {
+					// An environment's Immutable rollout: every host has
+					// its new instances healthy before any takes traffic.
+					gated = true
+					if err := passGate(ctx); err != nil {
+						return err
+					}
+				}
 				err := x.step(ctx, st)
 				if err == nil && [2]int{i, j} == lastRoute {
 					err = stand()

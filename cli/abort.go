@@ -7,6 +7,7 @@ import (
 )
 
 type abortOptions struct {
+	env string
 	app string
 }
 
@@ -29,10 +30,14 @@ to go back once it is done. Operations queued behind the aborted one run next.`,
 		Example: `  sprout abort --app web`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.env != "" {
+				return abortEnvironment(cmd, c, o.env, o.app, true)
+			}
 			return runAbort(cmd, c, o)
 		},
 	}
 	cmd.Flags().StringVar(&o.app, "app", "", "the app (required)")
+	envFlag(cmd, &o.env)
 	cmd.MarkFlagRequired("app")
 	return cmd
 }

@@ -115,6 +115,15 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 	go ag.Watch(ctx)
 	go ag.Monitor(ctx)
 	go ag.Follow(ctx, cfg.WatchInterval)
+	if cfg.Environment != "" {
+		env, host, err := joinEnvironment(ctx, cfg)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		log.Info("environment joined", "env", env.URL(), "host_id", host.ID)
+		go ag.RunEnvironment(ctx, env, host)
+	}
 	srv := &http.Server{Handler: api.NewServer(ag, Version, log.With("component", "api")), ReadHeaderTimeout: 10 * time.Second}
 	stopped := make(chan struct{})
 	go func() {

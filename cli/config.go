@@ -17,6 +17,7 @@ import (
 
 	"github.com/sprout-paas/sprout/agent"
 	"github.com/sprout-paas/sprout/bundle"
+	"github.com/sprout-paas/sprout/fleet"
 	"github.com/sprout-paas/sprout/health"
 	"github.com/sprout-paas/sprout/proxy"
 	"github.com/sprout-paas/sprout/source"
@@ -71,6 +72,8 @@ var defaults = map[string]any{
 	"container.kept_logs_per_app":       "50MiB",
 	"container.pull_timeout":            "5m",
 	"watch.interval":                    "10s",
+	"environment":                       "",
+	"host_id":                           "",
 	"apps":                              []any{},
 	"git.address":                       "",
 	"git.token":                         "",
@@ -113,6 +116,9 @@ type AgentConfig struct {
 	// the apps declared in the config, which follow manifests.
 	WatchInterval time.Duration
 	Apps          []DeclaredApp
+	// Environment is the S3 prefix of the environment (fleet) the host
+	// belongs to, "" for none; HostID is the host's id in it.
+	Environment, HostID string
 	// MetricsAddress is where /metrics is served, "" for nowhere.
 	MetricsAddress string
 	LogLevel       slog.Level
@@ -385,6 +391,17 @@ func LoadAgentConfig(flags *pflag.FlagSet) (*AgentConfig, error) {
 		r.fail("git.token", "is empty while git.address is set: set the token git pushers use as their password (or git.token_file)")
 	}
 	c.S3 = r.s3()
+	c.Environment, c.HostID = r.str("environment"), r.str("host_id")
+	if c.Environment != "" {
+		if _, err := source.ParseS3URL(c.Environment); err != nil {
+			r.fail("environment", "%q is not s3://bucket/prefix/: %v", c.Environment, err)
+		}
+	}
+	if c.HostID != "" {
+		if err := fleet.ValidateHostID(c.HostID); err != nil {
+			r.fail("host_id", "%v", err)
+		}
+	}
 	if _, err := units.RAMInBytes(c.Agent.LogMaxSize); err != nil {
 		r.fail("container.log_max_size", "%q is not a size like 10m", c.Agent.LogMaxSize)
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -24,6 +25,12 @@ type deployOptions struct {
 	// git and ref name a repository commit instead of a bundle;
 	// s3Prefix uploads the bundle as an application version first.
 	git, ref, s3Prefix string
+	// env deploys to an environment (fleet) instead of this host; wait
+	// queues behind a rollout in flight; stableFor is how long each host
+	// must serve healthy before the next batch starts.
+	env       string
+	wait      bool
+	stableFor time.Duration
 }
 
 // settingFlags maps deploy flags to the API's query parameters.
@@ -60,7 +67,16 @@ An s3://bucket/key or a git URL (https://host/repo.git#ref, or --git URL
 version that is never overwritten, then deploys it from there.
 
 Settings given as flags (--port, --health-path, ...) are kept for the app's
-later deploys.`,
+later deploys.
+
+With --env s3://bucket/prefix/, the bundle goes to every host of that
+environment instead (no access to the hosts needed): it is uploaded as an
+application version, and its rollout goes in health-gated batches of hosts
+(--policy, --batch-size and --batch-size-type count hosts; each host applies
+the app's own policy to its own instances). The command shows each batch and
+host, and exits 0 once every host serves the version, or 1 once a failed
+batch was rolled back everywhere, naming the host and the reason.
+Interrupting it leaves the rollout running. See docs/fleet.md.`,
 		Example: `  sprout deploy app.zip --app web --label v2 --port 8080
   sprout deploy ./myapp --health-path /healthz
   sprout deploy app.zip --app web --instances 4 --policy Rolling --batch-size 25
@@ -70,7 +86,9 @@ later deploys.`,
   sprout deploy app.zip --app web --label v8 --s3 s3://my-bucket/versions/
                                          # upload as an application version, then deploy it
   sprout deploy https://git.example.com/team/web.git#main --app web  # shallow clone of that ref
-  sprout deploy --git https://git.example.com/team/web.git --ref v1.4.2 --app web`,
+  sprout deploy --git https://git.example.com/team/web.git --ref v1.4.2 --app web
+  sprout deploy app.zip --env s3://my-bucket/envs/prod/ --app web --label v8 --policy Rolling --batch-size 25
+                                         # every host of the environment, 25% of the hosts at a time`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch {
@@ -94,6 +112,12 @@ later deploys.`,
 					q.Set(s.param, f.Value.String())
 				}
 			}
+			if o.env != "" {
+				return runFleetDeploy(cmd, c, o, q)
+			}
+			if o.wait || o.stableFor != 0 {
+				return errors.New("--wait and --stable-for go with --env")
+			}
 			return runDeploy(cmd, c, o, q)
 		},
 	}
@@ -107,6 +131,9 @@ later deploys.`,
 	for _, s := range settingFlags {
 		f.String(s.flag, "", s.usage)
 	}
+	envFlag(cmd, &o.env)
+	f.BoolVar(&o.wait, "wait", false, "with --env: wait for a rollout in flight to end instead of being refused")
+	f.DurationVar(&o.stableFor, "stable-for", 0, "with --env: how long each host serves the version healthy before the next batch starts (default 2s)")
 	return cmd
 }
 

@@ -14,7 +14,7 @@ import (
 )
 
 func newHealthCommand(c *cli) *cobra.Command {
-	var app string
+	var app, env string
 	var watch, asJSON bool
 	cmd := &cobra.Command{
 		Use:   "health",
@@ -26,6 +26,9 @@ over the last minutes, the serving container's health checks and its state
 latency percentiles, container uptime, restarts, CPU and memory.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if env != "" {
+				return showEnvironment(cmd, c, env, app, asJSON)
+			}
 			client, err := c.client(cmd)
 			if err != nil {
 				return err
@@ -60,6 +63,7 @@ latency percentiles, container uptime, restarts, CPU and memory.`,
 	cmd.Flags().StringVar(&app, "app", "", "one app (default: every app)")
 	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "refresh in place every 2 seconds")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	envFlag(cmd, &env)
 	return cmd
 }
 

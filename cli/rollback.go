@@ -9,7 +9,7 @@ import (
 )
 
 func newRollbackCommand(c *cli) *cobra.Command {
-	var app string
+	var app, env string
 	req := api.RollbackRequest{}
 	cmd := &cobra.Command{
 		Use:   "rollback",
@@ -18,6 +18,9 @@ func newRollbackCommand(c *cli) *cobra.Command {
   sprout rollback --app web --to v1`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if env != "" {
+				return rollbackEnvironment(cmd, c, env, app, req.To)
+			}
 			client, err := c.client(cmd)
 			if err != nil {
 				return err
@@ -34,5 +37,6 @@ func newRollbackCommand(c *cli) *cobra.Command {
 	cmd.MarkFlagRequired("app")
 	cmd.Flags().StringVar(&req.To, "to", "", "label to serve (default: the version that served before the current one)")
 	cmd.Flags().BoolVar(&req.NoWait, "no-wait", false, "fail instead of waiting when a deploy of the app is running")
+	envFlag(cmd, &env)
 	return cmd
 }

@@ -13,6 +13,7 @@ import (
 )
 
 type statusOptions struct {
+	env  string
 	app  string
 	json bool
 }
@@ -24,6 +25,9 @@ func newStatusCommand(c *cli) *cobra.Command {
 		Short: "Show what an app serves: label, container, port, health, since when",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.env != "" {
+				return showEnvironment(cmd, c, o.env, o.app, o.json)
+			}
 			client, err := c.client(cmd)
 			if err != nil {
 				return err
@@ -55,6 +59,7 @@ func newStatusCommand(c *cli) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&o.app, "app", "", "one app (default: every app)")
 	cmd.Flags().BoolVar(&o.json, "json", false, "print JSON")
+	envFlag(cmd, &o.env)
 	return cmd
 }
 

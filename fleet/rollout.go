@@ -113,6 +113,11 @@ type Release struct {
 	SHA256 string            `json:"sha256,omitempty"`
 	Env    map[string]string `json:"env,omitempty"`
 	Port   int               `json:"port,omitempty"`
+	// Settings are the app's own settings on each host (health check,
+	// instances, the per-host deployment policy...), as the deploy API's
+	// query parameters, kept for the app's later deploys as a local
+	// deploy's flags are.
+	Settings map[string]string `json:"settings,omitempty"`
 }
 
 // Validate reports the first field a host could not act on.
