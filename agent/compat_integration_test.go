@@ -17,25 +17,9 @@ import (
 	"github.com/sprout-paas/sprout/store"
 )
 
-// writeFiles adds files to a bundle directory; a name ending in .sh is
-// made executable.
+// writeFiles adds files to a bundle directory (testenv.WriteFiles).
 func writeFiles(t *testing.T, dir string, files map[string]string) string {
-	t.Helper()
-	for name, body := range files {
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		mode := os.FileMode(0o644)
-		if strings.HasSuffix(name, ".sh") {
-			mode = 0o755
-		}
-		if err := os.WriteFile(p, []byte(body), mode); err != nil {
-			t.Fatal(err)
-		}
-		os.Chmod(p, mode)
-	}
-	return dir
+	return testenv.WriteFiles(t, dir, files)
 }
 
 // hookBundle is the test app with an .ebextensions file setting MARK and

@@ -28,9 +28,9 @@ type deployOptions struct {
 	// env deploys to an environment (fleet) instead of this host; wait
 	// queues behind a rollout in flight; stableFor is how long each host
 	// must serve healthy before the next batch starts.
-	env       string
-	wait      bool
-	stableFor time.Duration
+	env                  string
+	wait                 bool
+	stableFor, lostAfter time.Duration
 }
 
 // settingFlags maps deploy flags to the API's query parameters.
@@ -115,8 +115,8 @@ Interrupting it leaves the rollout running. See docs/fleet.md.`,
 			if o.env != "" {
 				return runFleetDeploy(cmd, c, o, q)
 			}
-			if o.wait || o.stableFor != 0 {
-				return errors.New("--wait and --stable-for go with --env")
+			if o.wait || o.stableFor != 0 || o.lostAfter != 0 {
+				return errors.New("--wait, --stable-for and --lost-after go with --env")
 			}
 			return runDeploy(cmd, c, o, q)
 		},
@@ -134,6 +134,7 @@ Interrupting it leaves the rollout running. See docs/fleet.md.`,
 	envFlag(cmd, &o.env)
 	f.BoolVar(&o.wait, "wait", false, "with --env: wait for a rollout in flight to end instead of being refused")
 	f.DurationVar(&o.stableFor, "stable-for", 0, "with --env: how long each host serves the version healthy before the next batch starts (default 2s)")
+	f.DurationVar(&o.lostAfter, "lost-after", 0, "with --env: how long a host may stop reporting before the rollout leaves it out (default 30s)")
 	return cmd
 }
 

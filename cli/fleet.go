@@ -106,7 +106,7 @@ var fleetPolicyParams = []string{"policy", "batch_size", "batch_size_type", "can
 
 // fleetSettings reads the rollout's settings across hosts from the deploy
 // flags.
-func fleetSettings(q url.Values, stableFor time.Duration) (fleet.Settings, error) {
+func fleetSettings(q url.Values, stableFor, lostAfter time.Duration) (fleet.Settings, error) {
 	s := fleet.DefaultSettings()
 	var err error
 	if v := q.Get("policy"); v != "" {
@@ -139,6 +139,9 @@ func fleetSettings(q url.Values, stableFor time.Duration) (fleet.Settings, error
 	if stableFor > 0 {
 		s.StableFor = fleet.Duration(stableFor)
 	}
+	if lostAfter > 0 {
+		s.LostAfter = fleet.Duration(lostAfter)
+	}
 	return s, s.Validate()
 }
 
@@ -157,7 +160,7 @@ func runFleetDeploy(cmd *cobra.Command, c *cli, o *deployOptions, q url.Values) 
 	if o.label == "" {
 		o.label = "v" + time.Now().UTC().Format("20060102-150405")
 	}
-	settings, err := fleetSettings(q, o.stableFor)
+	settings, err := fleetSettings(q, o.stableFor, o.lostAfter)
 	if err != nil {
 		return err
 	}
@@ -198,6 +201,23 @@ func runFleetDeploy(cmd *cobra.Command, c *cli, o *deployOptions, q url.Values) 
 		}
 		if !slices.Contains(fleetPolicyParams, k) {
 			rel.Settings[k] = v[0]
+		}
+	}
+	// The app's settings are kept from deploy to deploy, as on one host:
+	// what this deploy does not set comes from the last good release.
+	if cur, _, err := st.Rollout(ctx); err == nil && cur != nil {
+		if good, ok := cur.Good[o.app]; ok {
+			if rel.Port == 0 {
+				rel.Port = good.Port
+			}
+			for k, v := range good.Settings {
+				if _, ok := rel.Settings[k]; !ok {
+					rel.Settings[k] = v
+				}
+			}
+			if rel.Env == nil {
+				rel.Env = good.Env
+			}
 		}
 	}
 	var r *fleet.Rollout

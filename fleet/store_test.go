@@ -465,3 +465,25 @@ func TestProbe(t *testing.T) {
 		t.Errorf("a writer that is no key: %v", err)
 	}
 }
+
+// TestProbesOfOneWriterAtOnce runs probes of one writer side by side, as
+// two CLIs of one user on one machine do: they may disturb each other's
+// last steps, and each must still accept a store that honours
+// conditional writes.
+func TestProbesOfOneWriterAtOnce(t *testing.T) {
+	ctx := context.Background()
+	s3c, _ := newS3(t)
+	now := t0
+	st, _ := open(t, s3c, &now)
+	errs := make([]error, 8)
+	var wg sync.WaitGroup
+	for i := range errs {
+		wg.Go(func() { errs[i] = st.Probe(ctx, "cli-someone") })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("probe %d: %v", i, err)
+		}
+	}
+}

@@ -201,3 +201,23 @@ func dockerLines(args ...string) []string {
 func CleanupApp(t testing.TB, app string) {
 	removeLabelled("label=" + sprt.LabelApp + "=" + app)
 }
+
+// WriteFiles adds files to a bundle directory, and returns it; a name
+// ending in .sh is made executable.
+func WriteFiles(t testing.TB, dir string, files map[string]string) string {
+	t.Helper()
+	for name, body := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		mode := os.FileMode(0o644)
+		if strings.HasSuffix(name, ".sh") {
+			mode = 0o755
+		}
+		if err := os.WriteFile(p, []byte(body), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}

@@ -46,13 +46,27 @@ func main() {
 	}
 	// APP_HEALTHY_ONLY_FIRST names a file on a volume the instances
 	// share: the first instance to create it is healthy, the others are
-	// not (a version that breaks on its second instance).
+	// not (a version that breaks on its second instance). With
+	// APP_HEALTHY_FIRST_N=n, the first n are (files <name>.1 to .n): a
+	// version that breaks on the later hosts of a fleet.
 	if mark := os.Getenv("APP_HEALTHY_ONLY_FIRST"); mark != "" {
-		if f, err := os.OpenFile(mark, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644); err == nil {
-			f.Close()
-		} else {
-			log.Printf("not the first instance (%v): unhealthy", err)
-			healthStatus = http.StatusInternalServerError
+		slots := []string{mark}
+		if n, _ := strconv.Atoi(os.Getenv("APP_HEALTHY_FIRST_N")); n > 0 {
+			slots = nil
+			for i := 1; i <= n; i++ {
+				slots = append(slots, fmt.Sprintf("%s.%d", mark, i))
+			}
+		}
+		healthStatus = http.StatusInternalServerError
+		for _, slot := range slots {
+			if f, err := os.OpenFile(slot, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644); err == nil {
+				f.Close()
+				healthStatus = 200
+				break
+			}
+		}
+		if healthStatus != 200 {
+			log.Printf("not among the first %d instances: unhealthy", len(slots))
 		}
 	}
 	mux := http.NewServeMux()
