@@ -113,29 +113,10 @@ func TestUserDataBootstrap(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	name := "sprout-userdata-" + app
-	t.Cleanup(func() {
-		if t.Failed() {
-			out, _ := exec.Command("docker", "exec", name, "sh", "-c", "cat /var/log/sprout-bootstrap.log /var/log/sprout-agent.log").CombinedOutput()
-			t.Logf("inside the instance:\n%s", out)
-		}
-		exec.Command("docker", "rm", "-f", name).Run()
-		testenv.CleanupApp(t, app)
-	})
-	args := []string{"run", "-d", "--name", name, "--network", "host",
-		"-v", "/var/run/docker.sock:/var/run/docker.sock",
-		"-v", filepath.Join(testenv.RepoRoot(), "scripts", "user-data.sh") + ":/user-data.sh:ro",
-		"-e", "SPROUT_BINARY_URL=" + fake.URL + "/releases/sprout/latest/sprout",
-		"-e", "SPROUT_APP=" + app,
-		"-e", "SPROUT_MANIFEST=s3://fleet/envs/" + app + "/current.json",
-		"-e", fmt.Sprintf("SPROUT_PORT=%d", port),
-		"-e", "SPROUT_S3_ENDPOINT=" + fake.URL,
-		"-e", "SPROUT_S3_PATH_STYLE=true",
-		"-e", "SPROUT_IMDS_ENDPOINT=" + imds.URL,
-		"debian:bookworm-slim", "bash", "-c", "bash /user-data.sh && exec sleep infinity"}
-	if out, err := exec.Command("docker", args...).CombinedOutput(); err != nil {
-		t.Fatalf("docker run: %v\n%s", err, out)
-	}
+	name := bootInstance(t, fake, imds, app,
+		"SPROUT_APP="+app,
+		"SPROUT_MANIFEST=s3://fleet/envs/"+app+"/current.json",
+		fmt.Sprintf("SPROUT_PORT=%d", port))
 	waitBody(t, port, "v1 bootstrapped", 4*time.Minute)
 	if imds.credsRead.Load() == 0 {
 		t.Error("the agent did not take its credentials from the instance role (IMDS)")
@@ -176,5 +157,74 @@ func TestUserDataBootstrap(t *testing.T) {
 	// pattern above sees it.
 	if log := exec1("cat", "/var/log/sprout-bootstrap.log"); !changed.MatchString(log) {
 		t.Errorf("bootstrap log:\n%s", log)
+	}
+}
+
+// bootInstance runs scripts/user-data.sh in a fresh Debian container on
+// the host's network, as EC2 runs user data, with the binary and the
+// bundles in fake and the instance metadata of imds, plus env; it returns
+// the container's name.
+func bootInstance(t *testing.T, fake *testenv.FakeS3, imds *fakeIMDS, app string, env ...string) string {
+	t.Helper()
+	name := "sprout-userdata-" + app
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := exec.Command("docker", "exec", name, "sh", "-c", "cat /var/log/sprout-bootstrap.log /var/log/sprout-agent.log").CombinedOutput()
+			t.Logf("inside the instance:\n%s", out)
+		}
+		exec.Command("docker", "rm", "-f", name).Run()
+		testenv.CleanupApp(t, app)
+	})
+	args := []string{"run", "-d", "--name", name, "--network", "host",
+		"-v", "/var/run/docker.sock:/var/run/docker.sock",
+		"-v", filepath.Join(testenv.RepoRoot(), "scripts", "user-data.sh") + ":/user-data.sh:ro",
+		"-e", "SPROUT_BINARY_URL=" + fake.URL + "/releases/sprout/latest/sprout",
+		"-e", "SPROUT_S3_ENDPOINT=" + fake.URL,
+		"-e", "SPROUT_S3_PATH_STYLE=true",
+		"-e", "SPROUT_IMDS_ENDPOINT=" + imds.URL}
+	for _, e := range env {
+		args = append(args, "-e", e)
+	}
+	args = append(args, "debian:bookworm-slim", "bash", "-c", "bash /user-data.sh && exec sleep infinity")
+	if out, err := exec.Command("docker", args...).CombinedOutput(); err != nil {
+		t.Fatalf("docker run: %v\n%s", err, out)
+	}
+	return name
+}
+
+// TestUserDataJoinsEnvironment bootstraps an instance into an environment
+// (SPROUT_ENVIRONMENT): it joins under its instance id, and a deploy to
+// the environment from outside reaches it.
+func TestUserDataJoinsEnvironment(t *testing.T) {
+	testenv.BaseImage(t)
+	fake := testenv.S3(t, "releases", "fleet")
+	imds := startIMDS(t)
+	bin, err := os.ReadFile(testenv.SproutBinary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake.Put(t, "releases", "sprout/latest/sprout", bin)
+	app, port := testenv.Name("join"), testenv.FreePort(t)
+	env := "s3://fleet/envs/" + app + "/"
+	name := bootInstance(t, fake, imds, app, "SPROUT_ENVIRONMENT="+env)
+	sprout := func(args ...string) ([]byte, error) {
+		cmd := exec.Command(testenv.SproutBinary(t), args...)
+		cmd.Env = append(os.Environ(), "SPROUT_S3_ENDPOINT="+fake.URL, "SPROUT_S3_PATH_STYLE=true")
+		return cmd.CombinedOutput()
+	}
+	testenv.Eventually(t, 4*time.Minute, func() error {
+		out, err := sprout("status", "--env", env)
+		if err != nil || !strings.Contains(string(out), "i-0123456789abcdef0") {
+			return fmt.Errorf("the instance has not joined %s: %v\n%s", env, err, out)
+		}
+		return nil
+	})
+	if out, err := sprout("deploy", testenv.Bundle(t, "", "ENV GREETING=joined"), "--env", env, "--app", app, "--label", "v1", "--port", fmt.Sprint(port)); err != nil {
+		t.Fatalf("deploy --env: %v\n%s", err, out)
+	}
+	waitBody(t, port, "v1 joined", time.Minute)
+	out, err := exec.Command("docker", "exec", name, "cat", "/etc/sprout/agent.yaml").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "environment: "+env) || !strings.Contains(string(out), "host_id: i-0123456789abcdef0") {
+		t.Errorf("agent.yaml: %v\n%s", err, out)
 	}
 }

@@ -8,7 +8,10 @@
 # sprout binary, writes /etc/sprout/agent.yaml from the variables and the
 # instance's metadata (IMDSv2: region, instance id), installs and starts
 # the systemd unit, and the agent then deploys the version the app's
-# manifest in S3 names (`sprout publish` writes it) and follows it.
+# manifest in S3 names (`sprout publish` writes it) and follows it; or,
+# with SPROUT_ENVIRONMENT, joins that environment under its instance id,
+# serves the environment's last good version of every app, and takes part
+# in its rollouts (`sprout deploy --env`, docs/fleet.md).
 #
 # Idempotent: a second run changes nothing that is already right (and
 # says so). Without systemd (a container), the agent is started directly
@@ -16,8 +19,11 @@
 #
 #   SPROUT_BINARY_URL     https://.../sprout or s3://bucket/key (required)
 #   SPROUT_BINARY_SHA256  its SHA-256, checked when set
-#   SPROUT_APP            the app's name (required)
-#   SPROUT_MANIFEST       s3://bucket/envs/<app>/current.json (required)
+#   SPROUT_ENVIRONMENT    s3://bucket/envs/<env>/: join this environment
+#                         (then SPROUT_APP, SPROUT_MANIFEST, SPROUT_PORT
+#                         are not used: the environment says what to serve)
+#   SPROUT_APP            the app's name (required without SPROUT_ENVIRONMENT)
+#   SPROUT_MANIFEST       s3://bucket/envs/<app>/current.json (idem)
 #   SPROUT_PORT           the app's public port (default 80)
 #   SPROUT_S3_ENDPOINT    an S3-compatible endpoint (default: AWS S3)
 #   SPROUT_S3_PATH_STYLE  true for path-style buckets (default false)
@@ -27,6 +33,7 @@ set -euo pipefail
 
 SPROUT_BINARY_URL=${SPROUT_BINARY_URL:-}
 SPROUT_BINARY_SHA256=${SPROUT_BINARY_SHA256:-}
+SPROUT_ENVIRONMENT=${SPROUT_ENVIRONMENT:-}
 SPROUT_APP=${SPROUT_APP:-}
 SPROUT_MANIFEST=${SPROUT_MANIFEST:-}
 SPROUT_PORT=${SPROUT_PORT:-80}
@@ -48,10 +55,15 @@ die() { log "error: $*"; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "run as root (EC2 runs user data as root)"
 [ -n "$SPROUT_BINARY_URL" ] || die "set SPROUT_BINARY_URL (https://.../sprout or s3://bucket/key)"
-[ -n "$SPROUT_APP" ] || die "set SPROUT_APP (the app this instance serves)"
-case "$SPROUT_MANIFEST" in s3://?*/?*) ;; *) die "set SPROUT_MANIFEST to s3://bucket/key (written by sprout publish)" ;; esac
-case "$SPROUT_PORT" in '' | *[!0-9]*) die "SPROUT_PORT must be a port number" ;; esac
-log "starting (app $SPROUT_APP, manifest $SPROUT_MANIFEST)"
+if [ -n "$SPROUT_ENVIRONMENT" ]; then
+  case "$SPROUT_ENVIRONMENT" in s3://?*/*) ;; *) die "SPROUT_ENVIRONMENT must be s3://bucket/prefix/ (the environment's prefix)" ;; esac
+  log "starting (environment $SPROUT_ENVIRONMENT)"
+else
+  [ -n "$SPROUT_APP" ] || die "set SPROUT_APP (the app this instance serves), or SPROUT_ENVIRONMENT to join an environment"
+  case "$SPROUT_MANIFEST" in s3://?*/?*) ;; *) die "set SPROUT_MANIFEST to s3://bucket/key (written by sprout publish)" ;; esac
+  case "$SPROUT_PORT" in '' | *[!0-9]*) die "SPROUT_PORT must be a port number" ;; esac
+  log "starting (app $SPROUT_APP, manifest $SPROUT_MANIFEST)"
+fi
 
 # --- packages ---------------------------------------------------------
 # shellcheck source=/dev/null
@@ -146,6 +158,15 @@ put() {
     log "wrote $1"
   fi
 }
+if [ -n "$SPROUT_ENVIRONMENT" ]; then
+  serves="environment: $SPROUT_ENVIRONMENT
+host_id: $instance_id"
+else
+  serves="apps:
+  - name: $SPROUT_APP
+    manifest: $SPROUT_MANIFEST
+    port: $SPROUT_PORT"
+fi
 put "$CONF_DIR/agent.yaml" 0644 <<YAML
 # Written by user-data.sh for instance $instance_id ($region); a new run
 # rewrites it. Every key: https://github.com/sprout-paas/sprout/blob/main/configs/agent.yaml
@@ -156,10 +177,7 @@ s3:
   region: $region
   endpoint: "$SPROUT_S3_ENDPOINT"
   path_style: $SPROUT_S3_PATH_STYLE
-apps:
-  - name: $SPROUT_APP
-    manifest: $SPROUT_MANIFEST
-    port: $SPROUT_PORT
+$serves
 YAML
 # The AWS SDK in the agent finds the instance role's credentials through
 # the same metadata service.
@@ -230,4 +248,8 @@ fi
 
 for _ in $(seq 1 60); do [ -S "$SOCKET" ] && "$BIN" --socket "$SOCKET" apps >/dev/null 2>&1 && break; sleep 1; done
 "$BIN" --socket "$SOCKET" apps >/dev/null 2>&1 || die "the agent does not answer on $SOCKET (see its log)"
-log "the agent answers; it deploys what $SPROUT_MANIFEST names and follows it (sprout status --app $SPROUT_APP)"
+if [ -n "$SPROUT_ENVIRONMENT" ]; then
+  log "the agent answers; as host $instance_id of $SPROUT_ENVIRONMENT it serves the environment's last good versions and takes part in its rollouts (sprout status --env $SPROUT_ENVIRONMENT)"
+else
+  log "the agent answers; it deploys what $SPROUT_MANIFEST names and follows it (sprout status --app $SPROUT_APP)"
+fi
