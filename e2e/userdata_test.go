@@ -95,13 +95,7 @@ func TestUserDataBootstrap(t *testing.T) {
 		t.Error("scripts/user-data.sh does not embed configs/sprout-agent.service as it is")
 	}
 
-	fake := testenv.S3(t, "releases", "fleet")
-	imds := startIMDS(t)
-	bin, err := os.ReadFile(testenv.SproutBinary(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fake.Put(t, "releases", "sprout/latest/sprout", bin)
+	fake, imds := bootstrapServices(t)
 	fake.Put(t, "fleet", "web/v1.tar.gz", packed(t, testenv.Bundle(t, "", "ENV GREETING=bootstrapped")))
 	app, port := testenv.Name("boot"), testenv.FreePort(t)
 	s, err := source.NewS3(context.Background(), source.S3Options{Endpoint: fake.URL, PathStyle: true})
@@ -197,13 +191,7 @@ func bootInstance(t *testing.T, fake *testenv.FakeS3, imds *fakeIMDS, app string
 // the environment from outside reaches it.
 func TestUserDataJoinsEnvironment(t *testing.T) {
 	testenv.BaseImage(t)
-	fake := testenv.S3(t, "releases", "fleet")
-	imds := startIMDS(t)
-	bin, err := os.ReadFile(testenv.SproutBinary(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fake.Put(t, "releases", "sprout/latest/sprout", bin)
+	fake, imds := bootstrapServices(t)
 	app, port := testenv.Name("join"), testenv.FreePort(t)
 	env := "s3://fleet/envs/" + app + "/"
 	name := bootInstance(t, fake, imds, app, "SPROUT_ENVIRONMENT="+env)
@@ -227,4 +215,18 @@ func TestUserDataJoinsEnvironment(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "environment: "+env) || !strings.Contains(string(out), "host_id: i-0123456789abcdef0") {
 		t.Errorf("agent.yaml: %v\n%s", err, out)
 	}
+}
+
+// bootstrapServices starts what an instance's bootstrap reaches: S3 with
+// the sprout binary at releases/sprout/latest/sprout and a "fleet"
+// bucket, and the instance metadata service.
+func bootstrapServices(t *testing.T) (*testenv.FakeS3, *fakeIMDS) {
+	t.Helper()
+	fake := testenv.S3(t, "releases", "fleet")
+	bin, err := os.ReadFile(testenv.SproutBinary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake.Put(t, "releases", "sprout/latest/sprout", bin)
+	return fake, startIMDS(t)
 }
