@@ -244,7 +244,7 @@ func runFleetDeploy(cmd *cobra.Command, c *cli, o *deployOptions, q url.Values) 
 
 // followRollout prints the rollout id as it changes until it ends.
 func followRollout(ctx context.Context, c *cli, st *fleet.Store, id string, p *printer) error {
-	last := ""
+	last, canary := "", ""
 	for {
 		r, _, err := st.Rollout(ctx)
 		switch {
@@ -259,6 +259,10 @@ func followRollout(ctx context.Context, c *cli, st *fleet.Store, id string, p *p
 			if now := r.Progress(); now != last {
 				last = now
 				fmt.Fprintf(c.out, "%s %s\n", p.elapsed(), now)
+			}
+			if r.Canary != "" && r.Canary != canary {
+				canary = r.Canary
+				fmt.Fprintf(c.out, "%s canary: %s\n", p.elapsed(), canary)
 			}
 			switch r.State {
 			case fleet.StateSucceeded:

@@ -229,6 +229,47 @@ func TestFleet(t *testing.T) {
 		})
 	})
 
+	t.Run("TrafficSplitting: a bad canary host is rolled back, a good one promoted", func(t *testing.T) {
+		// The bad canary answers 500 to half of its requests: the load
+		// sees those, so it starts afresh afterwards.
+		for _, h := range hosts {
+			if r := h.load.Stop(); r.Failed != 0 {
+				t.Errorf("before the canary, %d requests to %s failed: %s", r.Failed, h.id, r)
+			}
+			h.load = loadgen.Start(loadgen.Options{URL: fmt.Sprintf("http://%s:%d/", h.addr, port), Workers: 2})
+		}
+		canary := []string{"--policy", "TrafficSplitting", "--canary-percent", "20", "--evaluation-time", "6s"}
+		out, code := deploy(t, "v4bad", testenv.Bundle(t, "", "ENV APP_FAIL_EVERY=2"), canary...)
+		if code != 1 {
+			t.Fatalf("bad canary: exit %d, want 1\n%s", code, out)
+		}
+		for _, want := range []string{"evaluating", "canary: ", "clearly worse", "(host host-1)", "the hosts serve v4"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("the bad canary's output lacks %q", want)
+			}
+		}
+		serving(t, hosts, port, "v4 ")
+		for _, h := range hosts {
+			if at := h.firstEvent(t, app, regexp.MustCompile(`^deploy of v4bad started`)); !at.IsZero() && h.id != "host-1" {
+				t.Errorf("%s, not the canary, started v4bad", h.id)
+			}
+			r := h.load.Stop()
+			if h.id != "host-1" && r.Failed != 0 {
+				t.Errorf("%d requests to %s failed: %s", r.Failed, h.id, r)
+			}
+			h.load = loadgen.Start(loadgen.Options{URL: fmt.Sprintf("http://%s:%d/", h.addr, port), Workers: 2})
+		}
+		out, code = deploy(t, "v4good", bundle, canary...)
+		if code != 0 {
+			t.Fatalf("good canary: exit %d\n%s", code, out)
+		}
+		if !strings.Contains(out, "canary: ") {
+			t.Errorf("the good canary's output does not show the verdict")
+		}
+		serving(t, hosts, port, "v4good ")
+		checkLoad(t, "v4good")
+	})
+
 	t.Run("a killed agent is lost and the rollout finishes on the others", func(t *testing.T) {
 		victim := hosts[4]
 		victim.load.Stop()
