@@ -53,6 +53,7 @@ demo: docker build tools example
 bench: docker build tools example
 	$(GO) test -run '^$$' -bench . -benchmem ./proxy/
 	@scripts/bench.sh
+	@scripts/fleet-bench.sh
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzUnpack -fuzztime 60s ./bundle/

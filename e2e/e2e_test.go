@@ -27,7 +27,7 @@ import (
 
 // agentProc is a `sprout agent` process.
 type agentProc struct {
-	t       *testing.T
+	t       testing.TB
 	bin     string
 	env     []string
 	dataDir string
@@ -39,7 +39,7 @@ type agentProc struct {
 	metricsAddr string
 }
 
-func startAgent(t *testing.T, env ...string) *agentProc {
+func startAgent(t testing.TB, env ...string) *agentProc {
 	t.Helper()
 	testenv.Docker(t)
 	dir := t.TempDir()
@@ -433,7 +433,7 @@ func (a *agentProc) killDuringHealth(during func(), dir string, args ...string) 
 	return cmd.ProcessState
 }
 
-func waitFor(t *testing.T, r io.Reader, s string) {
+func waitFor(t testing.TB, r io.Reader, s string) {
 	t.Helper()
 	found := make(chan struct{})
 	var buf bytes.Buffer

@@ -26,10 +26,10 @@ type fleetHost struct {
 	load     *loadgen.Load
 }
 
-// startFleetHost starts agent n of the environment env.
-func startFleetHost(t *testing.T, fake *testenv.FakeS3, env, hostDirs string, n int) *fleetHost {
+// startFleetHost starts agent n of the environment env, as host id, on
+// the loopback address 127.0.1.n.
+func startFleetHost(t testing.TB, fake *testenv.FakeS3, env, hostDirs, id string, n int) *fleetHost {
 	addr := fmt.Sprintf("127.0.1.%d", n)
-	id := fmt.Sprintf("host-%d", n)
 	a := startAgent(t, "SPROUT_S3_ENDPOINT="+fake.URL, "SPROUT_S3_PATH_STYLE=true",
 		"SPROUT_ENVIRONMENT="+env, "SPROUT_HOST_ID="+id, "SPROUT_PROXY_BIND_ADDRESS="+addr,
 		"SPROUT_VOLUMES_HOST_DIRS="+hostDirs, "SPROUT_PROXY_ACCESS_LOG=false")
@@ -37,7 +37,7 @@ func startFleetHost(t *testing.T, fake *testenv.FakeS3, env, hostDirs string, n 
 }
 
 // body fetches / from the host's public port.
-func (h *fleetHost) body(t *testing.T, port int) string {
+func (h *fleetHost) body(t testing.TB, port int) string {
 	t.Helper()
 	resp, err := http.Get(fmt.Sprintf("http://%s:%d/", h.addr, port))
 	if err != nil {
@@ -49,7 +49,7 @@ func (h *fleetHost) body(t *testing.T, port int) string {
 }
 
 // events lists the host's events of app.
-func (h *fleetHost) events(t *testing.T, app string) []store.Event {
+func (h *fleetHost) events(t testing.TB, app string) []store.Event {
 	t.Helper()
 	evs, err := api.NewClient(h.socket).Events(context.Background(), app, 500)
 	if err != nil {
@@ -59,7 +59,7 @@ func (h *fleetHost) events(t *testing.T, app string) []store.Event {
 }
 
 // firstEvent is when host's first event of app matching re happened.
-func (h *fleetHost) firstEvent(t *testing.T, app string, re *regexp.Regexp) time.Time {
+func (h *fleetHost) firstEvent(t testing.TB, app string, re *regexp.Regexp) time.Time {
 	t.Helper()
 	var at time.Time
 	for _, e := range h.events(t, app) {
@@ -71,7 +71,7 @@ func (h *fleetHost) firstEvent(t *testing.T, app string, re *regexp.Regexp) time
 }
 
 // serving waits until every host answers with body.
-func serving(t *testing.T, hosts []*fleetHost, port int, body string) {
+func serving(t testing.TB, hosts []*fleetHost, port int, body string) {
 	t.Helper()
 	testenv.Eventually(t, time.Minute, func() error {
 		for _, h := range hosts {
@@ -96,7 +96,7 @@ func TestFleet(t *testing.T) {
 	marks := t.TempDir()
 	var hosts []*fleetHost
 	for n := 1; n <= 5; n++ {
-		hosts = append(hosts, startFleetHost(t, fake, env, marks, n))
+		hosts = append(hosts, startFleetHost(t, fake, env, marks, fmt.Sprintf("host-%d", n), n))
 	}
 	cli := hosts[0]
 	app, port := testenv.Name("fleet"), testenv.FreePort(t)
@@ -304,7 +304,7 @@ func TestFleet(t *testing.T) {
 
 	top := t
 	t.Run("a late joiner serves the last good version", func(t *testing.T) {
-		late := startFleetHost(top, fake, env, marks, 6) // it stays for what follows
+		late := startFleetHost(top, fake, env, marks, "host-6", 6) // it stays for what follows
 		serving(t, []*fleetHost{late}, port, "v5 ")
 		hosts = append(hosts, late)
 	})
