@@ -210,7 +210,7 @@ func TestPolling(t *testing.T) {
 		{r, 0, FastPollMin, 4 * time.Second},
 		{r, 0.999999, FastPollMax, HeartbeatInFlight},
 		{done, 0, SlowPollMin, 48 * time.Second},
-		{nil, 0.5, 7500 * time.Millisecond, 54 * time.Second},
+		{nil, 0.5, 3 * time.Second, 54 * time.Second},
 	} {
 		if got := PollInterval(tc.r, tc.u); got.Round(time.Millisecond) != tc.want {
 			t.Errorf("poll interval %s, want %s", got, tc.want)
@@ -219,7 +219,7 @@ func TestPolling(t *testing.T) {
 			t.Errorf("heartbeat %s, want %s", got, tc.beat)
 		}
 	}
-	if !Evaluates(r, "h1", 0) || Evaluates(r, "h3", time.Second) || !Evaluates(r, "h3", SlowPollMax) || !Evaluates(r, "h9", SlowPollMax) || Evaluates(done, "h1", time.Hour) {
+	if !Evaluates(r, "h1", 0) || Evaluates(r, "h3", time.Second) || !Evaluates(r, "h3", EvaluateEvery) || !Evaluates(r, "h9", EvaluateEvery) || Evaluates(r, "h3", SlowPollMax) || Evaluates(done, "h1", time.Hour) {
 		t.Errorf("who evaluates is wrong")
 	}
 	split := doc(t, settings(rollout.TrafficSplitting, 100, rollout.Percentage), 5, nil)
