@@ -26,8 +26,13 @@ and a stopped deploy's version is recorded as failed.
 With nothing running, abort says so and exits 0, so that it is safe to run
 whenever a rollout must not go on. A rollout whose new instances already serve
 every request is finishing and cannot be aborted: abort exits 1 and says how
-to go back once it is done. Operations queued behind the aborted one run next.`,
-		Example: `  sprout abort --app web`,
+to go back once it is done. Operations queued behind the aborted one run next.
+
+With --env s3://bucket/prefix/, it stops the app's rollout across that
+environment: every host that moved returns to the last good version by
+itself, and the command follows them until the rollout is rolled back.`,
+		Example: `  sprout abort --app web
+  sprout abort --app web --env s3://my-bucket/envs/prod/`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.env != "" {
