@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os/exec"
 	"regexp"
 	"strings"
 	"sync"
@@ -330,6 +331,41 @@ func TestFleet(t *testing.T) {
 		}
 		serving(t, hosts, port, won[0]+" ")
 		checkLoad(t, "v6 and v7")
+	})
+	t.Run("an interrupted CLI leaves the rollout running; rollback --env", func(t *testing.T) {
+		cmd := exec.Command(cli.bin, "deploy", bundle, "--env", env, "--app", app, "--label", "v8", "--stable-for", "1s", "--lost-after", "10s")
+		cmd.Env = cli.env
+		pr, pw := io.Pipe()
+		cmd.Stdout = pw
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, pr, "published rollout")
+		go io.Copy(io.Discard, pr)
+		cmd.Process.Signal(syscall.SIGINT)
+		cmd.Wait()
+		pw.Close()
+		serving(t, hosts, port, "v8 ")
+		testenv.Eventually(t, time.Minute, func() error {
+			if status, _, _ := cli.sprout("status", "--env", env); !strings.Contains(status, "v8: succeeded") {
+				return fmt.Errorf("the interrupted deploy did not finish:\n%s", status)
+			}
+			return nil
+		})
+
+		// Back to the good version before v8, on every host.
+		out, errOut, code := cli.sprout("rollback", "--env", env, "--app", app)
+		if code != 0 {
+			t.Fatalf("rollback --env: exit %d\n%s%s", code, out, errOut)
+		}
+		if !regexp.MustCompile(`rolling \S+ back to v[67] on every host`).MatchString(out) {
+			t.Errorf("rollback --env:\n%s", out)
+		}
+		label := regexp.MustCompile(`back to (v[67])`).FindStringSubmatch(out)
+		if label != nil {
+			serving(t, hosts, port, label[1]+" ")
+		}
+		checkLoad(t, "v8 and the rollback")
 	})
 	for _, h := range hosts {
 		if h.load != nil {
