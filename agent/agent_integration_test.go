@@ -120,6 +120,7 @@ func contains(xs []string, x string) bool {
 // TestFailedDeploysKeepTheServingVersion covers each way a new version can
 // fail: the old one keeps serving and nothing of the new one is left.
 func TestFailedDeploysKeepTheServingVersion(t *testing.T) {
+	t.Parallel() // long, and independent of the others: it runs beside them
 	h := newHarness(t)
 	app, port := testenv.Name("fail"), testenv.FreePort(t)
 	h.mustDeploy(app, "v1", testenv.Bundle(t, ""), map[string]string{"port": fmt.Sprint(port), "health_path": "/healthz"})
@@ -263,6 +264,7 @@ func TestRollbackAndSetenv(t *testing.T) {
 // TestSwapsUnderLoadDropNothing deploys 20 versions in a row while a
 // non-retrying client hammers the app, and counts every failed request.
 func TestSwapsUnderLoadDropNothing(t *testing.T) {
+	t.Parallel() // long, and independent of the others: it runs beside them
 	const swaps = 20
 	h := newHarness(t)
 	app, port := testenv.Name("swap"), testenv.FreePort(t)
@@ -505,6 +507,7 @@ func TestDockerrunBundles(t *testing.T) {
 // TestOldImagesArePruned keeps the images of the last three earlier
 // versions and prunes the rest, which can then no longer be rolled back to.
 func TestOldImagesArePruned(t *testing.T) {
+	t.Parallel() // long, and independent of the others: it runs beside them
 	h := newHarness(t)
 	app, port := testenv.Name("prune"), testenv.FreePort(t)
 	dir := testenv.Bundle(t, "")

@@ -57,6 +57,7 @@ func appContainers(t *testing.T, app string) []string {
 // instances under every policy while a client that never retries sends
 // requests: none may fail, and each policy runs its batches.
 func TestPoliciesWithFourInstancesUnderLoad(t *testing.T) {
+	t.Parallel() // long, and independent of the others: it runs beside them
 	h := newHarness(t)
 	bundle := testenv.Bundle(t, "")
 	for _, tc := range []struct {
