@@ -33,7 +33,7 @@ environment: every host that moved returns to the last good version by
 itself, and the command follows them until the rollout is rolled back.`,
 		Example: `  sprout abort --app web
   sprout abort --app web --env s3://my-bucket/envs/prod/`,
-		Args:    cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.env != "" {
 				return abortEnvironment(cmd, c, o.env, o.app, true)
