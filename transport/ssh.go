@@ -33,7 +33,7 @@ var RemoteCommand = []string{"sprout", "dial-stdio"}
 // How long a closed or broken connection waits for ssh to exit: closing
 // waits for the remote side to end cleanly, then kills ssh; a broken one
 // waits for ssh's exit status and message to say what failed.
-const (
+var (
 	closeWait = 5 * time.Second
 	exitWait  = 5 * time.Second
 )
@@ -201,8 +201,9 @@ var offending = regexp.MustCompile(`Offending \S+ key in (\S+):(\d+)`)
 // classify says which part of an ssh session failed, from ssh's exit
 // status and stderr, or returns nil when the session ended normally.
 func classify(s *SSH, code int, stderr string) *Error {
-	if kind, msg, ok := parseStdio(stderr); ok {
-		return &Error{Kind: kind, Msg: fmt.Sprintf("on %s: %s", s, msg)}
+	if e := parseStdio(stderr); e != nil {
+		e.Msg = fmt.Sprintf("on %s: %s", s, e.Msg)
+		return e
 	}
 	said := sshSaid(stderr)
 	host := s.Host

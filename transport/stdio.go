@@ -34,8 +34,9 @@ func ReportStdio(w io.Writer, err error) int {
 	return StdioExit
 }
 
-// parseStdio finds dial-stdio's failure line in an ssh session's stderr.
-func parseStdio(stderr string) (kind error, msg string, ok bool) {
+// parseStdio finds dial-stdio's failure line in an ssh session's stderr,
+// or returns nil.
+func parseStdio(stderr string) *Error {
 	for _, line := range strings.Split(stderr, "\n") {
 		rest, found := strings.CutPrefix(strings.TrimSpace(line), StdioPrefix)
 		if !found {
@@ -44,11 +45,11 @@ func parseStdio(stderr string) (kind error, msg string, ok bool) {
 		name, msg, _ := strings.Cut(rest, ": ")
 		kind, known := stdioKinds[name]
 		if !known {
-			kind = ErrSSH
+			kind = ErrRemote
 		}
-		return kind, msg, true
+		return &Error{Kind: kind, Msg: msg}
 	}
-	return nil, "", false
+	return nil
 }
 
 // Join copies stdin to the agent's connection and the connection to

@@ -32,6 +32,9 @@ var (
 	// ErrNotInstalled means the host has no `sprout` (with dial-stdio) on
 	// the ssh session's PATH.
 	ErrNotInstalled = errors.New("sprout is not installed on the host")
+	// ErrRemote means `sprout dial-stdio` on the host failed for another
+	// reason (its config, say); its message says which.
+	ErrRemote = errors.New("sprout dial-stdio failed on the host")
 )
 
 // Error is a failure to reach the agent: Kind is the part that failed (one
