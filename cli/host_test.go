@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"io"
 	"os"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 
+	"github.com/sprout-paas/sprout/internal/testenv"
 	"github.com/sprout-paas/sprout/transport"
 )
 
@@ -38,14 +38,7 @@ func TestAgentDialer(t *testing.T) {
 // TestSocketGroup: owner-only by default; socket_group opens the socket
 // to a group (mode 0660).
 func TestSocketGroup(t *testing.T) {
-	u, err := user.Current()
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := user.LookupGroupId(u.Gid)
-	if err != nil {
-		t.Fatal(err)
-	}
+	g := testenv.PrimaryGroup(t)
 	for _, tc := range []struct {
 		group string
 		mode  os.FileMode

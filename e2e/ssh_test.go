@@ -9,10 +9,10 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -30,7 +30,7 @@ func TestSSH(t *testing.T) {
 	pub := publicDir(t)
 	bin := filepath.Join(pub, "bin")
 	copyExecutable(t, testenv.SproutBinary(t), filepath.Join(bin, "sprout"))
-	group := primaryGroup(t)
+	group := testenv.PrimaryGroup(t).Name
 	a := startAgent(t, "SPROUT_SOCKET="+filepath.Join(pub, "sprout.sock"), "SPROUT_SOCKET_GROUP="+group)
 
 	// socket_group: the group may use the socket, others may not.
@@ -56,7 +56,7 @@ func TestSSH(t *testing.T) {
 		t.Errorf("status over ssh:\n%s", out)
 	}
 
-	t.Run("logs --follow streams and Ctrl-C ends the remote side", func(t *testing.T) {
+	t.Run("logs --follow streams, Ctrl-C ends the remote side", func(t *testing.T) {
 		cmd, lines := remote.follow(t, "logs", "--app", app, "--follow", "--tail", "1")
 		for n := 1; n <= 3; n++ {
 			path := fmt.Sprintf("/ssh-%d", n)
@@ -65,11 +65,12 @@ func TestSSH(t *testing.T) {
 				return lines.await(path, time.Second)
 			})
 		}
-		interrupt(t, cmd)
+		// Ctrl-C at a terminal: the CLI and its ssh get SIGINT.
+		interrupt(t, cmd, true)
 		testenv.Eventually(t, 10*time.Second, func() error { return noDialStdio(filepath.Join(bin, "sprout")) })
 	})
 
-	t.Run("events --follow streams", func(t *testing.T) {
+	t.Run("events --follow streams, SIGINT ends the remote side", func(t *testing.T) {
 		cmd, lines := remote.follow(t, "events", "--app", app, "--follow")
 		if err := lines.await("v1 is serving on port", 30*time.Second); err != nil {
 			t.Fatal(err)
@@ -78,7 +79,8 @@ func TestSSH(t *testing.T) {
 		if err := lines.await("setenv of", 60*time.Second); err != nil {
 			t.Fatal(err)
 		}
-		interrupt(t, cmd)
+		// SIGINT to the CLI alone: it closes the session itself.
+		interrupt(t, cmd, false)
 		testenv.Eventually(t, 10*time.Second, func() error { return noDialStdio(filepath.Join(bin, "sprout")) })
 	})
 
@@ -190,6 +192,9 @@ func (a *agentProc) follow(t *testing.T, args ...string) (*exec.Cmd, *lineReader
 	t.Helper()
 	cmd := exec.Command(a.bin, args...)
 	cmd.Env = a.env
+	// Its own process group, as a terminal's foreground job, which
+	// Ctrl-C signals as a whole (ssh too).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -242,11 +247,16 @@ func (l *lineReader) await(s string, within time.Duration) error {
 	}
 }
 
-// interrupt sends Ctrl-C's signal to a following CLI, which must end at
-// once and cleanly.
-func interrupt(t *testing.T, cmd *exec.Cmd) {
+// interrupt sends Ctrl-C's signal to a following CLI, or to its whole
+// process group as a terminal does, and the CLI must end at once and
+// cleanly.
+func interrupt(t *testing.T, cmd *exec.Cmd, group bool) {
 	t.Helper()
-	cmd.Process.Signal(os.Interrupt)
+	if group {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGINT)
+	} else {
+		cmd.Process.Signal(os.Interrupt)
+	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	select {
@@ -304,20 +314,6 @@ func copyExecutable(t *testing.T, from, to string) {
 	if err := os.WriteFile(to, b, 0o755); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// primaryGroup is the name of the test user's primary group.
-func primaryGroup(t *testing.T) string {
-	t.Helper()
-	u, err := user.Current()
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := user.LookupGroupId(u.Gid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return g.Name
 }
 
 // fakeAgent serves, on a unix socket, an agent that speaks API version

@@ -146,6 +146,20 @@ func (s *SSHD) Command(key string) string {
 		"-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10"}, " ")
 }
 
+// PrimaryGroup is the test user's primary group.
+func PrimaryGroup(t testing.TB) *user.Group {
+	t.Helper()
+	u, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := user.LookupGroupId(u.Gid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
 // keygen makes an ed25519 key pair at path (and path.pub) and returns the
 // public key's line.
 func keygen(t testing.TB, path string) string {
