@@ -36,6 +36,9 @@ Configuration comes from the config file, SPROUT_* environment variables and
 flags, in that order of precedence (see configs/agent.yaml).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cmd.Flags().Changed("host") {
+				return errors.New("`sprout agent` runs the agent on this host; --host is for the commands that talk to one (ssh to the host to start its agent)")
+			}
 			cfg, err := LoadAgentConfig(cmd.Flags())
 			if err != nil {
 				return err

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"fmt"
 	"strconv"
 
 	"github.com/spf13/cobra"
@@ -25,6 +26,7 @@ any byte on stdout.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			sock, err := socketPath(cmd.Flags())
 			if err != nil {
+				err = fmt.Errorf("cannot tell where the agent's socket is: %w; make the config file readable by this user (a git.token in it belongs in git.token_file)", err)
 				return &exitError{transport.ReportStdio(c.err, err)}
 			}
 			conn, err := transport.DialForStdio(cmd.Context(), sock)

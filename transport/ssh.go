@@ -234,7 +234,7 @@ func classify(s *SSH, code int, stderr string) *Error {
 }
 
 // sshSaid is ssh's own message: the last line of its stderr that is not a
-// notice or a banner of at-signs.
+// notice or a banner of at-signs, without ssh's "ssh: ".
 func sshSaid(stderr string) string {
 	lines := strings.Split(stderr, "\n")
 	for i := len(lines) - 1; i >= 0; i-- {
@@ -242,7 +242,7 @@ func sshSaid(stderr string) string {
 		if l == "" || strings.HasPrefix(l, "@") || strings.HasPrefix(l, "Warning: Permanently added") {
 			continue
 		}
-		return l
+		return strings.TrimPrefix(l, "ssh: ")
 	}
 	return "no message"
 }
