@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -76,12 +77,18 @@ func (s *SSH) args() []string {
 // status and its message on stderr.
 //
 // ssh stays in the terminal's process group, so that it can ask for a
-// passphrase or to accept a host key; Ctrl-C then ends it along with the
-// CLI, and the host's sshd ends dial-stdio, which ends the request on the
-// agent.
+// passphrase or to accept a host key, but starts with SIGINT ignored
+// (which ssh then keeps ignoring): Ctrl-C, which a terminal sends to the
+// whole group, reaches only the CLI, which ends the session in order by
+// closing ssh's stdin. dial-stdio on the host then ends the request on
+// the agent, and nothing is cut half-way.
 func (s *SSH) Dial(ctx context.Context) (net.Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	bin, err := exec.LookPath(s.Command[0])
+	if err != nil {
+		return nil, &Error{Kind: ErrSSH, Msg: fmt.Sprintf("cannot run the ssh client %q (%v): install OpenSSH's client, or name yours in SPROUT_SSH_COMMAND", s.Command[0], err)}
 	}
 	inR, inW, err := os.Pipe()
 	if err != nil {
@@ -94,7 +101,7 @@ func (s *SSH) Dial(ctx context.Context) (net.Conn, error) {
 		return nil, err
 	}
 	c := &cmdConn{ssh: s, in: inW, out: outR, stderr: &tail{max: 8 << 10}, exited: make(chan struct{})}
-	c.cmd = exec.Command(s.Command[0], s.args()...)
+	c.cmd = exec.Command("/bin/sh", append([]string{"-c", `trap "" INT; exec "$@"`, "sh", bin}, s.args()...)...)
 	c.cmd.Stdin, c.cmd.Stdout, c.cmd.Stderr = inR, outW, c.stderr
 	// A process ssh leaves behind (a ProxyCommand) must not hold Wait.
 	c.cmd.WaitDelay = time.Second
@@ -104,7 +111,7 @@ func (s *SSH) Dial(ctx context.Context) (net.Conn, error) {
 	if err != nil {
 		inW.Close()
 		outR.Close()
-		return nil, &Error{Kind: ErrSSH, Msg: fmt.Sprintf("cannot run the ssh client %q (%v): install OpenSSH's client, or name yours in SPROUT_SSH_COMMAND", s.Command[0], err)}
+		return nil, fmt.Errorf("starting %s: %w", bin, err)
 	}
 	go func() {
 		c.waitErr = c.cmd.Wait()
@@ -123,10 +130,15 @@ type cmdConn struct {
 	exited  chan struct{}
 	waitErr error
 	close   sync.Once
+	// answered is set once the host sent a byte: the session was up.
+	answered atomic.Bool
 }
 
 func (c *cmdConn) Read(p []byte) (int, error) {
 	n, err := c.out.Read(p)
+	if n > 0 {
+		c.answered.Store(true)
+	}
 	if err == io.EOF {
 		return n, c.ended(err)
 	}
@@ -154,7 +166,7 @@ func (c *cmdConn) ended(err error) error {
 	if errors.As(c.waitErr, &ee) {
 		code = ee.ExitCode()
 	}
-	if f := classify(c.ssh, code, c.stderr.String()); f != nil {
+	if f := classify(c.ssh, code, c.stderr.String(), c.answered.Load()); f != nil {
 		return f
 	}
 	return err
@@ -199,8 +211,9 @@ func (a sshAddr) String() string  { return string(a) }
 var offending = regexp.MustCompile(`Offending \S+ key in (\S+):(\d+)`)
 
 // classify says which part of an ssh session failed, from ssh's exit
-// status and stderr, or returns nil when the session ended normally.
-func classify(s *SSH, code int, stderr string) *Error {
+// status and stderr and whether the host had answered, or returns nil when
+// the session ended normally.
+func classify(s *SSH, code int, stderr string, answered bool) *Error {
 	if e := parseStdio(stderr); e != nil {
 		e.Msg = fmt.Sprintf("on %s: %s", s, e.Msg)
 		return e
@@ -225,6 +238,8 @@ func classify(s *SSH, code int, stderr string) *Error {
 		return &Error{Kind: ErrNotInstalled, Msg: fmt.Sprintf("sprout on %s is too old to be reached with --host (it has no dial-stdio): upgrade it there to this CLI's version", s)}
 	case code == 127 || strings.Contains(stderr, "command not found") || strings.Contains(stderr, "sprout: not found"):
 		return &Error{Kind: ErrNotInstalled, Msg: fmt.Sprintf("sprout is not installed on %s, or not on the PATH of the user's ssh sessions (%s): install it there, e.g. in /usr/local/bin", s, said)}
+	case code == 255 && answered:
+		return &Error{Kind: ErrSSH, Msg: fmt.Sprintf("the ssh connection to %s broke (ssh: %s): run the command again; if it keeps breaking, check the network, or try `%s` by hand", s, said, s.hint())}
 	case code == 255:
 		return &Error{Kind: ErrSSH, Msg: fmt.Sprintf("ssh could not connect to %s (ssh: %s): check the host name, port and network, then try `%s` by hand", s, said, s.hint())}
 	case code != 0:

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -81,7 +83,7 @@ Host key verification failed.
 		{"remote config", StdioExit, StdioPrefix + "failed: config file /etc/sprout/agent.yaml: bad\n", ErrRemote, []string{"config file"}},
 		{"other exit", 2, "something odd\n", ErrSSH, []string{"exit status 2", "something odd", "ssh -p 2222 deploy@web-1 sprout dial-stdio"}},
 	} {
-		err := classify(s, tc.code, tc.stderr)
+		err := classify(s, tc.code, tc.stderr, false)
 		if err == nil || !errors.Is(err, tc.kind) {
 			t.Errorf("%s: %v, want %v", tc.name, err, tc.kind)
 			continue
@@ -95,8 +97,11 @@ Host key verification failed.
 			t.Errorf("%s: more than one line: %q", tc.name, err)
 		}
 	}
-	if err := classify(s, 0, "Warning: Permanently added 'web-1' (ED25519) to the list of known hosts.\n"); err != nil {
+	if err := classify(s, 0, "Warning: Permanently added 'web-1' (ED25519) to the list of known hosts.\n", false); err != nil {
 		t.Errorf("a normal end: %v", err)
+	}
+	if err := classify(s, 255, "", true); !errors.Is(err, ErrSSH) || !strings.Contains(err.Error(), "connection to deploy@web-1:2222 broke") {
+		t.Errorf("a session that broke after the host answered: %v", err)
 	}
 }
 
@@ -145,6 +150,24 @@ func TestSSHConn(t *testing.T) {
 	}
 	if _, err := (&SSH{Command: []string{"/nonexistent/ssh"}, Host: "web-1"}).Dial(context.Background()); !errors.Is(err, ErrSSH) || !strings.Contains(err.Error(), "SPROUT_SSH_COMMAND") {
 		t.Errorf("no ssh client: %v", err)
+	}
+}
+
+// TestSSHIgnoresSIGINT: Ctrl-C, which a terminal sends to ssh too, must
+// reach only the CLI, which ends the session in order.
+func TestSSHIgnoresSIGINT(t *testing.T) {
+	conn, err := fakeSSH("exec grep SigIgn /proc/self/status").Dial(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	out, _ := io.ReadAll(conn)
+	var mask uint64
+	if _, err := fmt.Sscanf(strings.TrimSpace(string(out)), "SigIgn: %x", &mask); err != nil {
+		t.Fatalf("%q: %v", out, err)
+	}
+	if mask&(1<<(int(syscall.SIGINT)-1)) == 0 {
+		t.Errorf("ssh starts with SIGINT handled (SigIgn %x)", mask)
 	}
 }
 
