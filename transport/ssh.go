@@ -284,3 +284,8 @@ func (t *tail) String() string {
 	defer t.mu.Unlock()
 	return string(t.b)
 }
+
+var (
+	_ Dialer   = (*SSH)(nil)
+	_ net.Conn = (*cmdConn)(nil)
+)

@@ -93,3 +93,5 @@ func ParseHost(raw, sshCommand string) (Dialer, error) {
 	}
 	return &SSH{Command: cmd, User: u.User.Username(), Host: u.Hostname(), Port: u.Port()}, nil
 }
+
+var _ Dialer = Unix{}
