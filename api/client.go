@@ -11,32 +11,42 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
-	"syscall"
+	"strconv"
+	"time"
 
 	"github.com/sprout-paas/sprout/agent"
 	"github.com/sprout-paas/sprout/store"
+	"github.com/sprout-paas/sprout/transport"
 )
 
 // ErrNoAgent means nothing answers on the socket.
-var ErrNoAgent = errors.New("no sprout agent answers")
+var ErrNoAgent = transport.ErrNoAgent
 
-// Client talks to an agent over its unix socket.
+// ErrIncompatible means the CLI and the agent speak no API version in
+// common; the message says which side to upgrade.
+var ErrIncompatible = errors.New("the CLI and the agent speak different API versions")
+
+// Client talks to an agent over its unix socket, or through any other
+// transport.Dialer (ssh).
 type Client struct {
-	socket string
-	http   *http.Client
+	http *http.Client
 }
 
 // NewClient returns a client of the agent listening on socket.
-func NewClient(socket string) *Client {
+func NewClient(socket string) *Client { return NewClientWith(transport.Unix{Path: socket}) }
+
+// NewClientWith returns a client of the agent d reaches. Connections are
+// kept alive between requests: over ssh, a CLI command that makes several
+// requests starts one ssh session, not one per request.
+func NewClientWith(d transport.Dialer) *Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
+			return d.Dial(ctx)
 		},
 		DisableCompression: true,
+		IdleConnTimeout:    30 * time.Second,
 	}
-	return &Client{socket: socket, http: &http.Client{Transport: tr}}
+	return &Client{http: &http.Client{Transport: tr}}
 }
 
 func (c *Client) url(path string, q url.Values) string {
@@ -48,14 +58,18 @@ func (c *Client) url(path string, q url.Values) string {
 }
 
 func (c *Client) do(req *http.Request) (*http.Response, error) {
+	req.Header.Set(ProtocolHeader, strconv.Itoa(Protocol))
 	resp, err := c.http.Do(req)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("%w on %s: start it with `sprout agent`, or point --socket / SPROUT_SOCKET at its socket", ErrNoAgent, c.socket)
+		// The transport's sentence says what failed; the request's URL
+		// would only hide it.
+		if te := (*transport.Error)(nil); errors.As(err, &te) {
+			return nil, te
 		}
-		if errors.Is(err, os.ErrPermission) {
-			return nil, fmt.Errorf("cannot open the agent's socket %s: permission denied (run as the agent's user, e.g. with sudo)", c.socket)
-		}
+		return nil, err
+	}
+	if err := checkAgentProtocol(resp.Header.Get(ProtocolHeader)); err != nil {
+		resp.Body.Close()
 		return nil, err
 	}
 	if resp.StatusCode >= 400 {
@@ -65,18 +79,54 @@ func (c *Client) do(req *http.Request) (*http.Response, error) {
 		if json.Unmarshal(b, &eb) != nil || eb.Error == "" {
 			eb.Error = fmt.Sprintf("the agent answered %s: %s", resp.Status, bytes.TrimSpace(b))
 		}
-		return nil, &StatusError{Code: resp.StatusCode, Message: eb.Error}
+		se := &StatusError{Code: resp.StatusCode, Message: eb.Error}
+		if eb.Incompatible {
+			se.kind = ErrIncompatible
+		}
+		return nil, se
 	}
 	return resp, nil
+}
+
+// checkAgentProtocol refuses an agent whose API version (header value h)
+// this client no longer speaks. An agent newer than the client refuses
+// the request itself when it no longer speaks the client's version.
+func checkAgentProtocol(h string) error {
+	v, err := parseProtocol(h)
+	if err != nil {
+		return fmt.Errorf("%w: the agent answered %s %q: %v", ErrIncompatible, ProtocolHeader, h, err)
+	}
+	if v < MinProtocol {
+		return fmt.Errorf("%w: the agent speaks API version %d and this CLI needs %d or later: upgrade the agent (sprout on its host) to this CLI's version, or use a CLI as old as the agent", ErrIncompatible, v, MinProtocol)
+	}
+	return nil
+}
+
+// parseProtocol reads a ProtocolHeader value; none means 1.
+func parseProtocol(h string) (int, error) {
+	if h == "" {
+		return 1, nil
+	}
+	v, err := strconv.Atoi(h)
+	if err != nil || v < 0 {
+		return 0, errors.New("not an API version number")
+	}
+	return v, nil
 }
 
 // StatusError is an error the agent answered with.
 type StatusError struct {
 	Code    int
 	Message string
+	// kind is ErrIncompatible when the agent refused the CLI's API
+	// version.
+	kind error
 }
 
 func (e *StatusError) Error() string { return e.Message }
+
+// Unwrap returns ErrIncompatible for a refused API version.
+func (e *StatusError) Unwrap() error { return e.kind }
 
 // open sends a GET and returns the answer when it is not an error.
 func (c *Client) open(ctx context.Context, path string, q url.Values) (*http.Response, error) {

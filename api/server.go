@@ -54,8 +54,31 @@ func NewServer(ag *agent.Agent, version string, logger *slog.Logger) *Server {
 	return s
 }
 
-// ServeHTTP routes a request.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+// ServeHTTP answers with the agent's API version, refuses a client whose
+// version it does not speak, and routes the request.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set(ProtocolHeader, strconv.Itoa(Protocol))
+	if msg := s.refuseProtocol(r.Header.Get(ProtocolHeader)); msg != "" {
+		writeJSON(w, http.StatusBadRequest, ErrorBody{Error: msg, Incompatible: true})
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+// refuseProtocol says why a client whose ProtocolHeader is h cannot be
+// served, naming the side to upgrade, or returns "".
+func (s *Server) refuseProtocol(h string) string {
+	v, err := parseProtocol(h)
+	switch {
+	case err != nil:
+		return fmt.Sprintf("%s %q: %v", ProtocolHeader, h, err)
+	case v > Protocol:
+		return fmt.Sprintf("this CLI speaks API version %d, newer than the agent's %d (sprout %s): upgrade the agent on its host to the CLI's version, or use a CLI as old as the agent", v, Protocol, s.version)
+	case v < MinProtocol:
+		return fmt.Sprintf("this CLI speaks API version %d, older than the agent (sprout %s) still speaks (%d or later): upgrade the CLI to the agent's version", v, s.version, MinProtocol)
+	}
+	return ""
+}
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")

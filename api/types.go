@@ -15,6 +15,19 @@ import (
 // Version is the API's version prefix.
 const Version = "v1"
 
+// Protocol is the API version this build speaks, a small integer raised
+// when a change would break the other side; MinProtocol is the oldest one
+// it still speaks. The client sends its Protocol in ProtocolHeader on
+// every request, and the server answers with its own in the same header:
+// each side refuses the other's when it is outside its range, saying
+// which side to upgrade. A side that sends none predates the header and
+// speaks 1.
+const (
+	Protocol       = 1
+	MinProtocol    = 1
+	ProtocolHeader = "Sprout-Api-Version"
+)
+
 // Message is one line of a streamed operation. The last line of a stream
 // has Done set, and Error when the operation failed.
 type Message struct {
@@ -118,6 +131,9 @@ type AbortResult struct {
 // ErrorBody is the body of a failed non-streaming request.
 type ErrorBody struct {
 	Error string `json:"error"`
+	// Incompatible marks the refusal of a client whose API version the
+	// agent does not speak.
+	Incompatible bool `json:"incompatible,omitempty"`
 }
 
 // AgentInfo describes the agent answering on the socket.

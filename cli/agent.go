@@ -8,7 +8,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -34,6 +36,9 @@ Configuration comes from the config file, SPROUT_* environment variables and
 flags, in that order of precedence (see configs/agent.yaml).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cmd.Flags().Changed("host") {
+				return errors.New("`sprout agent` runs the agent on this host; --host is for the commands that talk to one (ssh to the host to start its agent)")
+			}
 			cfg, err := LoadAgentConfig(cmd.Flags())
 			if err != nil {
 				return err
@@ -99,7 +104,7 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 		}
 		defer stop()
 	}
-	ln, err := listenSocket(cfg.Socket)
+	ln, err := listenSocket(cfg.Socket, cfg.SocketGroup)
 	if err != nil {
 		return err
 	}
@@ -143,7 +148,7 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 		}
 		px.Shutdown(sctx)
 	}()
-	log.Info("agent ready", "id", ag.ID(), "socket", cfg.Socket, "data_dir", cfg.Agent.DataDir, "version", Version)
+	log.Info("agent ready", "id", ag.ID(), "socket", cfg.Socket, "socket_group", cfg.SocketGroup, "data_dir", cfg.Agent.DataDir, "version", Version)
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
@@ -189,9 +194,18 @@ func metricsMux(m *metrics.Metrics) http.Handler {
 	return mux
 }
 
-// listenSocket opens the API socket with owner-only permissions, replacing
-// a stale socket file but never a live agent's.
-func listenSocket(path string) (net.Listener, error) {
+// listenSocket opens the API socket with owner-only permissions, or, with
+// a group, mode 0660 and that group; it replaces a stale socket file but
+// never a live agent's.
+func listenSocket(path, group string) (net.Listener, error) {
+	gid := -1
+	if group != "" {
+		g, err := lookupGroup(group)
+		if err != nil {
+			return nil, err
+		}
+		gid = g
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("socket dir: %w", err)
 	}
@@ -208,9 +222,30 @@ func listenSocket(path string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on socket %s: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	mode := os.FileMode(0o600)
+	if gid >= 0 {
+		// The group first, then its permission: no moment where the
+		// socket's former group could connect.
+		if err := os.Chown(path, -1, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("config socket_group: cannot give the socket %s to group %s: %w (the agent must run as root or be a member of it)", path, group, err)
+		}
+		mode = 0o660
+	}
+	if err := os.Chmod(path, mode); err != nil {
 		ln.Close()
 		return nil, err
 	}
 	return ln, nil
+}
+
+// lookupGroup finds a group by name or id.
+func lookupGroup(group string) (int, error) {
+	g, err := user.LookupGroup(group)
+	if err != nil {
+		if g, err = user.LookupGroupId(group); err != nil {
+			return 0, fmt.Errorf("config socket_group: no group %q on this host (create it with `groupadd %s`, then add the deploying users to it)", group, group)
+		}
+	}
+	return strconv.Atoi(g.Gid)
 }

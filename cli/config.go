@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -21,6 +22,7 @@ import (
 	"github.com/sprout-paas/sprout/health"
 	"github.com/sprout-paas/sprout/proxy"
 	"github.com/sprout-paas/sprout/source"
+	"github.com/sprout-paas/sprout/transport"
 )
 
 // DefaultConfigFile is read when it exists and no --config is given.
@@ -31,6 +33,7 @@ const DefaultConfigFile = "/etc/sprout/agent.yaml"
 var defaults = map[string]any{
 	"data_dir":                          "/var/lib/sprout",
 	"socket":                            "/run/sprout/sprout.sock",
+	"socket_group":                      "",
 	"log_level":                         "info",
 	"log_format":                        "json",
 	"metrics.address":                   "127.0.0.1:9273",
@@ -104,6 +107,9 @@ type GitConfig struct {
 // AgentConfig is everything `sprout agent` needs, typed and checked.
 type AgentConfig struct {
 	Socket string
+	// SocketGroup, when set, may use the socket too (mode 0660): a group
+	// name or id.
+	SocketGroup string
 	// PullTimeout bounds one image pull.
 	PullTimeout time.Duration
 	// S3 says how the agent reaches S3 for bundles and manifests.
@@ -305,7 +311,7 @@ func LoadAgentConfig(flags *pflag.FlagSet) (*AgentConfig, error) {
 		return nil, err
 	}
 	r := &configReader{v: v}
-	c := &AgentConfig{Socket: r.str("socket"), LogFormat: r.str("log_format"), MetricsAddress: r.str("metrics.address")}
+	c := &AgentConfig{Socket: r.str("socket"), SocketGroup: r.str("socket_group"), LogFormat: r.str("log_format"), MetricsAddress: r.str("metrics.address")}
 	if c.MetricsAddress != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsAddress); err != nil {
 			r.fail("metrics.address", "%q is not host:port (use \"\" to turn metrics off)", c.MetricsAddress)
@@ -442,6 +448,26 @@ func s3Options(flags *pflag.FlagSet) (source.S3Options, error) {
 
 func (r *configReader) s3() source.S3Options {
 	return source.S3Options{Region: r.str("s3.region"), Endpoint: r.str("s3.endpoint"), PathStyle: r.boolean("s3.path_style")}
+}
+
+// agentDialer is how the CLI reaches the agent: through ssh (or another
+// socket) with --host or SPROUT_HOST, else the socket socketPath names.
+func agentDialer(flags *pflag.FlagSet) (transport.Dialer, error) {
+	host, _ := flags.GetString("host")
+	if host != "" && flags.Changed("socket") {
+		return nil, errors.New("give --host (an agent on another host) or --socket (one on this host), not both")
+	}
+	if host == "" {
+		host = os.Getenv("SPROUT_HOST")
+	}
+	if host != "" {
+		return transport.ParseHost(host, os.Getenv("SPROUT_SSH_COMMAND"))
+	}
+	sock, err := socketPath(flags)
+	if err != nil {
+		return nil, err
+	}
+	return transport.Unix{Path: sock}, nil
 }
 
 // socketPath is where the CLI finds the agent: --socket, SPROUT_SOCKET,

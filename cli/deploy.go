@@ -168,6 +168,7 @@ func runDeploy(cmd *cobra.Command, c *cli, o *deployOptions, q url.Values) error
 	}
 	q.Set("source", filepath.Base(o.bundle))
 	var body io.Reader
+	size := int64(-1)
 	if st.IsDir() {
 		pr, pw := io.Pipe()
 		go func() { pw.CloseWithError(bundle.Pack(o.bundle, pw)) }()
@@ -179,7 +180,7 @@ func runDeploy(cmd *cobra.Command, c *cli, o *deployOptions, q url.Values) error
 			return err
 		}
 		defer f.Close()
-		body = f
+		body, size = f, st.Size()
 	}
 	client, err := c.client(cmd)
 	if err != nil {
@@ -187,7 +188,7 @@ func runDeploy(cmd *cobra.Command, c *cli, o *deployOptions, q url.Values) error
 	}
 	p := newPrinter(c.out)
 	fmt.Fprintf(c.out, "%s deploying %s to app %s\n", p.elapsed(), o.bundle, app)
-	last, err := client.Deploy(cmd.Context(), app, q, body, p.on)
+	last, err := client.Deploy(cmd.Context(), app, q, p.upload(body, size), p.on)
 	if err != nil {
 		return fmt.Errorf("deploy of %s failed: %w%s", app, err, stillServing(cmd, client, app))
 	}

@@ -6,16 +6,20 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/docker/go-units"
 	"github.com/spf13/cobra"
 
 	"github.com/sprout-paas/sprout/api"
 )
 
 // printer shows a streamed operation as it happens: a header per step and
-// its output lines indented, with the time since the command started.
+// its output lines indented, with the time since the command started. The
+// upload's progress comes from the HTTP transport's goroutine, hence mu.
 type printer struct {
+	mu    sync.Mutex
 	out   io.Writer
 	start time.Time
 }
@@ -27,11 +31,49 @@ func (p *printer) elapsed() string {
 }
 
 func (p *printer) on(m api.Message) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if m.Line == "" {
 		fmt.Fprintf(p.out, "%s ==> %s\n", p.elapsed(), m.Step)
 		return
 	}
 	fmt.Fprintf(p.out, "%s     %s\n", p.elapsed(), m.Line)
+}
+
+// uploading shows a bundle's upload as the CLI sends it (size is -1 when
+// unknown: a directory packed on the way): a line at most every second,
+// and one when all is sent.
+type uploading struct {
+	r          io.Reader
+	p          *printer
+	size, sent int64
+	start      time.Time
+	shown      time.Time
+}
+
+func (p *printer) upload(r io.Reader, size int64) io.Reader {
+	return &uploading{r: r, p: p, size: size}
+}
+
+func (u *uploading) Read(b []byte) (int, error) {
+	if u.start.IsZero() {
+		u.start, u.shown = time.Now(), time.Now()
+		u.p.on(api.Message{Step: "upload"})
+	}
+	n, err := u.r.Read(b)
+	u.sent += int64(n)
+	switch {
+	case err == io.EOF:
+		u.p.on(api.Message{Step: "upload", Line: fmt.Sprintf("%s sent in %s", units.BytesSize(float64(u.sent)), time.Since(u.start).Round(time.Millisecond))})
+	case time.Since(u.shown) >= time.Second:
+		u.shown = time.Now()
+		line := units.BytesSize(float64(u.sent)) + " sent"
+		if u.size > 0 {
+			line = fmt.Sprintf("%s of %s sent (%d%%)", units.BytesSize(float64(u.sent)), units.BytesSize(float64(u.size)), u.sent*100/u.size)
+		}
+		u.p.on(api.Message{Step: "upload", Line: line})
+	}
+	return n, err
 }
 
 // stepOrder is the order deploy steps are listed in a summary.

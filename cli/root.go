@@ -5,6 +5,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -25,13 +26,14 @@ type cli struct {
 	root     *cobra.Command
 }
 
-// client returns an API client for the agent the flags point at.
+// client returns an API client for the agent the flags point at: on
+// another host with --host / SPROUT_HOST, else on this one's socket.
 func (c *cli) client(cmd *cobra.Command) (*api.Client, error) {
-	sock, err := socketPath(cmd.Flags())
+	d, err := agentDialer(cmd.Flags())
 	if err != nil {
 		return nil, err
 	}
-	return api.NewClient(sock), nil
+	return api.NewClientWith(d), nil
 }
 
 // NewRootCommand builds the sprout command tree.
@@ -53,6 +55,7 @@ Run 'sprout agent' on the host, then 'sprout deploy app.zip'.`,
 	root.SetErr(errOut)
 	pf := root.PersistentFlags()
 	pf.String("socket", "", "the agent's unix socket (env SPROUT_SOCKET; default /run/sprout/sprout.sock)")
+	pf.StringP("host", "H", "", "reach the agent of another host: ssh://[user@]host[:port] (env SPROUT_HOST; ssh command: SPROUT_SSH_COMMAND)")
 	pf.String("config", "", "agent config file (env SPROUT_CONFIG; default /etc/sprout/agent.yaml when it exists)")
 	c.root = root
 	root.AddCommand(
@@ -73,6 +76,7 @@ Run 'sprout agent' on the host, then 'sprout deploy app.zip'.`,
 		newGitHookCommand(c),
 		newWatchCommand(c),
 		newPublishCommand(c),
+		newDialStdioCommand(c),
 	)
 	return root
 }
@@ -83,8 +87,16 @@ func Execute() int {
 	defer stop()
 	root := NewRootCommand(os.Stdout, os.Stderr)
 	if err := root.ExecuteContext(ctx); err != nil {
+		if ee := (*exitError)(nil); errors.As(err, &ee) {
+			return ee.code
+		}
 		fmt.Fprintln(os.Stderr, "error:", err)
 		return 1
 	}
 	return 0
 }
+
+// exitError ends the process with code, the command having said why.
+type exitError struct{ code int }
+
+func (e *exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }

@@ -50,6 +50,11 @@ func startAgent(t testing.TB, env ...string) *agentProc {
 	a.metricsAddr = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	a.env = append(a.env, "SPROUT_METRICS_ADDRESS="+a.metricsAddr)
 	a.env = append(a.env, env...)
+	for _, e := range env {
+		if sock, ok := strings.CutPrefix(e, "SPROUT_SOCKET="); ok {
+			a.socket = sock
+		}
+	}
 	testenv.CleanupAgent(t, func() string { return a.id })
 	a.start()
 	t.Cleanup(func() {

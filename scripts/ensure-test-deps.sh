@@ -2,8 +2,9 @@
 # ensure-test-deps.sh: install the real servers the tests run against, from
 # Debian's packages, when they are missing: prometheus (the metrics test
 # scrapes the agent with it), postgresql (the Flask example stores its
-# records in it), shellcheck (scripts/user-data.sh is checked with it)
-# and docker-registry (Dockerrun Image.Update pulls from it).
+# records in it), shellcheck (scripts/user-data.sh is checked with it),
+# docker-registry (Dockerrun Image.Update pulls from it) and OpenSSH's
+# server and client (the CLI reaches an agent through ssh, --host).
 # Idempotent; as another user it says what to do.
 set -euo pipefail
 
@@ -13,6 +14,8 @@ compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgres
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -22,5 +25,9 @@ fi
 echo "ensure-test-deps: installing ${missing[*]} from Debian's packages" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; }
-# Debian's package starts a system Prometheus where systemd runs; the tests
-# start their own on loopback and need nothing else.
+# Debian's packages start a system Prometheus and sshd where systemd runs;
+# the tests start their own on loopback and need nothing else. An sshd
+# installed here would take logins on port 22: stop and disable it.
+if [[ " ${missing[*]} " == *" openssh-server "* ]] && command -v systemctl >/dev/null 2>&1; then
+  systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
+fi

@@ -1,6 +1,7 @@
 // Command testapp is the app Sprout's integration tests deploy. Its
 // behaviour is set through environment variables, so that one binary can
-// boot slowly, crash, fail its health check or answer slowly; a POST to
+// boot slowly, crash, fail its health check, answer slowly or log each
+// request (APP_LOG_REQUESTS); a POST to
 // /healthz/fail makes a running one fail its health check from then on.
 package main
 
@@ -137,6 +138,14 @@ func main() {
 		handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(f, "%s %s %s\n", version, r.Method, r.URL.Path)
 			mux.ServeHTTP(w, r)
+		})
+	}
+	if os.Getenv("APP_LOG_REQUESTS") != "" {
+		// One line per request on stderr, for tests that follow logs.
+		next := handler
+		handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			log.Printf("%s %s %s", version, r.Method, r.URL.Path)
+			next.ServeHTTP(w, r)
 		})
 	}
 	srv := &http.Server{Addr: ":" + port, Handler: handler}
