@@ -45,6 +45,7 @@ func inspect(t *testing.T, id string) (labels map[string]string, restart string,
 // TestDeployRunsEveryStep deploys a first version and checks each numbered
 // step of a deploy left what it should.
 func TestDeployRunsEveryStep(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("steps"), testenv.FreePort(t)
 	dir := testenv.Bundle(t, "", "ENV GREETING=hi")
@@ -120,7 +121,7 @@ func contains(xs []string, x string) bool {
 // TestFailedDeploysKeepTheServingVersion covers each way a new version can
 // fail: the old one keeps serving and nothing of the new one is left.
 func TestFailedDeploysKeepTheServingVersion(t *testing.T) {
-	t.Parallel() // long, and independent of the others: it runs beside them
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("fail"), testenv.FreePort(t)
 	h.mustDeploy(app, "v1", testenv.Bundle(t, ""), map[string]string{"port": fmt.Sprint(port), "health_path": "/healthz"})
@@ -177,6 +178,7 @@ func TestFailedDeploysKeepTheServingVersion(t *testing.T) {
 
 // TestHealthcheckInstructionIsHonoured waits on the image's own HEALTHCHECK.
 func TestHealthcheckInstructionIsHonoured(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("hc"), testenv.FreePort(t)
 	df := testenv.DefaultDockerfile + "HEALTHCHECK --interval=1s --timeout=2s CMD [\"/app\", \"-check\"]\n"
@@ -201,6 +203,7 @@ func TestHealthcheckInstructionIsHonoured(t *testing.T) {
 // TestRollbackAndSetenv rolls back and changes the environment, each with
 // the same health-gated swap.
 func TestRollbackAndSetenv(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("rb"), testenv.FreePort(t)
 	h.mustDeploy(app, "v1", testenv.Bundle(t, ""), portParam(port))
@@ -264,7 +267,7 @@ func TestRollbackAndSetenv(t *testing.T) {
 // TestSwapsUnderLoadDropNothing deploys 20 versions in a row while a
 // non-retrying client hammers the app, and counts every failed request.
 func TestSwapsUnderLoadDropNothing(t *testing.T) {
-	t.Parallel() // long, and independent of the others: it runs beside them
+	t.Parallel()
 	const swaps = 20
 	h := newHarness(t)
 	app, port := testenv.Name("swap"), testenv.FreePort(t)
@@ -292,6 +295,7 @@ func TestSwapsUnderLoadDropNothing(t *testing.T) {
 
 // TestSlowRequestFinishesDuringSwap keeps a request in flight across a swap.
 func TestSlowRequestFinishesDuringSwap(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("slow"), testenv.FreePort(t)
 	dir := testenv.Bundle(t, "")
@@ -312,6 +316,7 @@ func TestSlowRequestFinishesDuringSwap(t *testing.T) {
 
 // TestDeploysOfOneAppAreSerialised runs two deploys at once.
 func TestDeploysOfOneAppAreSerialised(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("lock"), testenv.FreePort(t)
 	fast := testenv.Bundle(t, "")
@@ -348,6 +353,7 @@ func TestDeploysOfOneAppAreSerialised(t *testing.T) {
 
 // TestPortChange moves an app to another public port with its next deploy.
 func TestPortChange(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	app, a, b := testenv.Name("port"), testenv.FreePort(t), testenv.FreePort(t)
 	dir := testenv.Bundle(t, "")
@@ -375,6 +381,7 @@ func TestPortChange(t *testing.T) {
 // is routed again, an orphan of an interrupted deploy is removed, and a
 // pending version is recorded as interrupted.
 func TestRestartReadoptsContainers(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("adopt"), testenv.FreePort(t)
 	h.mustDeploy(app, "v1", testenv.Bundle(t, ""), portParam(port))
@@ -429,6 +436,7 @@ func TestRestartReadoptsContainers(t *testing.T) {
 // restarts it (its restart policy is set once it serves), and the watcher
 // keeps the route on the container's current address.
 func TestServingContainerIsFollowed(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("follow"), testenv.FreePort(t)
 	h.mustDeploy(app, "v1", testenv.Bundle(t, ""), portParam(port))
@@ -467,6 +475,7 @@ func TestServingContainerIsFollowed(t *testing.T) {
 // TestDockerrunBundles deploys a Dockerrun.aws.json naming an image already
 // on the host, and one naming an image that cannot be had.
 func TestDockerrunBundles(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("dockerrun"), testenv.FreePort(t)
 	h.mustDeploy(app, "v1", testenv.Bundle(t, ""), portParam(port))
@@ -507,7 +516,7 @@ func TestDockerrunBundles(t *testing.T) {
 // TestOldImagesArePruned keeps the images of the last three earlier
 // versions and prunes the rest, which can then no longer be rolled back to.
 func TestOldImagesArePruned(t *testing.T) {
-	t.Parallel() // long, and independent of the others: it runs beside them
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("prune"), testenv.FreePort(t)
 	dir := testenv.Bundle(t, "")
@@ -537,6 +546,7 @@ func TestOldImagesArePruned(t *testing.T) {
 
 // TestFailedFirstDeploy leaves a record to look at and nothing listening.
 func TestFailedFirstDeploy(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("first"), testenv.FreePort(t)
 	if _, _, err := h.deploy(app, "v1", testenv.Bundle(t, "", "ENV APP_CRASH=1"), portParam(port)); err == nil {

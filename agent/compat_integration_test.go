@@ -50,6 +50,7 @@ func readLog(t *testing.T, mark string) string {
 // (and `setenv` winning over them) in their environment, on deploys,
 // configuration changes and rollbacks.
 func TestHooksRunAtTheirPoints(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("hooks"), testenv.FreePort(t)
 	mark := t.TempDir()
@@ -101,6 +102,7 @@ func TestHooksRunAtTheirPoints(t *testing.T) {
 // hook that fails after the swap, which moves traffic back: under load,
 // not one request fails, and v1 keeps serving with one container.
 func TestFailingHooksKeepTheOldVersion(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("badhooks"), testenv.FreePort(t)
 	mark := t.TempDir()
@@ -167,6 +169,7 @@ func TestFailingHooksKeepTheOldVersion(t *testing.T) {
 // directory) and Logging directory all apply, and a host directory outside
 // volumes.host_dirs is refused before anything stops.
 func TestDockerrunRunSettings(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("run"), testenv.FreePort(t)
 	shared := t.TempDir()
@@ -223,6 +226,7 @@ func TestDockerrunRunSettings(t *testing.T) {
 // rollback, an agent restart and the app's removal, until it is removed
 // with purge.
 func TestPersistentVolumes(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("vol"), testenv.FreePort(t)
 	p := &lines{}
@@ -297,6 +301,7 @@ func TestPersistentVolumes(t *testing.T) {
 // swaps in a version whose check still fails at the deadline, and Timeout
 // fails a deploy that takes longer.
 func TestCommandOptions(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("cmdopt"), testenv.FreePort(t)
 	h.mustDeploy(app, "v1", testenv.Bundle(t, ""), portParam(port))
@@ -349,6 +354,7 @@ func post(t *testing.T, port int, path, body string) {
 // starts the old container again, and the app can go back to the proxy
 // and to a direct version by rollback, across an agent restart.
 func TestProxyServerNone(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("direct"), testenv.FreePort(t)
 	none := ".ebextensions/proxy.config"
@@ -424,6 +430,7 @@ func TestProxyServerNone(t *testing.T) {
 // keeps the local image; with the registry gone, Update falls back to
 // the local image and says so.
 func TestImageUpdatePulls(t *testing.T) {
+	t.Parallel()
 	reg := testenv.StartRegistry(t)
 	h := newHarness(t)
 	app, port := testenv.Name("pull"), testenv.FreePort(t)

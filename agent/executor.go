@@ -357,8 +357,12 @@ func (x *executor) start(ctx context.Context, n int) error {
 	cs := make([]*runtime.Container, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
+	// An abort or a gone client does not cut a create short: the engine
+	// would finish it after the undo looked for the container by name,
+	// and leave it behind. The cancel is seen right after.
+	run := context.WithoutCancel(ctx)
 	for i, name := range names {
-		wg.Go(func() { cs[i], errs[i] = a.rt.Run(ctx, d.containerSpec(name, x.env, x.mounts, port)) })
+		wg.Go(func() { cs[i], errs[i] = a.rt.Run(run, d.containerSpec(name, x.env, x.mounts, port)) })
 	}
 	wg.Wait()
 	for i, name := range names {
@@ -371,7 +375,10 @@ func (x *executor) start(ctx context.Context, n int) error {
 		x.started = append(x.started, name)
 		d.linef("started instance %s (%s) at %s", name, shortID(c.ID), c.Addr)
 	}
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return context.Cause(ctx)
 }
 
 // waitHealthy waits until every instance of the batch passes its health

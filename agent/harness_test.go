@@ -26,6 +26,10 @@ import (
 	"github.com/sprout-paas/sprout/store"
 )
 
+// Integration tests run side by side (t.Parallel): each has its own
+// harness (agent, data dir, store), app names and ports, and touches only
+// the engine objects its agent labels, as agents sharing an engine do.
+//
 // harness runs a real agent (real Docker engine, real proxy, real store)
 // behind its API on a unix socket, the way `sprout agent` does.
 type harness struct {

@@ -57,7 +57,7 @@ func appContainers(t *testing.T, app string) []string {
 // instances under every policy while a client that never retries sends
 // requests: none may fail, and each policy runs its batches.
 func TestPoliciesWithFourInstancesUnderLoad(t *testing.T) {
-	t.Parallel() // long, and independent of the others: it runs beside them
+	t.Parallel()
 	h := newHarness(t)
 	bundle := testenv.Bundle(t, "")
 	for _, tc := range []struct {
@@ -184,6 +184,7 @@ func servedBy(t *testing.T, port int, ids []string) {
 // fails in batch 2, and every instance goes back to the version that was
 // serving, automatically, with no failed request.
 func TestFailedBatchRevertsEveryInstance(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("revert"), testenv.FreePort(t)
 	h.mustDeploy(app, "v1", testenv.Bundle(t, ""), map[string]string{"port": fmt.Sprint(port), "instances": "4", "health_path": "/healthz"})
@@ -216,6 +217,7 @@ func TestFailedBatchRevertsEveryInstance(t *testing.T) {
 // TestRestartKeepsEveryInstance restarts the agent under an app of three
 // instances: all three are adopted again, none is taken for an orphan.
 func TestRestartKeepsEveryInstance(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("keep"), testenv.FreePort(t)
 	h.mustDeploy(app, "v1", testenv.Bundle(t, ""), map[string]string{"port": fmt.Sprint(port), "instances": "3"})
@@ -246,6 +248,7 @@ func TestRestartKeepsEveryInstance(t *testing.T) {
 // back after its evaluation, with the figures that decided it; every
 // instance is then the old version's again.
 func TestCanary(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("canary"), testenv.FreePort(t)
 	h.mustDeploy(app, "v1", testenv.Bundle(t, ""), map[string]string{"port": fmt.Sprint(port), "instances": "2", "health_path": "/healthz"})

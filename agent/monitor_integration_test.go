@@ -18,6 +18,7 @@ import (
 // it in an event and in `sprout health`, restarts it after RestartAfter
 // failed checks, and brings it back once it passes. No request fails.
 func TestFailingInstanceLeavesTheRotation(t *testing.T) {
+	t.Parallel()
 	h := newHarnessWith(t, func(c *agent.Config) {
 		c.MonitorInterval = 300 * time.Millisecond
 		c.RestartAfter = 10

@@ -20,6 +20,7 @@ import (
 // deploy of bb (whose container may get the bridge address aa's had), a
 // new deploy of aa answered with bb's responses until its swap.
 func TestRemovedAppsPortNeverReachesAnotherApp(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	aa, bb := testenv.Name("aa"), testenv.Name("bb")
 	pa, pb := testenv.FreePort(t), testenv.FreePort(t)

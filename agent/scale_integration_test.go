@@ -91,6 +91,7 @@ func hasEvent(t *testing.T, h *harness, app, want string) {
 // instances, the instances that go are drained before they stop, and no
 // hook runs.
 func TestScaleUnderLoad(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("scale"), testenv.FreePort(t)
 	mark := t.TempDir()
@@ -146,6 +147,7 @@ func TestScaleUnderLoad(t *testing.T) {
 // scale fails, and the one instance that served keeps serving, with not
 // one failed request and the app's count unchanged.
 func TestScaleFailureKeepsTheCount(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("scalefail"), testenv.FreePort(t)
 	mark := t.TempDir()
@@ -181,6 +183,7 @@ func TestScaleFailureKeepsTheCount(t *testing.T) {
 // out of range, and more than one instance of a ProxyServer none app,
 // each with the fix; abort of an app with nothing running says so.
 func TestScaleRefusals(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	ctx := context.Background()
 	empty := testenv.Name("empty")
@@ -223,6 +226,7 @@ func TestScaleRefusals(t *testing.T) {
 // was aborted; every instance is v1 again, on the same containers; v2 is
 // recorded as failed; and not one request fails.
 func TestAbortMidRollout(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	app, port := testenv.Name("abort"), testenv.FreePort(t)
 	h.mustDeploy(app, "v1", testenv.Bundle(t, ""), map[string]string{"port": fmt.Sprint(port), "instances": "4", "health_path": "/healthz"})

@@ -69,6 +69,7 @@ func dockerrunBundle(t *testing.T, image string) string {
 // other's container) and `apps rm --purge` leave the other's containers,
 // images and volumes alone.
 func TestAgentsSharingAnEngineKeepToTheirOwn(t *testing.T) {
+	t.Parallel()
 	a, b := newHarness(t), newHarness(t)
 	if a.ag.ID() == b.ag.ID() {
 		t.Fatalf("two agents with one id %s", a.ag.ID())
@@ -219,6 +220,7 @@ func versionsPruned(vs []*store.Version) []string {
 // `apps rm --purge`; a version tagged sprout/<app>:<label> rolls back and
 // is pruned. Another agent that deploys the same app takes neither.
 func TestOldNamesKeepServing(t *testing.T) {
+	t.Parallel()
 	h, other := newHarness(t), newHarness(t)
 	ctx := context.Background()
 	app, port, otherPort := testenv.Name("upgraded"), testenv.FreePort(t), testenv.FreePort(t)
