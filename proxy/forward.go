@@ -117,7 +117,13 @@ func validField(name, value []byte) bool {
 			return false
 		}
 	}
-	for _, c := range value {
+	return plainText(value)
+}
+
+// plainText tells whether b holds no control characters but tabs: no
+// line break that could start another header line.
+func plainText(b []byte) bool {
+	for _, c := range b {
 		if c < ' ' && c != '\t' || c == 0x7f {
 			return false
 		}
@@ -385,7 +391,7 @@ func parseResponse(br *bufio.Reader, r *response) (bool, error) {
 		return false, err
 	}
 	line, rest, _ := bytes.Cut(b, []byte("\r\n"))
-	if len(line) < 12 || string(line[:9]) != "HTTP/1.1 " || (len(line) > 12 && line[12] != ' ') {
+	if len(line) < 12 || string(line[:9]) != "HTTP/1.1 " || (len(line) > 12 && line[12] != ' ') || !plainText(line) {
 		return false, nil
 	}
 	code, err := strconv.Atoi(string(line[9:12]))

@@ -761,6 +761,7 @@ func FuzzResponseHead(f *testing.F) {
 	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-A: b\r\n\r\nbody"))
 	f.Add([]byte("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
 	f.Add([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n"))
+	f.Add([]byte("HTTP/1.1 200 OK\nX-Injected: 1\r\nContent-Length: 0\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var r response
 		ok, _ := parseResponse(bufio.NewReaderSize(bytes.NewReader(b), 16<<10), &r)
