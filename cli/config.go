@@ -41,6 +41,8 @@ var defaults = map[string]any{
 	"proxy.max_body_bytes":              "100MiB",
 	"proxy.upstream_timeout":            "60s",
 	"proxy.idle_timeout":                "120s",
+	"proxy.header_timeout":              "20s",
+	"proxy.max_header_bytes":            "32KiB",
 	"proxy.start_wait":                  "10s",
 	"proxy.access_log":                  true,
 	"deploy.keep_versions":              agent.DefaultKeepVersions,
@@ -328,8 +330,17 @@ func LoadAgentConfig(flags *pflag.FlagSet) (*AgentConfig, error) {
 		MaxBodyBytes:    r.size("proxy.max_body_bytes"),
 		UpstreamTimeout: r.duration("proxy.upstream_timeout"),
 		IdleTimeout:     r.duration("proxy.idle_timeout"),
+		HeaderTimeout:   r.duration("proxy.header_timeout"),
+		MaxHeaderBytes:  int(r.size("proxy.max_header_bytes")),
 		AccessLog:       r.boolean("proxy.access_log"),
 		StartWait:       r.duration("proxy.start_wait"),
+	}
+	if c.Proxy.HeaderTimeout == 0 {
+		r.fail("proxy.header_timeout", "must be more than 0s: it bounds how long a client may take to send a request's headers (the default is %s)", proxy.DefaultHeaderTimeout)
+	}
+	if n := c.Proxy.MaxHeaderBytes; n < proxy.MinMaxHeaderBytes || n > proxy.MaxMaxHeaderBytes {
+		r.fail("proxy.max_header_bytes", "%q must be between %s and %s (the default is %s)", r.str("proxy.max_header_bytes"),
+			units.BytesSize(proxy.MinMaxHeaderBytes), units.BytesSize(proxy.MaxMaxHeaderBytes), units.BytesSize(proxy.DefaultMaxHeaderBytes))
 	}
 	if c.Proxy.StartWait == 0 {
 		c.Proxy.StartWait = -1 // 0s: answer 503 at once

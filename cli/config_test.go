@@ -38,7 +38,7 @@ func TestConfigPrecedence(t *testing.T) {
 	if cfg.Agent.DataDir != "/from/file" || cfg.Socket != "/flag.sock" || cfg.Agent.Health.Interval != 3*time.Second || cfg.Proxy.UpstreamTimeout != 7*time.Second {
 		t.Errorf("cfg = %+v", cfg)
 	}
-	if cfg.Proxy.MaxBodyBytes != 100<<20 || cfg.Agent.Bundle.MaxBytes != 1<<30 || cfg.Agent.KeepVersions != 3 {
+	if cfg.Proxy.MaxBodyBytes != 100<<20 || cfg.Proxy.MaxHeaderBytes != 32<<10 || cfg.Proxy.HeaderTimeout != 20*time.Second || cfg.Agent.Bundle.MaxBytes != 1<<30 || cfg.Agent.KeepVersions != 3 {
 		t.Errorf("defaults not applied: %+v", cfg)
 	}
 }
@@ -58,6 +58,9 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"apps:\n  - name: web\n    manifest: /local.json\n", "", "needs a name and a manifest s3://bucket/key"},
 		{"volumes:\n  host_dirs: [relative/dir]\n", "", "volumes.host_dirs"},
 		{"hooks:\n  enabled: sometimes\n", "", "hooks.enabled"},
+		{"proxy:\n  header_timeout: 0s\n", "", "proxy.header_timeout: must be more than 0s"},
+		{"proxy:\n  max_header_bytes: 1KiB\n", "", `proxy.max_header_bytes: "1KiB" must be between 8KiB and 1MiB`},
+		{"", "SPROUT_PROXY_MAX_HEADER_BYTES=2GiB", "proxy.max_header_bytes"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.want, func(t *testing.T) {

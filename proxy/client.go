@@ -32,6 +32,19 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if isUpgrade(r) {
 		req.upgrade = r.Header.Get("Upgrade")
 	}
+	if len(r.TransferEncoding) > 0 {
+		// A request with both Transfer-Encoding and Content-Length is how
+		// request smuggling starts: RFC 9112 (6.1) lets a server refuse
+		// it or process it as chunked, and either way it MUST close the
+		// connection after responding. It is processed as chunked and
+		// the connection closed, since only that covers every case:
+		// every chunked request comes here (the fast path takes none),
+		// and net/http has dropped Content-Length before this handler
+		// sees the request, so a 400 could not tell such a request from
+		// a plain chunked upload. Closing after every chunked request
+		// costs an upload, which is rare and long, one new connection.
+		w.Header().Set("Connection", "close")
+	}
 	c := &httpClient{w: w}
 	s.serve(r.Context(), req, c)
 	if c.cut {

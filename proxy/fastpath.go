@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -58,13 +59,116 @@ func (h *handoff) give(c net.Conn) {
 	}
 }
 
-// replayConn is a connection whose first bytes were already buffered.
-type replayConn struct {
+// handedConn is a connection the fast path handed to net/http, its first
+// bytes being those the fast path had buffered. It gives net/http's side
+// what the fast path does on its own:
+//   - a request head that does not come in time gets 408 before the
+//     connection closes (net/http closes without a word), and the head's
+//     clock, started on the fast path, keeps running;
+//   - net/http's own closing answers (431, a body over the limit) are not
+//     lost to a reset while the client is still sending (lingerClose).
+//
+// It follows net/http's read deadlines to know what it is reading: with
+// ReadTimeout unset, net/http clears the deadline once it has a request's
+// head, sets one ahead (the idle timeout, then ReadHeaderTimeout once the
+// next request's first bytes are in) to wait for the next head, and one in
+// the past to stop a background read.
+type handedConn struct {
 	net.Conn
-	r io.Reader
+	r   io.Reader
+	app string
+
+	mu sync.Mutex
+	// waiting is set while the read deadline is ahead: net/http waits for
+	// a request head or reads it.
+	waiting bool
+	// got counts the bytes read while waiting: a head under way.
+	got int
+	// headBy is when the fast path wanted the first head in (zero when it
+	// had it whole); net/http's deadlines for that head do not go past it.
+	headBy time.Time
 }
 
-func (c *replayConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+func newHandedConn(c net.Conn, buffered []byte, app string, headBy time.Time) *handedConn {
+	r := io.MultiReader(bytes.NewReader(append([]byte(nil), buffered...)), c)
+	return &handedConn{Conn: c, r: r, app: app, waiting: true, headBy: headBy}
+}
+
+func (c *handedConn) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.mu.Lock()
+	if c.waiting {
+		c.got += n
+	}
+	late := c.waiting && c.got > 0 && errors.Is(err, os.ErrDeadlineExceeded)
+	c.mu.Unlock()
+	if late {
+		lateHead(c.Conn, bufio.NewWriterSize(c.Conn, 512), c.app)
+	}
+	return n, err
+}
+
+func (c *handedConn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	ahead := !t.IsZero() && t.After(time.Now())
+	if ahead && !c.waiting {
+		c.got = 0 // a wait for the next request begins
+	}
+	c.waiting = ahead
+	switch {
+	case c.headBy.IsZero():
+	case t.IsZero():
+		c.headBy = time.Time{} // the first head is in
+	case t.After(c.headBy):
+		t = c.headBy
+	}
+	c.mu.Unlock()
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *handedConn) SetDeadline(t time.Time) error {
+	c.SetReadDeadline(t)
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// CloseWrite is called by net/http before it closes after an answer of its
+// own (431, a body over the limit), to let the client read it. It drops
+// what the client still sends, for a while, so that closing does not reset
+// the connection before the client has read the answer (linger).
+func (c *handedConn) CloseWrite() error {
+	linger(c.Conn)
+	return nil
+}
+
+// lingerTime bounds how long a closing connection reads and drops what the
+// client still sends (nginx's lingering_timeout).
+const lingerTime = 5 * time.Second
+
+// linger half-closes c after a final answer and reads and drops what the
+// client still sends, until it closes its side or lingerTime passes. A
+// connection closed with unread input is reset, and a client still
+// sending (a body, or a head over the limit) may then never read the
+// answer (RFC 9112, 9.6).
+func linger(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	c.SetReadDeadline(time.Now().Add(lingerTime))
+	io.Copy(io.Discard, c)
+}
+
+// lingerClose closes c after a final answer, lingering first.
+func lingerClose(c net.Conn) {
+	linger(c)
+	c.Close()
+}
+
+// lateHead answers a request whose head did not come within the header
+// timeout with 408, on either client side, and closes the connection.
+func lateHead(c net.Conn, bw *bufio.Writer, app string) {
+	writeReply(bw, http.StatusRequestTimeout, errorBody(app, http.StatusRequestTimeout, "the request's headers took too long to arrive"), true)
+	lingerClose(c)
+}
 
 // fastHead is a request head the fast path parsed.
 type fastHead struct {
@@ -191,6 +295,9 @@ type fastConn struct {
 	bw   *bufio.Writer
 	head fastHead
 	body io.LimitedReader
+	// headBy is when the head being read must be in, once its wait is
+	// the header timeout's; zero otherwise.
+	headBy time.Time
 }
 
 // serveConn runs the fast path on c until the client closes it, it must
@@ -215,21 +322,26 @@ func (l *listener) serveConn(c net.Conn) {
 		fc.bw.Reset(nil)
 		bufioWriters.Put(fc.bw)
 	}()
-	for {
+	for first := true; ; first = false {
 		if l.closing.Load() {
 			return
 		}
-		c.SetReadDeadline(time.Now().Add(s.opts.IdleTimeout))
-		n, err := fc.peekHead()
-		if err != nil {
-			if errors.Is(err, errFallback) {
-				// Hand the connection, unread bytes first, to net/http.
-				buffered, _ := fc.br.Peek(fc.br.Buffered())
-				rc := &replayConn{Conn: c, r: io.MultiReader(bytes.NewReader(append([]byte(nil), buffered...)), c)}
-				c.SetReadDeadline(time.Time{})
-				handedOff = true
-				l.handoff.give(rc)
-			}
+		n, err := fc.readHead(&s.opts, first)
+		switch {
+		case errors.Is(err, errFallback):
+			// Hand the connection, unread bytes first, to net/http.
+			buffered, _ := fc.br.Peek(fc.br.Buffered())
+			hc := newHandedConn(c, buffered, l.app, fc.headBy)
+			c.SetReadDeadline(time.Time{})
+			handedOff = true
+			l.handoff.give(hc)
+			return
+		case errors.Is(err, os.ErrDeadlineExceeded) && fc.br.Buffered() > 0:
+			// A request began and its head did not come in time. (A
+			// connection that sent nothing is closed without a word.)
+			lateHead(c, fc.bw, l.app)
+			return
+		case err != nil:
 			return
 		}
 		c.SetReadDeadline(time.Time{})
@@ -239,21 +351,54 @@ func (l *listener) serveConn(c net.Conn) {
 		fc.head.body = &fc.body
 		keep := s.serve(context.Background(), &fc.head.request, fc)
 		l.conns.Store(c, false) // idle
-		// A body not read to its end leaves the connection mid-request.
-		if !keep || fc.body.N > 0 || fc.head.closeAfter {
+		if fc.body.N > 0 {
+			// A body not read to its end leaves the connection
+			// mid-request, and the client perhaps still sending it.
+			lingerClose(c)
+			return
+		}
+		if !keep || fc.head.closeAfter {
 			return
 		}
 	}
 }
 
-// peekHead waits for a whole request head in the buffer and parses it,
-// returning its length. Nothing is consumed.
-func (fc *fastConn) peekHead() (int, error) {
-	b, err := peekHeadBytes(fc.br)
-	if err != nil {
+// readHead waits for a whole request head in the buffer and parses it,
+// returning its length; nothing is consumed. As in net/http, the wait for
+// a request's first byte is bounded by the idle timeout, or, for the
+// connection's first request, by the header timeout; from that byte on,
+// the header timeout bounds the rest of the head. The common head comes
+// whole in one read: then no further deadline is set.
+func (fc *fastConn) readHead(opts *Options, first bool) (int, error) {
+	wait := opts.IdleTimeout
+	if first {
+		wait = opts.HeaderTimeout
+	}
+	deadline := time.Now().Add(wait)
+	fc.conn.SetReadDeadline(deadline)
+	fc.headBy = time.Time{}
+	if _, err := fc.br.Peek(1); err != nil {
 		return 0, err
 	}
-	if b == nil {
+	b, _ := fc.br.Peek(fc.br.Buffered())
+	if n := headEnd(b); n >= 0 {
+		b = b[:n]
+	} else {
+		if first {
+			fc.headBy = deadline // counted from the connection's start
+		} else {
+			fc.headBy = time.Now().Add(opts.HeaderTimeout)
+			fc.conn.SetReadDeadline(fc.headBy)
+		}
+		var err error
+		if b, err = peekHeadBytes(fc.br); err != nil {
+			return 0, err
+		}
+	}
+	// Only heads whose every line ends in CRLF are the fast path's: a
+	// bare LF (which net/http accepts) or an oversized head (nil) goes to
+	// net/http.
+	if b == nil || !bytes.HasSuffix(b, []byte("\r\n\r\n")) {
 		return 0, errFallback
 	}
 	if err := parseHead(b[:len(b)-2], &fc.head); err != nil {
@@ -264,7 +409,12 @@ func (fc *fastConn) peekHead() (int, error) {
 
 // reply writes an answer of the proxy's own.
 func (fc *fastConn) reply(status int, body string) {
-	bw := fc.bw
+	writeReply(fc.bw, status, body, status == http.StatusRequestEntityTooLarge || fc.head.closeAfter || fc.body.N > 0)
+}
+
+// writeReply writes an answer of the proxy's own to bw and flushes it;
+// closing says the connection closes after it.
+func writeReply(bw *bufio.Writer, status int, body string, closing bool) {
 	bw.WriteString("HTTP/1.1 ")
 	bw.WriteString(strconv.Itoa(status))
 	bw.WriteByte(' ')
@@ -273,7 +423,7 @@ func (fc *fastConn) reply(status int, body string) {
 	bw.WriteString(replyFields(status))
 	bw.WriteString("Content-Length: ")
 	bw.WriteString(strconv.Itoa(len(body)))
-	if status == http.StatusRequestEntityTooLarge || fc.head.closeAfter || fc.body.N > 0 {
+	if closing {
 		bw.WriteString("\r\nConnection: close")
 	}
 	bw.WriteString("\r\n\r\n")

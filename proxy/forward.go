@@ -117,7 +117,13 @@ func validField(name, value []byte) bool {
 			return false
 		}
 	}
-	for _, c := range value {
+	return plainText(value)
+}
+
+// plainText tells whether b holds no control characters but tabs: no
+// line break that could start another header line.
+func plainText(b []byte) bool {
+	for _, c := range b {
 		if c < ' ' && c != '\t' || c == 0x7f {
 			return false
 		}
@@ -381,11 +387,11 @@ func readResponse(uc *upConn, req *request, timeout time.Duration) (*response, e
 // Otherwise it consumes nothing and returns false.
 func parseResponse(br *bufio.Reader, r *response) (bool, error) {
 	b, err := peekHeadBytes(br)
-	if b == nil || err != nil {
+	if b == nil || err != nil || !bytes.HasSuffix(b, []byte("\r\n\r\n")) {
 		return false, err
 	}
 	line, rest, _ := bytes.Cut(b, []byte("\r\n"))
-	if len(line) < 12 || string(line[:9]) != "HTTP/1.1 " || (len(line) > 12 && line[12] != ' ') {
+	if len(line) < 12 || string(line[:9]) != "HTTP/1.1 " || (len(line) > 12 && line[12] != ' ') || !plainText(line) {
 		return false, nil
 	}
 	code, err := strconv.Atoi(string(line[9:12]))
@@ -456,13 +462,34 @@ func peekHeadBytes(br *bufio.Reader) ([]byte, error) {
 			return nil, err
 		}
 		b, _ := br.Peek(br.Buffered())
-		if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
-			return b[:i+4], nil
+		if n := headEnd(b); n >= 0 {
+			return b[:n], nil
 		}
 		if len(b) >= maxHead {
 			return nil, nil
 		}
 		want = len(b) + 1
+	}
+}
+
+// headEnd returns the length of the head at the start of b, through the
+// empty line that ends it, or -1 when b holds no whole head yet. Lines may
+// end in a bare LF, which RFC 9112 (2.2) lets a recipient accept: such a
+// head is found, so that nobody waits for a CRLF that never comes, and
+// left to the parsers, which take only CRLF heads.
+func headEnd(b []byte) int {
+	for i := 0; ; {
+		j := bytes.IndexByte(b[i:], '\n')
+		if j < 0 {
+			return -1
+		}
+		i += j + 1
+		if i < len(b) && b[i] == '\n' {
+			return i + 1
+		}
+		if i+1 < len(b) && b[i] == '\r' && b[i+1] == '\n' {
+			return i + 2
+		}
 	}
 }
 

@@ -32,6 +32,15 @@ type Options struct {
 	UpstreamTimeout time.Duration
 	// IdleTimeout closes client keep-alive connections idle this long.
 	IdleTimeout time.Duration
+	// HeaderTimeout bounds the reading of each request's head: 408 and
+	// closed beyond. It runs from the connection's start for its first
+	// request, and from the first byte of each later one (the wait for
+	// that byte is the IdleTimeout's), as net/http's ReadHeaderTimeout.
+	HeaderTimeout time.Duration
+	// MaxHeaderBytes bounds a request's head, its request line and
+	// header fields: 431 and closed beyond. It is at least
+	// MinMaxHeaderBytes and at most MaxMaxHeaderBytes.
+	MaxHeaderBytes int
 	// StartWait is how long a request waits for an app that has no
 	// version serving yet (a first deploy) before it gets 503; negative
 	// means no wait.
@@ -76,6 +85,24 @@ const (
 	DefaultUpstreamTimeout = 60 * time.Second
 	DefaultMaxBodyBytes    = 100 << 20
 	DefaultStartWait       = 10 * time.Second
+	// DefaultHeaderTimeout is Apache's (mod_reqtimeout's first bound). A
+	// real client sends its head at once, in one or a few packets, so
+	// 20 s leave room for a slow, lossy link (three lost packets cost
+	// 1+2+4 s of retransmission), while a client trickling its head
+	// holds a connection 20 s instead of the idle timeout's 120. It stays
+	// above the 10 s Chrome keeps a connection it opened ahead of need
+	// (a preconnect), so the proxy does not close one first.
+	DefaultHeaderTimeout = 20 * time.Second
+	// DefaultMaxHeaderBytes is nginx's bound (4 buffers of 8 KiB), which
+	// an app moving from Elastic Beanstalk's nginx already lives within;
+	// net/http's 1 MiB would let each slow client hold 32 times more.
+	DefaultMaxHeaderBytes = 32 << 10
+	// MinMaxHeaderBytes is the least MaxHeaderBytes: the fast path takes
+	// heads up to 8 KiB (maxHead) without looking at the bound, and a
+	// browser's, cookies and all, come near that.
+	MinMaxHeaderBytes = maxHead
+	// MaxMaxHeaderBytes is the most MaxHeaderBytes, net/http's default.
+	MaxMaxHeaderBytes = 1 << 20
 )
 
 // ErrPortInUse means a public port is taken by another app or program.
@@ -165,6 +192,13 @@ func New(opts Options, logger *slog.Logger) *Proxy {
 	if opts.StartWait == 0 {
 		opts.StartWait = DefaultStartWait
 	}
+	if opts.HeaderTimeout <= 0 {
+		opts.HeaderTimeout = DefaultHeaderTimeout
+	}
+	if opts.MaxHeaderBytes <= 0 {
+		opts.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	opts.MaxHeaderBytes = min(max(opts.MaxHeaderBytes, MinMaxHeaderBytes), MaxMaxHeaderBytes)
 	return &Proxy{opts: opts, log: logger, services: map[string]*Service{}, ports: map[int]*listener{}}
 }
 
@@ -203,9 +237,15 @@ func (p *Proxy) Listen(app string, port int) error {
 	l := &listener{app: app, service: s, ln: ln, handoff: newHandoff(ln.Addr())}
 	l.server = &http.Server{
 		Handler:           s,
-		ReadHeaderTimeout: 30 * time.Second,
+		ReadHeaderTimeout: p.opts.HeaderTimeout,
 		IdleTimeout:       p.opts.IdleTimeout,
-		ErrorLog:          s.errorLog,
+		// net/http reads 4 KiB past MaxHeaderBytes (bufio's slop)
+		// before it answers 431: this makes MaxHeaderBytes the bound of
+		// a head on a new connection, as on the fast path. (A head that
+		// follows another in one read may overrun it by what net/http
+		// had read ahead, at most 4 KiB.)
+		MaxHeaderBytes: p.opts.MaxHeaderBytes - 4096,
+		ErrorLog:       s.errorLog,
 	}
 	p.ports[port] = l
 	go l.server.Serve(l.handoff)

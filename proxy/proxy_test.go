@@ -5,12 +5,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -555,26 +557,186 @@ func TestRawConnections(t *testing.T) {
 	if resp.StatusCode != 200 || body != "a" || resp.ProtoMinor != 0 {
 		t.Errorf("HTTP/1.0: %d %q %s", resp.StatusCode, body, resp.Proto)
 	}
+}
 
-	c, br = dial()
-	fmt.Fprint(c, "GET / HTTP/1.1\r\n\r\n")
-	if resp, _ := read(br); resp.StatusCode != 400 {
-		t.Errorf("no Host: %d", resp.StatusCode)
+// TestRequestHeads sends request heads from the internet, well-formed or
+// not, over a raw connection to the proxy in front of an app, and checks
+// the status lines the client gets, what the app saw, and whether the
+// connection is closed after them (nothing more is answered) or still
+// serves requests.
+func TestRequestHeads(t *testing.T) {
+	const headerTimeout = time.Second
+	app := backend(t, "", func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		var seen strings.Builder
+		r.Header.Write(&seen)
+		fmt.Fprintf(w, "%s %s\r\n%s\r\n%s", r.Method, r.URL.Path, seen.String(), body)
+	})
+	// The idle timeout is long: a connection closed sooner was closed by
+	// the header timeout.
+	p, url := startProxy(t, Options{HeaderTimeout: headerTimeout, IdleTimeout: time.Minute, MaxBodyBytes: 1 << 20}, nil)
+	p.Swap("web", []string{addrOf(app)})
+	addr := strings.TrimPrefix(url, "http://")
+
+	// head returns a GET's head of exactly size bytes.
+	head := func(size int) string {
+		h := "GET /big HTTP/1.1\r\nHost: x\r\nX-Big: \r\n\r\n"
+		return strings.Replace(h, "X-Big: ", "X-Big: "+strings.Repeat("b", size-len(h)), 1)
 	}
-	c, br = dial()
-	fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab")
-	if resp, _ := read(br); resp.StatusCode != 400 {
-		t.Errorf("two Content-Lengths: %d", resp.StatusCode)
+	const get = "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+	big := head(12 << 10)
+	cases := []struct {
+		name string
+		send []part
+		// want are the status lines of the responses, in order.
+		want []string
+		// appSees and appMisses are in what the app saw of the first
+		// request, and not.
+		appSees, appMisses []string
+		closed             bool
+	}{
+		{name: "plain", send: []part{{0, get}}, want: []string{"HTTP/1.1 200 OK"}},
+		// Kept as they were.
+		{name: "hop-by-hop fields named in Connection", send: []part{{0, "GET / HTTP/1.1\r\nHost: x\r\nConnection: X-Private\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\n\r\n"}},
+			want: []string{"HTTP/1.1 200 OK"}, appMisses: []string{"X-Private", "Keep-Alive"}},
+		{name: "the client's X-Forwarded-Proto", send: []part{{0, "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: https\r\n\r\n"}},
+			want: []string{"HTTP/1.1 200 OK"}, appSees: []string{"X-Forwarded-Proto: http\r\n"}, appMisses: []string{"https"}},
+		{name: "obs-fold", send: []part{{0, "GET / HTTP/1.1\r\nHost: x\r\nX-Fold: a\r\n b\r\n\r\n"}},
+			want: []string{"HTTP/1.1 200 OK"}, appSees: []string{"X-Fold: a b\r\n"}},
+		{name: "conflicting Content-Lengths", send: []part{{0, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"}},
+			want: []string{"HTTP/1.1 400 Bad Request"}, closed: true},
+		{name: "no Host", send: []part{{0, "GET / HTTP/1.1\r\n\r\n"}}, want: []string{"HTTP/1.1 400 Bad Request: missing required Host header"}, closed: true},
+		// Content-Length and Transfer-Encoding: chunked wins, and the
+		// pipelined request after it is not answered (RFC 9112, 6.1).
+		{name: "Content-Length and chunked", send: []part{{0, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" + get}},
+			want: []string{"HTTP/1.1 200 OK"}, appSees: []string{"\r\n\r\nabc"}, closed: true},
+		{name: "bare LF", send: []part{{0, "GET / HTTP/1.1\nHost: x\n\n"}}, want: []string{"HTTP/1.1 200 OK"}},
+		{name: "bare LF ending a CRLF head", send: []part{{0, "GET / HTTP/1.1\r\nHost: x\r\n\n"}}, want: []string{"HTTP/1.1 200 OK"}},
+		// proxy.max_header_bytes, at its default.
+		{name: "head at the bound", send: []part{{0, head(DefaultMaxHeaderBytes)}}, want: []string{"HTTP/1.1 200 OK"}},
+		{name: "head a byte over the bound", send: []part{{0, head(DefaultMaxHeaderBytes + 1)}},
+			want: []string{"HTTP/1.1 431 Request Header Fields Too Large"}, closed: true},
+		// The client writes it all before it reads, as curl does: the
+		// proxy must read it to the end rather than reset the connection.
+		{name: "4 MiB head", send: []part{{0, head(4 << 20)}},
+			want: []string{"HTTP/1.1 431 Request Header Fields Too Large"}, closed: true},
+		{name: "body over the bound, sent whole", send: []part{{0, fmt.Sprintf("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", 4<<20, make([]byte, 4<<20))}},
+			want: []string{"HTTP/1.1 413 Request Entity Too Large"}, closed: true},
+		// proxy.header_timeout.
+		{name: "slow head, in time", send: []part{{0, "GET / HT"}, {headerTimeout / 3, "TP/1.1\r\nHost: x"}, {headerTimeout / 3, "\r\n\r\n"}},
+			want: []string{"HTTP/1.1 200 OK"}},
+		{name: "head trickling in", send: append([]part{{0, "GET / HTTP/1.1\r\n"}}, trickle("Host: x\r\n\r\n", headerTimeout/5)...),
+			want: []string{"HTTP/1.1 408 Request Timeout"}, closed: true},
+		{name: "nothing sent", closed: true},
+		// The wait for the second request is the idle timeout's; its
+		// head has the header timeout, on the fast path and on net/http's.
+		{name: "slow second head", send: []part{{0, get}, {headerTimeout * 3 / 2, "GET / HT"}},
+			want: []string{"HTTP/1.1 200 OK", "HTTP/1.1 408 Request Timeout"}, closed: true},
+		{name: "slow second head after HTTP/1.0", send: []part{{0, "GET / HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n"}, {headerTimeout * 3 / 2, "GET / HT"}},
+			want: []string{"HTTP/1.0 200 OK", "HTTP/1.1 408 Request Timeout"}, closed: true},
+		// A head handed to net/http mid-way keeps the clock the fast
+		// path started: whole at 1.3 s, after a handoff at 0.7 s.
+		{name: "slow oversized head", send: []part{{0, big[:4<<10]}, {headerTimeout * 7 / 10, big[4<<10 : 10<<10]}, {headerTimeout * 6 / 10, big[10<<10:]}},
+			want: []string{"HTTP/1.1 408 Request Timeout"}, closed: true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			// Loopback's buffers would take a 4 MiB head whole: with a
+			// modest send buffer, the client is still sending when the
+			// proxy answers, as over the internet.
+			c.(*net.TCPConn).SetWriteBuffer(64 << 10)
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			for _, p := range tc.send {
+				time.Sleep(p.after)
+				if _, err := io.WriteString(c, p.send); err != nil {
+					t.Fatalf("sending: %v", err)
+				}
+			}
+			br := bufio.NewReader(c)
+			for i, want := range tc.want {
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatalf("response %d: %v", i+1, err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if got := resp.Proto + " " + resp.Status; got != want {
+					t.Fatalf("response %d: %q, want %q (%s)", i+1, got, want, body)
+				}
+				if i > 0 {
+					continue
+				}
+				for _, s := range tc.appSees {
+					if !strings.Contains(string(body), s) {
+						t.Errorf("the app saw %q, without %q", body, s)
+					}
+				}
+				for _, s := range tc.appMisses {
+					if strings.Contains(string(body), s) {
+						t.Errorf("the app saw %q, with %q", body, s)
+					}
+				}
+			}
+			if tc.closed {
+				if b, err := br.ReadByte(); err == nil {
+					rest, _ := br.Peek(br.Buffered())
+					t.Fatalf("connection still open, and it answered %q", append([]byte{b}, rest...))
+				} else if errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Fatal("connection still open")
+				}
+				return
+			}
+			// Still open, and in step: another request is answered.
+			io.WriteString(c, get)
+			if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 200 {
+				t.Fatalf("next request on the connection: %v, %v", resp, err)
+			}
+		})
 	}
 }
 
+// part is a piece of what a test client sends, after a pause.
+type part struct {
+	after time.Duration
+	send  string
+}
+
+// trickle sends s a byte at a time, each after pause.
+func trickle(s string, pause time.Duration) []part {
+	out := make([]part, len(s))
+	for i := range s {
+		out[i] = part{pause, s[i : i+1]}
+	}
+	return out
+}
+
 // FuzzParseHead checks that the fast path's parser never panics and never
-// forwards a header line that could split a request.
+// forwards a header line that could split a request, and that the end of a
+// head is found at its first empty line, whatever its lines end in.
 func FuzzParseHead(f *testing.F) {
 	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\n"))
 	f.Add([]byte("POST /a?b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\n"))
 	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.2.3.4\r\n"))
+	f.Add([]byte("GET / HTTP/1.1\nHost: x\n\n"))
+	f.Add([]byte("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n"))
+	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\nX-Fold: a\r\n b\r\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
+		want := -1
+		if i := bytes.Index(b, []byte("\n\n")); i >= 0 {
+			want = i + 2
+		}
+		if i := bytes.Index(b, []byte("\n\r\n")); i >= 0 && (want < 0 || i+3 < want) {
+			want = i + 3
+		}
+		if got := headEnd(b); got != want {
+			t.Fatalf("headEnd(%q) = %d, want %d", b, got, want)
+		}
 		var h fastHead
 		if parseHead(b, &h) != nil {
 			return
@@ -599,6 +761,7 @@ func FuzzResponseHead(f *testing.F) {
 	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-A: b\r\n\r\nbody"))
 	f.Add([]byte("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
 	f.Add([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n"))
+	f.Add([]byte("HTTP/1.1 200 OK\nX-Injected: 1\r\nContent-Length: 0\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var r response
 		ok, _ := parseResponse(bufio.NewReaderSize(bytes.NewReader(b), 16<<10), &r)
