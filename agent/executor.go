@@ -291,20 +291,10 @@ func (x *executor) step(ctx context.Context, st rollout.Step) error {
 // stop stops an old instance, keeping its container so that undoing the
 // rollout starts it again; an instance already stopped stays so.
 func (x *executor) stop(ctx context.Context, name string) error {
-	d, a := x.d, x.d.a
-	if slices.Contains(x.stopped, name) {
-		return nil
-	}
-	in := x.inst[name]
-	if err := d.j.record(store.Undo{Kind: store.UndoRestart, Container: in.ContainerID, Label: in.Label}); err != nil {
+	if err := x.stopLater(ctx, name); err != nil {
 		return err
 	}
-	if err := a.rt.Stop(ctx, in.ContainerID, a.cfg.StopGrace); err != nil {
-		return fmt.Errorf("stop %s: %w", name, err)
-	}
-	x.stopped = append(x.stopped, name)
-	d.linef("stopped %s (%s)", name, in.Label)
-	return nil
+	return x.settle()
 }
 
 // stopLater stops an old instance, out of the rotation, in the
@@ -336,7 +326,9 @@ func (x *executor) settle() error {
 	x.stopping.Wait()
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	return errors.Join(x.stopErrs...)
+	err := errors.Join(x.stopErrs...)
+	x.stopErrs = nil // said once
+	return err
 }
 
 // start starts n instances of the new version, out of the rotation, side

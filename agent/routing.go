@@ -127,8 +127,12 @@ func (r *proxyRouting) route(ctx context.Context, x *executor, backends []proxy.
 	return retired, err == nil, err
 }
 
-func (r *proxyRouting) leave(d *deployment) {
-	if r.closeOld {
+func (r *proxyRouting) leave(d *deployment) { closeOldPort(d, r.closeOld) }
+
+// closeOldPort closes the port the proxy served the app on before, when
+// the app moved to another.
+func closeOldPort(d *deployment, closeOld bool) {
+	if closeOld {
 		d.a.router.Close(d.prev.Port, d.a.cfg.DrainTimeout)
 		d.linef("closed the old public port %d", d.prev.Port)
 	}
@@ -219,10 +223,7 @@ func (r *directRouting) route(context.Context, *executor, []proxy.Backend, map[s
 }
 
 func (r *directRouting) leave(d *deployment) {
-	if r.closeOld {
-		d.a.router.Close(d.prev.Port, d.a.cfg.DrainTimeout)
-		d.linef("closed the old public port %d", d.prev.Port)
-	}
+	closeOldPort(d, r.closeOld)
 	if r.proxyHeld {
 		d.linef("the proxy no longer serves port %d", d.app.Port)
 	}
