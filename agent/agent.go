@@ -232,6 +232,9 @@ var (
 	ErrNotFound = store.ErrNotFound
 	// ErrConflict means the request clashes with existing state.
 	ErrConflict = errors.New("conflict")
+	// ErrUpgrading means the agent is handing over to a new agent
+	// process (an upgrade) and starts no operation meanwhile.
+	ErrUpgrading = errors.New("the agent is being upgraded")
 )
 
 // Progress hears what a long operation is doing, as it happens.
@@ -263,6 +266,11 @@ type Agent struct {
 	busy   map[string]int
 	// rollouts are the rollouts in flight that abort may stop, by app.
 	rollouts map[string]*runningRollout
+	// quiesced is set while an upgrade hands the agent over (Quiesce):
+	// no operation starts. quiet is closed then, to wake the operations
+	// waiting for an app's lock.
+	quiesced bool
+	quiet    chan struct{}
 }
 
 // New returns an agent. Call Start before serving requests. m may be nil;
@@ -324,6 +332,11 @@ func (a *Agent) lock(ctx context.Context, app string, noWait bool, p Progress) (
 		return nil, err
 	}
 	a.mu.Lock()
+	if a.quiesced {
+		a.mu.Unlock()
+		unlock()
+		return nil, errUpgrading
+	}
 	a.busy[app]++
 	a.mu.Unlock()
 	return func() {
@@ -391,6 +404,12 @@ func (a *Agent) deploying(app string) bool {
 }
 
 func (a *Agent) waitLock(ctx context.Context, app string, noWait bool, p Progress) (func(), error) {
+	a.mu.Lock()
+	quiesced, quiet := a.quiesced, a.quietLocked()
+	a.mu.Unlock()
+	if quiesced {
+		return nil, errUpgrading
+	}
 	if unlock, ok := a.tryLock(app); ok {
 		return unlock, nil
 	}
@@ -404,6 +423,8 @@ func (a *Agent) waitLock(ctx context.Context, app string, noWait bool, p Progres
 	select {
 	case ch <- struct{}{}:
 		return func() { <-ch }, nil
+	case <-quiet:
+		return nil, errUpgrading
 	case <-ctx.Done():
 		return nil, context.Cause(ctx)
 	}

@@ -64,6 +64,12 @@ func (a *Agent) everyServing(ctx context.Context, interval time.Duration, name s
 			if !ok {
 				continue
 			}
+			if a.quiescing() {
+				// An upgrade hands the agent over: the new process
+				// watches from now on.
+				unlock()
+				continue
+			}
 			fn(ctx, app)
 			unlock()
 		}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -291,10 +292,13 @@ func lowerASCII(b []byte) string {
 // fastConn serves one client connection.
 type fastConn struct {
 	conn net.Conn
-	br   *bufio.Reader
-	bw   *bufio.Writer
-	head fastHead
-	body io.LimitedReader
+	// closing is the listener's: once set, each answer says
+	// "Connection: close" and the connection closes after it.
+	closing *atomic.Bool
+	br      *bufio.Reader
+	bw      *bufio.Writer
+	head    fastHead
+	body    io.LimitedReader
 	// headBy is when the head being read must be in, once its wait is
 	// the header timeout's; zero otherwise.
 	headBy time.Time
@@ -302,9 +306,9 @@ type fastConn struct {
 
 // serveConn runs the fast path on c until the client closes it, it must
 // close, or a request must go to the fallback server.
-func (l *listener) serveConn(c net.Conn) {
+func (l *listener) serveConn(c net.Conn, st *connState) {
 	s := l.service
-	fc := &fastConn{conn: c}
+	fc := &fastConn{conn: c, closing: &l.closing}
 	fc.head.remote = c.RemoteAddr().String()
 	fc.head.clientIP, _, _ = net.SplitHostPort(fc.head.remote)
 	fc.br = bufioReaders.Get().(*bufio.Reader)
@@ -323,9 +327,6 @@ func (l *listener) serveConn(c net.Conn) {
 		bufioWriters.Put(fc.bw)
 	}()
 	for first := true; ; first = false {
-		if l.closing.Load() {
-			return
-		}
 		n, err := fc.readHead(&s.opts, first)
 		switch {
 		case errors.Is(err, errFallback):
@@ -345,12 +346,12 @@ func (l *listener) serveConn(c net.Conn) {
 			return
 		}
 		c.SetReadDeadline(time.Time{})
-		l.conns.Store(c, true) // active
+		st.busy()
 		fc.br.Discard(n)
 		fc.body = io.LimitedReader{R: fc.br, N: fc.head.length}
 		fc.head.body = &fc.body
 		keep := s.serve(context.Background(), &fc.head.request, fc)
-		l.conns.Store(c, false) // idle
+		st.idle()
 		if fc.body.N > 0 {
 			// A body not read to its end leaves the connection
 			// mid-request, and the client perhaps still sending it.
@@ -373,6 +374,11 @@ func (fc *fastConn) readHead(opts *Options, first bool) (int, error) {
 	wait := opts.IdleTimeout
 	if first {
 		wait = opts.HeaderTimeout
+	}
+	if fc.closing.Load() {
+		// The listener closes: a client that sends nothing soon is
+		// done with this connection.
+		wait = min(wait, closeIdleAfter)
 	}
 	deadline := time.Now().Add(wait)
 	fc.conn.SetReadDeadline(deadline)
@@ -409,6 +415,7 @@ func (fc *fastConn) readHead(opts *Options, first bool) (int, error) {
 
 // reply writes an answer of the proxy's own.
 func (fc *fastConn) reply(status int, body string) {
+	fc.head.closeAfter = fc.head.closeAfter || fc.closing.Load()
 	writeReply(fc.bw, status, body, status == http.StatusRequestEntityTooLarge || fc.head.closeAfter || fc.body.N > 0)
 }
 
@@ -449,7 +456,10 @@ func (fc *fastConn) respond(_ *request, resp *response, _ *upConn) (int64, error
 		chunked = true
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 	}
-	if fc.head.closeAfter {
+	if fc.head.closeAfter || fc.closing.Load() {
+		// The client said so, or the listener closes: the loop in
+		// serveConn ends after this answer.
+		fc.head.closeAfter = true
 		bw.WriteString("Connection: close\r\n")
 	}
 	bw.WriteString("\r\n")

@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -9,6 +11,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -231,4 +234,135 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 		}
 		return nil
 	})
+}
+
+// TestShutdownFailsNoRequest shuts the proxy down under a load that does
+// not retry, on keep-alive connections through both client sides (fast
+// path and net/http, which takes requests that expect 100-continue), with a slow request in
+// flight: every request sent before is answered, the last one on each
+// connection with "Connection: close", the slow one too, and then the
+// port refuses connections. This is what an old agent does once its
+// successor took over its ports.
+func TestShutdownFailsNoRequest(t *testing.T) {
+	be := backend(t, "", func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if r.URL.Path == "/slow" {
+			time.Sleep(700 * time.Millisecond)
+		}
+		fmt.Fprint(w, "ok")
+	})
+	p, url := startProxy(t, Options{}, nil)
+	p.Swap("web", []string{addrOf(be)})
+	var port int
+	fmt.Sscanf(url, "http://127.0.0.1:%d", &port)
+
+	type result struct {
+		ok, closes int
+		failed     []string
+	}
+	var shutAt atomic.Value
+	shutAt.Store(time.Now().Add(time.Hour))
+	worker := func(expect bool, res chan<- result) {
+		tr := &http.Transport{MaxIdleConnsPerHost: 1}
+		defer tr.CloseIdleConnections()
+		client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+		var r result
+		for {
+			req, _ := http.NewRequest(http.MethodPost, url+"/", strings.NewReader("ping"))
+			if expect {
+				req.Header.Set("Expect", "100-continue") // handed to net/http
+			}
+			sent := time.Now()
+			resp, err := client.Do(req)
+			var op *net.OpError
+			switch {
+			case errors.As(err, &op) && op.Op == "dial":
+				res <- r // the port is closed: done
+				return
+			case err != nil:
+				r.failed = append(r.failed, fmt.Sprintf("%v (net/http side %v, sent %s after the shutdown began)", err, expect, sent.Sub(shutAt.Load().(time.Time))))
+				continue
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != 200 || string(b) != "ok" {
+				r.failed = append(r.failed, fmt.Sprintf("%d %q %v", resp.StatusCode, b, err))
+				continue
+			}
+			r.ok++
+			if resp.Close {
+				r.closes++
+			}
+		}
+	}
+	res := make(chan result, 6)
+	for i := range 6 {
+		go worker(i%3 == 0, res)
+	}
+	slow := make(chan string, 1)
+	go func() {
+		code, body, _ := get(t, url+"/slow", nil)
+		slow <- fmt.Sprint(code, " ", body)
+	}()
+	time.Sleep(300 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	shutAt.Store(time.Now())
+	go p.Shutdown(ctx)
+	closes := 0
+	for range 6 {
+		select {
+		case r := <-res:
+			// A worker's connection ends with an answer saying
+			// "Connection: close", or, when it stalled for
+			// closeIdleAfter, closed idle; no request fails.
+			if len(r.failed) > 0 || r.ok == 0 || r.closes > 1 {
+				t.Errorf("a worker: %d answered, %d with Connection: close, failed: %q", r.ok, r.closes, r.failed)
+			}
+			closes += r.closes
+		case <-time.After(10 * time.Second):
+			t.Fatal("a worker still runs 10s after the port closed")
+		}
+	}
+	if closes == 0 {
+		t.Error("no answer said Connection: close")
+	}
+	if got := <-slow; got != "200 ok" {
+		t.Errorf("the slow request in flight got %s", got)
+	}
+}
+
+// TestRemovedAppAnswersAtOnce: a request that arrives on an open
+// keep-alive connection after its app was removed gets 503 at once, and
+// the connection closes; it does not wait for a version that will not
+// come (StartWait is for a first deploy).
+func TestRemovedAppAnswersAtOnce(t *testing.T) {
+	p, url := startProxy(t, Options{StartWait: 10 * time.Second}, nil)
+	p.Swap("web", []string{addrOf(backend(t, "v1", nil))})
+	c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	send := func() *http.Response {
+		t.Helper()
+		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	if resp := send(); resp.StatusCode != 200 {
+		t.Fatalf("before the removal: %d", resp.StatusCode)
+	}
+	p.Remove("web", 5*time.Second)
+	start := time.Now()
+	if resp := send(); resp.StatusCode != 503 || !resp.Close || time.Since(start) > time.Second {
+		t.Errorf("after the removal: %d, close %v, after %s; want 503 at once, closing", resp.StatusCode, resp.Close, time.Since(start))
+	}
 }

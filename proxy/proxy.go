@@ -19,6 +19,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/sprout-paas/sprout/internal/httpdrain"
 )
 
 // Options tune the proxy. Zero values take the defaults.
@@ -49,6 +51,10 @@ type Options struct {
 	AccessLog bool
 	// Observer, when set, hears about every request (metrics).
 	Observer Observer
+	// Listen opens the public ports' listeners; nil means net.Listen.
+	// The agent passes its handover set's, so that an upgrade hands the
+	// ports, open, to the new agent process.
+	Listen func(network, addr string) (net.Listener, error)
 }
 
 // Observer hears about the requests of every app; the agent's metrics
@@ -125,11 +131,27 @@ type listener struct {
 	service *Service
 	ln      net.Listener
 	handoff *handoff
-	server  *http.Server
-	// conns maps each fast-path connection to whether a request is in
-	// flight on it.
+	server  *httpdrain.Server
+	// conns maps each fast-path connection to its *connState.
 	conns   sync.Map
 	closing atomic.Bool
+}
+
+// connState is what shutdown needs to know of a fast-path connection.
+type connState struct {
+	// idleSince is when the connection's last request ended (Unix
+	// nanoseconds), or 0 while a request is in flight on it.
+	idleSince atomic.Int64
+}
+
+func (st *connState) busy() { st.idleSince.Store(0) }
+func (st *connState) idle() { st.idleSince.Store(time.Now().UnixNano()) }
+func (st *connState) idleFor(now time.Time) time.Duration {
+	since := st.idleSince.Load()
+	if since == 0 {
+		return 0
+	}
+	return now.Sub(time.Unix(0, since))
 }
 
 func (l *listener) acceptLoop(log *slog.Logger) {
@@ -141,47 +163,64 @@ func (l *listener) acceptLoop(log *slog.Logger) {
 			}
 			return
 		}
-		l.conns.Store(c, false)
-		go l.serveConn(c)
+		st := &connState{}
+		st.idle()
+		l.conns.Store(c, st)
+		go l.serveConn(c, st)
 	}
 }
 
-// shutdown stops accepting, closes idle connections, and waits for
-// requests in flight until ctx ends, then closes everything.
+// closeIdleAfter is how long a closing listener leaves a keep-alive
+// connection idle before it closes it. A client that sends its next
+// request within it gets its answer with "Connection: close", and closes
+// the connection itself; closing an idle connection instead races with a
+// request the client may be sending on it (RFC 9112, 9.8), which a
+// client that does not retry sees fail. Under load, the gap between two
+// requests on a connection is far shorter than this.
+const closeIdleAfter = 250 * time.Millisecond
+
+// shutdown stops accepting and ends every connection as its client is
+// done with it: a request in flight, or the next one that comes within
+// closeIdleAfter, is answered with "Connection: close"; a connection idle
+// longer is closed. When ctx ends, whatever is left is closed.
 func (l *listener) shutdown(ctx context.Context) {
-	l.closing.Store(true)
+	// Closed first: a client told "Connection: close" that connects
+	// again is refused, rather than queued and then reset.
 	l.ln.Close()
-	done := make(chan struct{})
-	go func() {
-		if err := l.server.Shutdown(ctx); err != nil {
-			l.server.Close()
-		}
-		close(done)
-	}()
+	l.closing.Store(true)
+	// net/http's side answers with "Connection: close" from now on; it
+	// takes the connections the fast path hands it until the fast path
+	// is done.
+	l.server.CloseConnections()
+	l.drainConns(ctx)
+	l.server.Drain(ctx, closeIdleAfter)
+}
+
+// drainConns waits until the fast path has no connection left, closing
+// those idle for closeIdleAfter, or, when ctx ends, all of them.
+func (l *listener) drainConns(ctx context.Context) {
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		active := 0
+		open := 0
+		now := time.Now()
 		l.conns.Range(func(k, v any) bool {
-			if v.(bool) {
-				active++
-			} else {
-				k.(net.Conn).Close()
+			open++
+			if c := k.(net.Conn); v.(*connState).idleFor(now) >= closeIdleAfter && !httpdrain.Unread(c) {
+				c.Close()
 			}
 			return true
 		})
-		if active == 0 {
-			break
+		if open == 0 {
+			return
 		}
 		select {
 		case <-ctx.Done():
 			l.conns.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
-			<-done
 			return
 		case <-tick.C:
 		}
 	}
-	<-done
 }
 
 // New returns a proxy with no apps.
@@ -200,6 +239,14 @@ func New(opts Options, logger *slog.Logger) *Proxy {
 	}
 	opts.MaxHeaderBytes = min(max(opts.MaxHeaderBytes, MinMaxHeaderBytes), MaxMaxHeaderBytes)
 	return &Proxy{opts: opts, log: logger, services: map[string]*Service{}, ports: map[int]*listener{}}
+}
+
+// listen opens a listener through Options.Listen.
+func (p *Proxy) listen(network, addr string) (net.Listener, error) {
+	if p.opts.Listen != nil {
+		return p.opts.Listen(network, addr)
+	}
+	return net.Listen(network, addr)
 }
 
 func (p *Proxy) service(app string) *Service {
@@ -223,7 +270,7 @@ func (p *Proxy) Listen(app string, port int) error {
 		return fmt.Errorf("%w: port %d already serves app %s (choose another with --port)", ErrPortInUse, port, l.app)
 	}
 	addr := net.JoinHostPort(p.opts.BindAddress, strconv.Itoa(port))
-	ln, err := net.Listen("tcp", addr)
+	ln, err := p.listen("tcp", addr)
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {
 			return fmt.Errorf("%w: another program on this host listens on %s (stop it or choose another --port)", ErrPortInUse, addr)
@@ -235,7 +282,7 @@ func (p *Proxy) Listen(app string, port int) error {
 	}
 	s := p.service(app)
 	l := &listener{app: app, service: s, ln: ln, handoff: newHandoff(ln.Addr())}
-	l.server = &http.Server{
+	l.server = httpdrain.New(&http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: p.opts.HeaderTimeout,
 		IdleTimeout:       p.opts.IdleTimeout,
@@ -246,7 +293,7 @@ func (p *Proxy) Listen(app string, port int) error {
 		// had read ahead, at most 4 KiB.)
 		MaxHeaderBytes: p.opts.MaxHeaderBytes - 4096,
 		ErrorLog:       s.errorLog,
-	}
+	})
 	p.ports[port] = l
 	go l.server.Serve(l.handoff)
 	go l.acceptLoop(p.log)
@@ -309,8 +356,8 @@ func (p *Proxy) listening(app string) bool {
 // close frees the port at once and lets its connections drain within
 // grace, in the background.
 func (l *listener) close(grace time.Duration) {
-	l.closing.Store(true)
 	l.ln.Close()
+	l.closing.Store(true)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), grace)
 		defer cancel()
@@ -324,6 +371,7 @@ func (s *Service) retire(grace time.Duration) {
 	if s == nil {
 		return
 	}
+	s.removed.Store(true)
 	r := s.routes.Swap(&routes{})
 	if r == nil || len(r.all) == 0 {
 		return

@@ -29,6 +29,10 @@ type Service struct {
 	swapped atomic.Pointer[chan struct{}]
 	// waiting counts the requests waiting for a first version.
 	waiting atomic.Int64
+	// removed is set when the app's last port closed: no version will
+	// come, and requests still arriving on its open connections get 503
+	// at once.
+	removed atomic.Bool
 }
 
 func newService(app string, opts Options, logger *slog.Logger) *Service {
@@ -71,7 +75,7 @@ func (s *Service) pick(ctx context.Context) picked {
 			// newer set is already installed, so load again.
 			continue
 		}
-		if s.opts.StartWait <= 0 {
+		if s.opts.StartWait <= 0 || s.removed.Load() {
 			return picked{}
 		}
 		if timer == nil {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -207,18 +208,18 @@ type Journal struct {
 
 // PutJournal writes an app's rollout journal.
 func (s *Store) PutJournal(j *Journal) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return put(tx.Bucket(bucketJournals), j.App, j) })
+	return s.update(func(tx *bolt.Tx) error { return put(tx.Bucket(bucketJournals), j.App, j) })
 }
 
 // DeleteJournal removes an app's rollout journal.
 func (s *Store) DeleteJournal(app string) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketJournals).Delete([]byte(app)) })
+	return s.update(func(tx *bolt.Tx) error { return tx.Bucket(bucketJournals).Delete([]byte(app)) })
 }
 
 // Journals returns the journals of rollouts that never finished.
 func (s *Store) Journals() ([]*Journal, error) {
 	var out []*Journal
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketJournals)
 		return b.ForEach(func(k, _ []byte) error {
 			j, err := get[Journal](b, string(k))
@@ -244,12 +245,35 @@ type Event struct {
 
 // Store is the agent's state file.
 type Store struct {
-	db        *bolt.DB
+	path      string
 	maxEvents uint64
+
+	// mu guards db against Suspend and Resume, which replace it; reads
+	// and writes hold it shared.
+	mu sync.RWMutex
+	db *bolt.DB
+	// shut is why db is closed (ErrSuspended or errClosed), nil while
+	// it is open.
+	shut error
 }
+
+var errClosed = errors.New("the state file is closed")
+
+// ErrSuspended means the state file is handed to a new agent process
+// during an upgrade (Suspend): this one reads and writes it no more.
+var ErrSuspended = errors.New("the agent is handing its state to a new agent process (an upgrade); ask again in a moment")
 
 // Open opens or creates the state file at path.
 func Open(path string) (*Store, error) {
+	db, err := openDB(path)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{path: path, db: db, maxEvents: MaxEvents}, nil
+}
+
+// openDB opens the bbolt file, which locks it for this process alone.
+func openDB(path string) (*bolt.DB, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("state file %s is locked: another sprout agent uses this data dir", path)
@@ -269,15 +293,67 @@ func Open(path string) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
-	return &Store{db: db, maxEvents: MaxEvents}, nil
+	return db, nil
+}
+
+// view runs fn in a read transaction.
+func (s *Store) view(fn func(*bolt.Tx) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.shut != nil {
+		return s.shut
+	}
+	return s.db.View(fn)
+}
+
+// update runs fn in a write transaction.
+func (s *Store) update(fn func(*bolt.Tx) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.shut != nil {
+		return s.shut
+	}
+	return s.db.Update(fn)
 }
 
 // Close closes the file.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error { return s.shutWith(errClosed) }
+
+// Suspend closes the file, releasing its lock, so that another process
+// (the agent's successor in an upgrade) may open it. Until Resume, reads
+// and writes fail with ErrSuspended.
+func (s *Store) Suspend() error { return s.shutWith(ErrSuspended) }
+
+func (s *Store) shutWith(why error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shut != nil {
+		s.shut = why
+		return nil
+	}
+	s.shut = why
+	return s.db.Close()
+}
+
+// Resume opens the file again after Suspend, when the successor did not
+// take over.
+func (s *Store) Resume() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shut != ErrSuspended {
+		return nil
+	}
+	db, err := openDB(s.path)
+	if err != nil {
+		return err
+	}
+	s.db, s.shut = db, nil
+	return nil
+}
 
 // Size is the state file's size in bytes.
 func (s *Store) Size() int64 {
-	st, err := os.Stat(s.db.Path())
+	st, err := os.Stat(s.path)
 	if err != nil {
 		return 0
 	}
@@ -288,7 +364,7 @@ func (s *Store) Size() int64 {
 // init when it is missing.
 func (s *Store) Meta(key string, init func() string) (string, error) {
 	var v string
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketMeta)
 		if cur := b.Get([]byte(key)); cur != nil {
 			v = string(cur)
@@ -323,7 +399,7 @@ func put(b *bolt.Bucket, key string, v any) error {
 // App returns one app.
 func (s *Store) App(name string) (*App, error) {
 	var a *App
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		var err error
 		a, err = get[App](tx.Bucket(bucketApps), name)
 		return err
@@ -333,13 +409,13 @@ func (s *Store) App(name string) (*App, error) {
 
 // PutApp creates or replaces an app.
 func (s *Store) PutApp(a *App) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return put(tx.Bucket(bucketApps), a.Name, a) })
+	return s.update(func(tx *bolt.Tx) error { return put(tx.Bucket(bucketApps), a.Name, a) })
 }
 
 // Apps returns every app, by name.
 func (s *Store) Apps() ([]*App, error) {
 	var out []*App
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketApps).ForEach(func(k, _ []byte) error {
 			a, err := get[App](tx.Bucket(bucketApps), string(k))
 			if err == nil {
@@ -353,7 +429,7 @@ func (s *Store) Apps() ([]*App, error) {
 
 // DeleteApp removes an app and its versions; its events stay.
 func (s *Store) DeleteApp(name string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bucketApps).Delete([]byte(name)); err != nil {
 			return err
 		}
@@ -368,7 +444,7 @@ func (s *Store) DeleteApp(name string) error {
 // PutVersion creates or replaces a version; a new one gets the next
 // sequence number of its app.
 func (s *Store) PutVersion(v *Version) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		b, err := tx.Bucket(bucketVersions).CreateBucketIfNotExists([]byte(v.App))
 		if err != nil {
 			return err
@@ -385,7 +461,7 @@ func (s *Store) PutVersion(v *Version) error {
 // Version returns one version of an app.
 func (s *Store) Version(app, label string) (*Version, error) {
 	var v *Version
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketVersions).Bucket([]byte(app))
 		if b == nil {
 			return ErrNotFound
@@ -400,7 +476,7 @@ func (s *Store) Version(app, label string) (*Version, error) {
 // NextSeq is the sequence number the app's next version will get.
 func (s *Store) NextSeq(app string) uint64 {
 	var n uint64
-	s.db.View(func(tx *bolt.Tx) error {
+	s.view(func(tx *bolt.Tx) error {
 		if b := tx.Bucket(bucketVersions).Bucket([]byte(app)); b != nil {
 			n = b.Sequence()
 		}
@@ -412,7 +488,7 @@ func (s *Store) NextSeq(app string) uint64 {
 // Versions returns an app's versions, newest first.
 func (s *Store) Versions(app string) ([]*Version, error) {
 	var out []*Version
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketVersions).Bucket([]byte(app))
 		if b == nil {
 			return nil
@@ -431,7 +507,7 @@ func (s *Store) Versions(app string) ([]*Version, error) {
 
 // AddEvent appends an event, dropping the oldest beyond MaxEvents.
 func (s *Store) AddEvent(e Event) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketEvents)
 		seq, err := b.NextSequence()
 		if err != nil {
@@ -461,7 +537,7 @@ func (s *Store) AddEvent(e Event) error {
 // not empty, oldest first.
 func (s *Store) Events(app string, limit int) ([]Event, error) {
 	var out []Event
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketEvents).Cursor()
 		for k, raw := c.Last(); k != nil && len(out) < limit; k, raw = c.Prev() {
 			var e Event

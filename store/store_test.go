@@ -114,3 +114,41 @@ func TestJournalsSurviveReopen(t *testing.T) {
 		t.Errorf("journals after delete = %v", js)
 	}
 }
+
+// TestSuspendHandsTheFileOver: a suspended store lets another process
+// open the file (an agent's successor), refuses reads and writes meanwhile,
+// and, resumed, sees what the other one wrote.
+func TestSuspendHandsTheFileOver(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Suspend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Apps(); !errors.Is(err, ErrSuspended) {
+		t.Errorf("Apps while suspended: %v, want ErrSuspended", err)
+	}
+	if err := s.PutApp(&App{Name: "lost"}); !errors.Is(err, ErrSuspended) {
+		t.Errorf("PutApp while suspended: %v, want ErrSuspended", err)
+	}
+	next, err := Open(path)
+	if err != nil {
+		t.Fatalf("the successor cannot open the file: %v", err)
+	}
+	if err := next.PutApp(&App{Name: "web", Port: 8080}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Resume(); err == nil {
+		t.Fatal("resumed while the successor holds the file")
+	}
+	next.Close()
+	if err := s.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := s.App("web"); err != nil || a.Port != 8080 {
+		t.Errorf("after Resume: %+v, %v", a, err)
+	}
+}
