@@ -54,6 +54,8 @@ bench: docker build tools example
 	$(GO) test -run '^$$' -bench . -benchmem ./proxy/
 	@scripts/bench.sh
 	@scripts/fleet-bench.sh
+	@echo "==> agent upgrade: the longest wait of a new connection during 10 upgrades (max-conn-wait-ms, target <= 50)"
+	$(GO) test -run '^$$' -bench BenchmarkUpgrade -benchtime 10x ./e2e/
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzUnpack -fuzztime 60s ./bundle/

@@ -57,7 +57,30 @@ func (c *Client) url(path string, q url.Values) string {
 	return u
 }
 
+// handOverWait bounds how long a read asked during an agent's upgrade is
+// asked again, until the new agent process answers it.
+const handOverWait = DefaultUpgradeTimeout
+
+// do sends req. A read the agent cannot answer for a moment (503 with
+// Retry-After: it hands over to a new process) is sent again until one
+// answers, on a new connection once the old process closes its own.
 func (c *Client) do(req *http.Request) (*http.Response, error) {
+	deadline := time.Now().Add(handOverWait)
+	for {
+		resp, err := c.doOnce(req)
+		var se *StatusError
+		if req.Method != http.MethodGet || !errors.As(err, &se) || !se.retry || time.Now().After(deadline) {
+			return resp, err
+		}
+		select {
+		case <-req.Context().Done():
+			return nil, err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (c *Client) doOnce(req *http.Request) (*http.Response, error) {
 	req.Header.Set(ProtocolHeader, strconv.Itoa(Protocol))
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -79,7 +102,7 @@ func (c *Client) do(req *http.Request) (*http.Response, error) {
 		if json.Unmarshal(b, &eb) != nil || eb.Error == "" {
 			eb.Error = fmt.Sprintf("the agent answered %s: %s", resp.Status, bytes.TrimSpace(b))
 		}
-		se := &StatusError{Code: resp.StatusCode, Message: eb.Error}
+		se := &StatusError{Code: resp.StatusCode, Message: eb.Error, retry: resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") != ""}
 		if eb.Incompatible {
 			se.kind = ErrIncompatible
 		}
@@ -121,6 +144,8 @@ type StatusError struct {
 	// kind is ErrIncompatible when the agent refused the CLI's API
 	// version.
 	kind error
+	// retry is set when the agent said to ask again (Retry-After).
+	retry bool
 }
 
 func (e *StatusError) Error() string { return e.Message }
@@ -319,6 +344,22 @@ func (c *Client) Volumes(ctx context.Context, app string) ([]agent.VolumeInfo, e
 func (c *Client) ChangeVolumes(ctx context.Context, app string, req VolumeChange, on func(Message)) (*Message, error) {
 	b, _ := json.Marshal(req)
 	return c.stream(ctx, "/apps/"+url.PathEscape(app)+"/volumes", nil, bytes.NewReader(b), on)
+}
+
+// Upgrade makes the agent hand over to the binary now at its path and
+// streams how it goes; the last message's Agent is the new agent process.
+// With noWait, an operation in flight makes the agent refuse instead of
+// waiting for it; timeout bounds the wait for the new process (0 for the
+// agent's default).
+func (c *Client) Upgrade(ctx context.Context, noWait bool, timeout time.Duration, on func(Message)) (*Message, error) {
+	q := url.Values{}
+	if noWait {
+		q.Set("no_wait", "1")
+	}
+	if timeout > 0 {
+		q.Set("timeout", timeout.String())
+	}
+	return c.stream(ctx, "/agent/upgrade", q, nil, on)
 }
 
 // RemoveApp removes an app (and its volumes with purge), streaming what

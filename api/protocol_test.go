@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sprout-paas/sprout/store"
 	"github.com/sprout-paas/sprout/transport"
 )
 
@@ -106,5 +107,28 @@ func TestTransportErrorsReachTheUser(t *testing.T) {
 	_, err = NewClient(filepath.Join(t.TempDir(), "none.sock")).Apps(context.Background())
 	if !errors.Is(err, ErrNoAgent) || strings.Contains(err.Error(), "http://") {
 		t.Errorf("no agent: %v", err)
+	}
+}
+
+// TestReadsWaitForTheHandOver: a read answered 503 with Retry-After (the
+// agent hands over to a new process during an upgrade) is asked again
+// until it is answered; a write is not, and says why.
+func TestReadsWaitForTheHandOver(t *testing.T) {
+	var n int
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n++; n <= 2 {
+			writeError(w, store.ErrSuspended)
+			return
+		}
+		writeJSON(w, 200, AgentInfo{Version: "v2"})
+	})
+	c := serve(t, h)
+	if info, err := c.Agent(context.Background()); err != nil || info.Version != "v2" || n != 3 {
+		t.Errorf("read during a hand-over: %+v, %v after %d requests", info, err, n)
+	}
+	n = 0
+	_, err := c.Upgrade(context.Background(), false, 0, nil)
+	if err == nil || !strings.Contains(err.Error(), "handing its state to a new agent process") || n != 1 {
+		t.Errorf("write during a hand-over: %v after %d requests", err, n)
 	}
 }

@@ -23,17 +23,29 @@ import (
 
 // Server exposes an agent over HTTP.
 type Server struct {
-	agent   *agent.Agent
-	log     *slog.Logger
-	version string
-	mux     *http.ServeMux
+	agent    *agent.Agent
+	log      *slog.Logger
+	version  string
+	mux      *http.ServeMux
+	started  time.Time
+	upgrader Upgrader
 }
 
-// NewServer returns the API handler for ag.
+// Upgrader replaces the agent's process with the binary now at its path
+// (`sprout agent upgrade`); the agent's command implements it, since it
+// owns the process's listeners and state file. It returns the new
+// process's info.
+type Upgrader interface {
+	Upgrade(ctx context.Context, noWait bool, timeout time.Duration, p agent.Progress) (AgentInfo, error)
+}
+
+// NewServer returns the API handler for ag, in the agent's process, which
+// started about now.
 func NewServer(ag *agent.Agent, version string, logger *slog.Logger) *Server {
-	s := &Server{agent: ag, log: logger, version: version, mux: http.NewServeMux()}
+	s := &Server{agent: ag, log: logger, version: version, mux: http.NewServeMux(), started: time.Now()}
 	p := "/" + Version
 	s.mux.HandleFunc("GET "+p+"/agent", s.info)
+	s.mux.HandleFunc("POST "+p+"/agent/upgrade", s.upgrade)
 	s.mux.HandleFunc("GET "+p+"/apps", s.apps)
 	s.mux.HandleFunc("GET "+p+"/apps/{app}", s.status)
 	s.mux.HandleFunc("GET "+p+"/apps/{app}/versions", s.versions)
@@ -97,16 +109,54 @@ func statusOf(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, agent.ErrBusy), errors.Is(err, agent.ErrConflict):
 		return http.StatusConflict
+	case errors.Is(err, agent.ErrUpgrading), errors.Is(err, store.ErrSuspended):
+		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
 }
 
 func writeError(w http.ResponseWriter, err error) {
-	writeJSON(w, statusOf(err), ErrorBody{Error: err.Error()})
+	status := statusOf(err)
+	if status == http.StatusServiceUnavailable {
+		// An upgrade hands the agent over: the new process answers
+		// in a moment (the CLI asks reads again).
+		w.Header().Set("Retry-After", "1")
+	}
+	writeJSON(w, status, ErrorBody{Error: err.Error()})
 }
 
+// SetUpgrader makes POST /agent/upgrade work.
+func (s *Server) SetUpgrader(u Upgrader) { s.upgrader = u }
+
 func (s *Server) info(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, 200, AgentInfo{ID: s.agent.ID(), Version: s.version, DataDir: s.agent.Config().DataDir})
+	writeJSON(w, 200, AgentInfo{ID: s.agent.ID(), Version: s.version, DataDir: s.agent.Config().DataDir,
+		PID: os.Getpid(), StartedAt: s.started, UptimeSeconds: time.Since(s.started).Seconds()})
+}
+
+// upgrade hands the agent over to the binary at its path, streaming how
+// it goes; the last message names the new process.
+func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) {
+	if s.upgrader == nil {
+		writeError(w, fmt.Errorf("%w: this agent cannot upgrade itself", agent.ErrInvalid))
+		return
+	}
+	q := r.URL.Query()
+	timeout := DefaultUpgradeTimeout
+	if v := q.Get("timeout"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			writeError(w, fmt.Errorf("%w: timeout=%q is not a duration like 30s or 2m", agent.ErrInvalid, v))
+			return
+		}
+		timeout = d
+	}
+	st := &stream{w: w}
+	info, err := s.upgrader.Upgrade(r.Context(), q.Get("no_wait") == "1", timeout, st)
+	if err != nil {
+		st.finish(nil, err)
+		return
+	}
+	st.send(Message{Done: true, Agent: &info})
 }
 
 func (s *Server) appStatus(ctx context.Context, app *store.App) AppStatus {

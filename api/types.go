@@ -42,6 +42,8 @@ type Message struct {
 	Error string `json:"error,omitempty"`
 	// Result is the version a successful deploy or rollback serves.
 	Result *store.Version `json:"result,omitempty"`
+	// Agent is the agent process that serves after a successful upgrade.
+	Agent *AgentInfo `json:"agent,omitempty"`
 }
 
 // AppStatus is what `sprout status` and `sprout apps` show of one app.
@@ -141,4 +143,15 @@ type AgentInfo struct {
 	ID      string `json:"id"`
 	Version string `json:"version"`
 	DataDir string `json:"data_dir"`
+	// PID is the agent's process; an upgrade starts a new one.
+	PID int `json:"pid,omitempty"`
+	// StartedAt is when the process started, and UptimeSeconds how long
+	// it has run, on the agent's own clock.
+	StartedAt     time.Time `json:"started_at,omitzero"`
+	UptimeSeconds float64   `json:"uptime_seconds,omitempty"`
 }
+
+// DefaultUpgradeTimeout is how long an upgrade waits for the new agent
+// process to be ready before it gives up (and the running one keeps
+// serving).
+const DefaultUpgradeTimeout = time.Minute

@@ -11,6 +11,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -18,7 +19,9 @@ import (
 	"github.com/sprout-paas/sprout/agent"
 	"github.com/sprout-paas/sprout/api"
 	"github.com/sprout-paas/sprout/gitpush"
+	"github.com/sprout-paas/sprout/handover"
 	"github.com/sprout-paas/sprout/health"
+	"github.com/sprout-paas/sprout/internal/httpdrain"
 	"github.com/sprout-paas/sprout/metrics"
 	"github.com/sprout-paas/sprout/proxy"
 	"github.com/sprout-paas/sprout/runtime"
@@ -48,10 +51,12 @@ flags, in that order of precedence (see configs/agent.yaml).`,
 	}
 	cmd.Flags().String("data-dir", "", "where the agent keeps all its state (env SPROUT_DATA_DIR; default /var/lib/sprout)")
 	cmd.Flags().String("log-level", "", "debug, info, warn or error (env SPROUT_LOG_LEVEL)")
+	cmd.Flags().String("pid-file", "", "write the agent's process id there, again after each upgrade (env SPROUT_PID_FILE; systemd's PIDFile=)")
+	cmd.AddCommand(newAgentUpgradeCommand(c))
 	return cmd
 }
 
-func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
+func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) (err error) {
 	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
 	logOut := newBufferedLog(c.err, 100*time.Millisecond)
 	defer logOut.Close()
@@ -61,6 +66,18 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 	}
 	log := slog.New(h)
 
+	// Started by an upgrade, the agent takes over its predecessor's
+	// listeners, and tells it why when it cannot (the predecessor then
+	// keeps serving).
+	hs, err := handover.Inherit()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			hs.Fail(err)
+		}
+	}()
 	if err := os.MkdirAll(cfg.Agent.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
@@ -78,33 +95,38 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 	m := metrics.New(func() float64 { return float64(st.Size()) })
 	tracker := health.NewTracker()
 	cfg.Proxy.Observer = proxy.Observers(m, tracker)
+	cfg.Proxy.Listen = hs.Listen
 	px := proxy.New(cfg.Proxy, log.With("component", "proxy"))
 	ag, err := agent.New(cfg.Agent, docker, px, st, m, tracker, log.With("component", "agent"))
 	if err != nil {
 		return err
 	}
 	ag.SetFetcher(&source.Fetcher{S3Options: cfg.S3, WorkDir: filepath.Join(cfg.Agent.DataDir, "bundles")})
+	// servers are the agent's own HTTP servers besides the API's.
+	var servers []*httpdrain.Server
 	if cfg.MetricsAddress != "" {
-		mln, err := net.Listen("tcp", cfg.MetricsAddress)
+		mln, err := hs.Listen("tcp", cfg.MetricsAddress)
 		if err != nil {
 			return fmt.Errorf("config metrics.address: cannot listen on %s: %w", cfg.MetricsAddress, err)
 		}
-		msrv := &http.Server{Handler: metricsMux(m), ReadHeaderTimeout: 10 * time.Second}
+		msrv := httpdrain.New(&http.Server{Handler: metricsMux(m), ReadHeaderTimeout: 10 * time.Second})
 		go msrv.Serve(mln)
 		defer msrv.Close()
+		servers = append(servers, msrv)
 		log.Info("metrics served", "addr", "http://"+mln.Addr().String()+"/metrics")
 	}
 	for _, w := range cfg.Warnings {
 		log.Warn(w)
 	}
 	if cfg.Git.Address != "" {
-		stop, err := serveGit(cfg, log.With("component", "git"))
+		gsrv, err := serveGit(cfg, hs.Listen, log.With("component", "git"))
 		if err != nil {
 			return err
 		}
-		defer stop()
+		defer gsrv.Close()
+		servers = append(servers, gsrv)
 	}
-	ln, err := listenSocket(cfg.Socket, cfg.SocketGroup)
+	ln, err := listenSocket(hs, cfg.Socket, cfg.SocketGroup)
 	if err != nil {
 		return err
 	}
@@ -114,12 +136,13 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 	}
 	for _, d := range cfg.Apps {
 		if err := ag.SetWatch(ctx, d.Name, d.Manifest, d.Port); err != nil {
+			ln.Close()
 			return fmt.Errorf("config apps: %s: %w", d.Name, err)
 		}
 	}
-	go ag.Watch(ctx)
-	go ag.Monitor(ctx)
-	go ag.Follow(ctx, cfg.WatchInterval)
+	loops := &background{parent: ctx, loops: []func(context.Context){
+		ag.Watch, ag.Monitor, func(ctx context.Context) { ag.Follow(ctx, cfg.WatchInterval) },
+	}}
 	if cfg.Environment != "" {
 		env, host, err := joinEnvironment(ctx, cfg)
 		if err != nil {
@@ -127,32 +150,70 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 			return err
 		}
 		log.Info("environment joined", "env", env.URL(), "host_id", host.ID)
-		go ag.RunEnvironment(ctx, env, host)
+		loops.loops = append(loops.loops, func(ctx context.Context) { ag.RunEnvironment(ctx, env, host) })
 	}
-	srv := &http.Server{Handler: api.NewServer(ag, Version, log.With("component", "api")), ReadHeaderTimeout: 10 * time.Second}
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		<-ctx.Done()
-		log.Info("shutting down: apps keep running; the proxy stops until the agent starts again")
-		// Operations in flight (a CLI deploy, a manifest's rollout) get
-		// to finish, so that a swap is also recorded, within a bound
-		// under the systemd unit's TimeoutStopSec; the proxy keeps
-		// serving meanwhile. What is cut is recorded as interrupted at
-		// the next start.
-		sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
-		defer cancel()
-		srv.Shutdown(sctx)
-		if err := ag.Wait(sctx); err != nil {
-			log.Warn("stopping with an operation still running; the next start recovers it", "error", err)
-		}
-		px.Shutdown(sctx)
-	}()
-	log.Info("agent ready", "id", ag.ID(), "socket", cfg.Socket, "socket_group", cfg.SocketGroup, "data_dir", cfg.Agent.DataDir, "version", Version)
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	loops.start()
+	up := &upgrader{ag: ag, st: st, hs: hs, loops: loops, log: log.With("component", "upgrade"), handedOver: make(chan struct{})}
+	apiHandler := api.NewServer(ag, Version, log.With("component", "api"))
+	apiHandler.SetUpgrader(up)
+	srv := httpdrain.New(&http.Server{Handler: apiHandler, ReadHeaderTimeout: 10 * time.Second})
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	if err := writePIDFile(cfg.PIDFile); err != nil {
+		ln.Close()
 		return err
 	}
-	<-stopped
+	// From here the listeners accept; a predecessor stops accepting on
+	// hearing it.
+	if err := hs.Ready(Version); err != nil {
+		log.Warn("the agent that started this one did not hear it serves; it stops after its deadline", "error", err)
+	}
+	sigCtx, stopSignals := context.WithCancel(context.Background())
+	defer stopSignals()
+	go up.onSignals(sigCtx)
+	ready := []any{"id", ag.ID(), "socket", cfg.Socket, "socket_group", cfg.SocketGroup, "data_dir", cfg.Agent.DataDir, "version", Version, "pid", os.Getpid()}
+	if from, ok := hs.From(); ok {
+		ready = append(ready, "took_over_from_pid", from.PID, "took_over_from_version", from.Version)
+	}
+	log.Info("agent ready", ready...)
+
+	select {
+	case err := <-served:
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	case <-up.handedOver:
+		// The successor accepts on every listener: stop accepting, and
+		// let the requests in flight finish.
+		succ := up.successor.Load()
+		log.Info("stopping: the new agent process serves; finishing the requests in flight", "successor_pid", succ.PID, "drain_timeout", cfg.Agent.DrainTimeout.String())
+		dctx, cancel := context.WithTimeout(context.Background(), cfg.Agent.DrainTimeout)
+		defer cancel()
+		var wg sync.WaitGroup
+		wg.Go(func() { px.Shutdown(dctx) })
+		for _, s := range append(servers, srv) {
+			wg.Go(func() { s.Drain(dctx, time.Second) })
+		}
+		wg.Wait()
+		log.Info("drained; exiting", "successor_pid", succ.PID)
+		return nil
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: apps keep running; the proxy stops until the agent starts again")
+	// Operations in flight (a CLI deploy, a manifest's rollout) get to
+	// finish, so that a swap is also recorded, within a bound under the
+	// systemd unit's TimeoutStopSec; the proxy keeps serving meanwhile.
+	// What is cut is recorded as interrupted at the next start.
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	srv.Drain(sctx, time.Second)
+	if err := ag.Wait(sctx); err != nil {
+		log.Warn("stopping with an operation still running; the next start recovers it", "error", err)
+	}
+	loops.stop()
+	px.Shutdown(sctx)
+	removePIDFile(cfg.PIDFile)
 	return nil
 }
 
@@ -161,7 +222,7 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 const shutdownGrace = 15 * time.Second
 
 // serveGit serves git push deploys on git.address.
-func serveGit(cfg *AgentConfig, log *slog.Logger) (func(), error) {
+func serveGit(cfg *AgentConfig, listen func(network, addr string) (net.Listener, error), log *slog.Logger) (*httpdrain.Server, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -178,14 +239,14 @@ func serveGit(cfg *AgentConfig, log *slog.Logger) (func(), error) {
 	if err != nil {
 		return nil, fmt.Errorf("config git: %w", err)
 	}
-	ln, err := net.Listen("tcp", cfg.Git.Address)
+	ln, err := listen("tcp", cfg.Git.Address)
 	if err != nil {
 		return nil, fmt.Errorf("config git.address: cannot listen on %s: %w", cfg.Git.Address, err)
 	}
-	srv := &http.Server{Handler: gs, ReadHeaderTimeout: 30 * time.Second}
+	srv := httpdrain.New(&http.Server{Handler: gs, ReadHeaderTimeout: 30 * time.Second})
 	go srv.Serve(ln)
 	log.Info("git push deploys served", "remote", "http://"+ln.Addr().String()+"/<app>.git", "branch", cfg.Git.Branch)
-	return func() { srv.Close() }, nil
+	return srv, nil
 }
 
 func metricsMux(m *metrics.Metrics) http.Handler {
@@ -196,8 +257,9 @@ func metricsMux(m *metrics.Metrics) http.Handler {
 
 // listenSocket opens the API socket with owner-only permissions, or, with
 // a group, mode 0660 and that group; it replaces a stale socket file but
-// never a live agent's.
-func listenSocket(path, group string) (net.Listener, error) {
+// never a live agent's. Started by an upgrade, the agent takes over its
+// predecessor's socket.
+func listenSocket(hs *handover.Set, path, group string) (net.Listener, error) {
 	gid := -1
 	if group != "" {
 		g, err := lookupGroup(group)
@@ -209,7 +271,7 @@ func listenSocket(path, group string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("socket dir: %w", err)
 	}
-	if _, err := os.Stat(path); err == nil {
+	if _, err := os.Stat(path); err == nil && !hs.Inherits("unix", path) {
 		if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
 			conn.Close()
 			return nil, fmt.Errorf("another agent already listens on %s (stop it, or give this one another --socket and --data-dir)", path)
@@ -217,7 +279,7 @@ func listenSocket(path, group string) (net.Listener, error) {
 		os.Remove(path)
 	}
 	old := umask(0o177)
-	ln, err := net.Listen("unix", path)
+	ln, err := hs.Listen("unix", path)
 	umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("listen on socket %s: %w", path, err)

@@ -34,6 +34,7 @@ var defaults = map[string]any{
 	"data_dir":                          "/var/lib/sprout",
 	"socket":                            "/run/sprout/sprout.sock",
 	"socket_group":                      "",
+	"pid_file":                          "",
 	"log_level":                         "info",
 	"log_format":                        "json",
 	"metrics.address":                   "127.0.0.1:9273",
@@ -109,6 +110,9 @@ type GitConfig struct {
 // AgentConfig is everything `sprout agent` needs, typed and checked.
 type AgentConfig struct {
 	Socket string
+	// PIDFile, when set, is where the agent writes its process id, at
+	// start and after each upgrade (systemd's PIDFile=).
+	PIDFile string
 	// SocketGroup, when set, may use the socket too (mode 0660): a group
 	// name or id.
 	SocketGroup string
@@ -145,7 +149,7 @@ func newViper(flags *pflag.FlagSet) (*viper.Viper, error) {
 	v.SetEnvPrefix("SPROUT")
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
 	v.AutomaticEnv()
-	for flag, key := range map[string]string{"data-dir": "data_dir", "socket": "socket", "log-level": "log_level"} {
+	for flag, key := range map[string]string{"data-dir": "data_dir", "socket": "socket", "log-level": "log_level", "pid-file": "pid_file"} {
 		if f := flags.Lookup(flag); f != nil {
 			if err := v.BindPFlag(key, f); err != nil {
 				return nil, err
@@ -313,7 +317,7 @@ func LoadAgentConfig(flags *pflag.FlagSet) (*AgentConfig, error) {
 		return nil, err
 	}
 	r := &configReader{v: v}
-	c := &AgentConfig{Socket: r.str("socket"), SocketGroup: r.str("socket_group"), LogFormat: r.str("log_format"), MetricsAddress: r.str("metrics.address")}
+	c := &AgentConfig{Socket: r.str("socket"), SocketGroup: r.str("socket_group"), PIDFile: r.str("pid_file"), LogFormat: r.str("log_format"), MetricsAddress: r.str("metrics.address")}
 	if c.MetricsAddress != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsAddress); err != nil {
 			r.fail("metrics.address", "%q is not host:port (use \"\" to turn metrics off)", c.MetricsAddress)

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/sprout-paas/sprout/handover"
 	"github.com/sprout-paas/sprout/internal/testenv"
 	"github.com/sprout-paas/sprout/transport"
 )
@@ -44,7 +45,7 @@ func TestSocketGroup(t *testing.T) {
 		mode  os.FileMode
 	}{{"", 0o600}, {g.Name, 0o660}, {g.Gid, 0o660}} {
 		sock := filepath.Join(t.TempDir(), "sprout.sock")
-		ln, err := listenSocket(sock, tc.group)
+		ln, err := listenSocket(firstProcess(t), sock, tc.group)
 		if err != nil {
 			t.Fatalf("group %q: %v", tc.group, err)
 		}
@@ -57,7 +58,7 @@ func TestSocketGroup(t *testing.T) {
 		}
 		ln.Close()
 	}
-	if _, err := listenSocket(filepath.Join(t.TempDir(), "sprout.sock"), "no-such-group-here"); err == nil || !strings.Contains(err.Error(), "config socket_group") {
+	if _, err := listenSocket(firstProcess(t), filepath.Join(t.TempDir(), "sprout.sock"), "no-such-group-here"); err == nil || !strings.Contains(err.Error(), "config socket_group") {
 		t.Errorf("unknown group: %v", err)
 	}
 }
@@ -71,4 +72,14 @@ func TestUploadProgress(t *testing.T) {
 	if s := out.String(); !strings.Contains(s, "==> upload") || !strings.Contains(s, "3B sent in") {
 		t.Errorf("upload progress:\n%s", s)
 	}
+}
+
+// firstProcess is the handover set of an agent no upgrade started.
+func firstProcess(t *testing.T) *handover.Set {
+	t.Helper()
+	hs, err := handover.Inherit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hs
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sprout-paas/sprout/agent"
+	"github.com/sprout-paas/sprout/api"
 	"github.com/sprout-paas/sprout/health"
 )
 
@@ -52,5 +53,18 @@ func TestSummary(t *testing.T) {
 	got := summary(map[string]int64{"build": 1234, "unpack": 40, "health": 505, "swap": 0, "custom": 7})
 	if want := "unpack 40ms, build 1.2s, health 505ms, swap 0ms, custom 7ms"; got != want {
 		t.Errorf("summary = %q, want %q", got, want)
+	}
+}
+
+func TestAgentLine(t *testing.T) {
+	for secs, want := range map[float64]string{
+		42.4:                 "sprout v2, pid 7, up 42s",
+		192:                  "sprout v2, pid 7, up 3m12s",
+		2*3600 + 5*60:        "sprout v2, pid 7, up 2h05m",
+		3*86400 + 4*3600 + 9: "sprout v2, pid 7, up 3d04h",
+	} {
+		if got := agentLine(api.AgentInfo{Version: "v2", PID: 7, UptimeSeconds: secs}); got != want {
+			t.Errorf("%v s: %q, want %q", secs, got, want)
+		}
 	}
 }

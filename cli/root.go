@@ -77,6 +77,7 @@ Run 'sprout agent' on the host, then 'sprout deploy app.zip'.`,
 		newWatchCommand(c),
 		newPublishCommand(c),
 		newDialStdioCommand(c),
+		newVersionCommand(c),
 	)
 	return root
 }

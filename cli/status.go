@@ -45,6 +45,9 @@ func newStatusCommand(c *cli) *cobra.Command {
 			if o.json {
 				return writeJSON(c.out, apps)
 			}
+			if info, err := client.Agent(cmd.Context()); err == nil {
+				fmt.Fprintf(c.out, "agent: %s\n\n", agentLine(info))
+			}
 			if len(apps) == 0 {
 				fmt.Fprintln(c.out, "no apps on this host yet; deploy one with `sprout deploy app.zip`")
 			}

@@ -41,9 +41,15 @@ type agentProc struct {
 
 func startAgent(t testing.TB, env ...string) *agentProc {
 	t.Helper()
+	return startAgentBinary(t, testenv.SproutBinary(t), env...)
+}
+
+// startAgentBinary starts the agent from the sprout binary at bin.
+func startAgentBinary(t testing.TB, bin string, env ...string) *agentProc {
+	t.Helper()
 	testenv.Docker(t)
 	dir := t.TempDir()
-	a := &agentProc{t: t, bin: testenv.SproutBinary(t), dataDir: filepath.Join(dir, "data"), socket: filepath.Join(dir, "sprout.sock")}
+	a := &agentProc{t: t, bin: bin, dataDir: filepath.Join(dir, "data"), socket: filepath.Join(dir, "sprout.sock")}
 	a.env = append(os.Environ(),
 		"SPROUT_DATA_DIR="+a.dataDir, "SPROUT_SOCKET="+a.socket,
 		"SPROUT_HEALTH_INTERVAL=100ms", "SPROUT_DEPLOY_STOP_GRACE=2s", "SPROUT_PROXY_BIND_ADDRESS=127.0.0.1")
@@ -108,13 +114,37 @@ func (a *agentProc) inFlight(app string) (int, error) {
 	return 0, nil
 }
 
+// kill signals the agent and waits until it is gone: the process the
+// test started, and, after an upgrade, the process that serves now (which
+// is not the test's child), as the agent's PID says.
 func (a *agentProc) kill(sig syscall.Signal) {
 	if a.cmd == nil || a.cmd.Process == nil {
 		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	info, err := api.NewClient(a.socket).Agent(ctx)
+	cancel()
+	if err == nil && info.PID != a.cmd.Process.Pid {
+		syscall.Kill(info.PID, sig)
+		waitGone(info.PID, 30*time.Second)
+	}
 	a.cmd.Process.Signal(sig)
+	// The output pipe is shared with the processes an upgrade started.
+	a.cmd.WaitDelay = 10 * time.Second
 	a.cmd.Wait()
 	a.cmd = nil
+}
+
+// waitGone waits until no process pid runs, at most d.
+func waitGone(pid int, d time.Duration) {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if syscall.Kill(pid, 0) != nil {
+			return
+		}
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && strings.Contains(string(b), ") Z ") {
+			return // a zombie: gone, waiting for its parent to reap it
+		}
+	}
 }
 
 // sprout runs the CLI against the agent and returns its output and exit code.

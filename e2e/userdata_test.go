@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sprout-paas/sprout/internal/loadgen"
 	"github.com/sprout-paas/sprout/internal/testenv"
 	"github.com/sprout-paas/sprout/source"
 )
@@ -129,7 +130,7 @@ func TestUserDataBootstrap(t *testing.T) {
 			t.Errorf("agent.yaml lacks %q:\n%s", want, conf)
 		}
 	}
-	pid := exec1("cat", "/run/sprout-agent.pid")
+	pid := exec1("cat", "/run/sprout/agent.pid")
 
 	// A second run changes nothing.
 	out := exec1("bash", "/user-data.sh")
@@ -141,7 +142,7 @@ func TestUserDataBootstrap(t *testing.T) {
 	// What the script says when it changes something: "wrote FILE",
 	// "installed /usr/local/bin/sprout", "installing PACKAGES", "started".
 	changed := regexp.MustCompile(`sprout-bootstrap: \S+ (wrote |installed /|installing |started|no systemd: started)`)
-	if changed.MatchString(out) || exec1("cat", "/run/sprout-agent.pid") != pid {
+	if changed.MatchString(out) || exec1("cat", "/run/sprout/agent.pid") != pid {
 		t.Errorf("the second run changed something:\n%s", out)
 	}
 	if body := get(t, port); body != "v1 bootstrapped" {
@@ -151,6 +152,32 @@ func TestUserDataBootstrap(t *testing.T) {
 	// pattern above sees it.
 	if log := exec1("cat", "/var/log/sprout-bootstrap.log"); !changed.MatchString(log) {
 		t.Errorf("bootstrap log:\n%s", log)
+	}
+
+	// A run with a new sprout binary upgrades the running agent in place:
+	// a new process serves the new version, and the app's requests do not
+	// notice.
+	bin, err := os.ReadFile(testenv.SproutVersion(t, "userdata-b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake.Put(t, "releases", "sprout/latest/sprout", bin)
+	load := loadgen.Start(loadgen.Options{URL: fmt.Sprintf("http://127.0.0.1:%d/", port), Workers: 2, Duration: 5 * time.Minute})
+	out = exec1("bash", "/user-data.sh")
+	r := load.Stop()
+	for _, want := range []string{"installed /usr/local/bin/sprout", "upgrading the running agent (pid " + strings.TrimSpace(pid), "upgraded the agent in place: agent:  sprout userdata-b, pid "} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the run with a new binary lacks %q:\n%s", want, out)
+		}
+	}
+	if newPid := exec1("cat", "/run/sprout/agent.pid"); newPid == pid || strings.Contains(out, "started the agent directly") {
+		t.Errorf("the agent was not upgraded in place (pid %s, then %s):\n%s", pid, newPid, out)
+	}
+	if r.Failed > 0 || r.OK == 0 {
+		t.Errorf("load on the app during the upgrade: %s", r)
+	}
+	if body := get(t, port); body != "v1 bootstrapped" {
+		t.Errorf("after the upgrade GET = %q", body)
 	}
 }
 

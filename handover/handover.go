@@ -86,13 +86,13 @@ func Inherit() (*Set, error) {
 	s := &Set{live: map[*listener]struct{}{}, ready: make(chan struct{})}
 	raw, ok := os.LookupEnv(EnvVar)
 	if !ok {
-		close(s.ready)
+		s.open()
 		return s, nil
 	}
 	os.Unsetenv(EnvVar)
 	var e env
 	if err := json.Unmarshal([]byte(raw), &e); err != nil {
-		close(s.ready)
+		s.open()
 		return s, fmt.Errorf("%s: %w (it is set by an agent starting its successor, not by hand)", EnvVar, err)
 	}
 	unix.CloseOnExec(e.Control)
@@ -163,6 +163,12 @@ func (s *Set) Listen(network, addr string) (net.Listener, error) {
 // the inherited ones it did not take are closed, and the predecessor
 // (if any) is told, with version, so that it stops accepting.
 func (s *Set) Ready(version string) error {
+	s.open()
+	return s.tell(report{PID: os.Getpid(), Version: version})
+}
+
+// open lets the listeners accept, and closes the inherited ones not taken.
+func (s *Set) open() {
 	s.readyOnce.Do(func() {
 		s.mu.Lock()
 		for _, in := range s.inherited {
@@ -176,7 +182,6 @@ func (s *Set) Ready(version string) error {
 		s.mu.Unlock()
 		close(s.ready)
 	})
-	return s.tell(report{PID: os.Getpid(), Version: version})
 }
 
 // Fail tells the predecessor, if any and if Ready was not called, why

@@ -275,7 +275,7 @@ func TestClosedListenerRefuses(t *testing.T) {
 // before Ready, so that one that fails has taken no connection; a close
 // meanwhile ends the wait.
 func TestNotReadyAcceptsNothing(t *testing.T) {
-	s := &Set{live: map[*listener]struct{}{}, ready: make(chan struct{})}
+	s := &Set{live: map[*listener]struct{}{}, ready: make(chan struct{})} // a successor's
 	ln, err := s.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -311,5 +311,28 @@ func TestNotReadyAcceptsNothing(t *testing.T) {
 	ln2.Close()
 	if err := <-accepted; !errors.Is(err, net.ErrClosed) {
 		t.Errorf("Accept after Close = %v, want net.ErrClosed", err)
+	}
+}
+
+// TestFirstProcessIsReady: a process no upgrade started accepts at once,
+// and may say it is ready.
+func TestFirstProcessIsReady(t *testing.T) {
+	s, err := Inherit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, _ := s.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	go net.Dial("tcp", ln.Addr().String())
+	if c, err := ln.Accept(); err != nil {
+		t.Fatal(err)
+	} else {
+		c.Close()
+	}
+	if err := s.Ready("v1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.From(); ok {
+		t.Error("a first process has a predecessor")
 	}
 }

@@ -14,8 +14,12 @@
 # in its rollouts (`sprout deploy --env`, docs/fleet.md).
 #
 # Idempotent: a second run changes nothing that is already right (and
-# says so). Without systemd (a container), the agent is started directly
-# in the background instead (log: /var/log/sprout-agent.log).
+# says so). A run that brings a sprout binary other than the one the agent
+# runs, or another agent.yaml, upgrades the running agent in place
+# (`sprout agent upgrade`): no connection to the apps is refused, and if
+# the new agent cannot start, the old one keeps serving and the script
+# fails saying why. Without systemd (a container), the agent is started
+# directly in the background instead (log: /var/log/sprout-agent.log).
 #
 #   SPROUT_BINARY_URL     https://.../sprout or s3://bucket/key (required)
 #   SPROUT_BINARY_SHA256  its SHA-256, checked when set
@@ -46,6 +50,9 @@ BIN=/usr/local/bin/sprout
 CONF_DIR=/etc/sprout
 UNIT=/etc/systemd/system/sprout-agent.service
 SOCKET=/run/sprout/sprout.sock
+# The agent writes its pid there, again after each upgrade (the unit's
+# PIDFile).
+PIDFILE=/run/sprout/agent.pid
 
 # Everything goes to the log file and to the console (cloud-init shows it).
 mkdir -p "$(dirname "$SPROUT_BOOTSTRAP_LOG")"
@@ -137,16 +144,18 @@ if [ -n "$SPROUT_BINARY_SHA256" ]; then
 fi
 chmod 0755 "$tmp/sprout"
 "$tmp/sprout" --version >/dev/null || die "the downloaded file is not a sprout binary for this machine"
-changed=0
 if cmp -s "$tmp/sprout" "$BIN"; then
   log "$BIN is up to date ($("$BIN" --version))"
 else
-  install -m 0755 "$tmp/sprout" "$BIN"
-  changed=1
+  # Replaced by a rename, never rewritten: a running agent keeps its own
+  # binary until it upgrades to this one.
+  install -m 0755 "$tmp/sprout" "$BIN.new"
+  mv -f "$BIN.new" "$BIN"
   log "installed $BIN ($("$BIN" --version))"
 fi
 
 # --- configuration -------------------------------------------------------
+changed=0
 # put FILE MODE: writes stdin to FILE when it differs; sets changed=1.
 put() {
   cat >"$tmp/new"
@@ -167,6 +176,7 @@ else
     manifest: $SPROUT_MANIFEST
     port: $SPROUT_PORT"
 fi
+changed=0
 put "$CONF_DIR/agent.yaml" 0644 <<YAML
 # Written by user-data.sh for instance $instance_id ($region); a new run
 # rewrites it. Every key: https://github.com/sprout-paas/sprout/blob/main/configs/agent.yaml
@@ -179,15 +189,41 @@ s3:
   path_style: $SPROUT_S3_PATH_STYLE
 $serves
 YAML
+conf_changed=$changed
 # The AWS SDK in the agent finds the instance role's credentials through
 # the same metadata service.
+changed=0
 put "$CONF_DIR/agent.env" 0644 <<ENV
 AWS_REGION=$region
 AWS_EC2_METADATA_SERVICE_ENDPOINT=$SPROUT_IMDS_ENDPOINT
 ENV
+# A new process inherits the running agent's environment: a new one needs
+# a restart.
+restart=$changed
+
+# agent_pid prints the pid of the agent that serves, if one runs.
+agent_pid() {
+  local pid
+  pid=$(cat "$PIDFILE" 2>/dev/null) && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+# outdated: the running agent's binary is not $BIN, or agent.yaml changed.
+outdated() {
+  local pid
+  pid=$(agent_pid) || return 0
+  [ "$conf_changed" = 1 ] || ! cmp -s "$BIN" "/proc/$pid/exe"
+}
+# upgrade: the running agent starts $BIN and hands it its listening
+# sockets and state; it keeps serving when that fails, and says why.
+upgrade() {
+  log "upgrading the running agent (pid $(agent_pid)) in place to $("$BIN" --version)"
+  "$BIN" --socket "$SOCKET" agent upgrade ||
+    die "the agent could not upgrade itself (above); it keeps serving its version: fix and run this again, or restart it"
+  log "upgraded the agent in place: $("$BIN" --socket "$SOCKET" version | grep '^agent:')"
+}
 
 # --- the agent -----------------------------------------------------------
 if have_systemd; then
+  changed=0
   put "$UNIT" 0644 <<'UNIT'
 # systemd unit for the Sprout agent. Install as
 # /etc/systemd/system/sprout-agent.service, then:
@@ -202,7 +238,14 @@ Requires=docker.service
 [Service]
 # Optional environment (AWS_REGION, AWS_EC2_METADATA_SERVICE_ENDPOINT, ...).
 EnvironmentFile=-/etc/sprout/agent.env
-ExecStart=/usr/local/bin/sprout agent --config /etc/sprout/agent.yaml
+ExecStart=/usr/local/bin/sprout agent --config /etc/sprout/agent.yaml --pid-file /run/sprout/agent.pid
+# `systemctl reload sprout-agent` upgrades the agent in place, without a
+# gap, to the binary now at /usr/local/bin/sprout (as `sprout agent
+# upgrade` does, which also says how it went). The new process writes its
+# pid to the PIDFile, which systemd reads when the old one exits, and
+# follows as the service's main process.
+ExecReload=/bin/kill -HUP $MAINPID
+PIDFile=/run/sprout/agent.pid
 Restart=always
 RestartSec=2
 # Apps keep running when the agent stops; only the agent's process is
@@ -214,35 +257,41 @@ LimitNOFILE=1048576
 [Install]
 WantedBy=multi-user.target
 UNIT
+  if [ "$changed" = 1 ]; then restart=1; fi
   systemctl daemon-reload
   systemctl enable sprout-agent >/dev/null 2>&1
-  if [ "$changed" = 1 ] || ! systemctl is-active --quiet sprout-agent; then
+  if [ "$restart" = 1 ] || ! systemctl is-active --quiet sprout-agent; then
     systemctl restart sprout-agent
     log "started the sprout-agent service"
+  elif outdated; then
+    upgrade
   else
     log "the sprout-agent service runs with this configuration; nothing to do"
   fi
 else
   # No systemd (a container): run the agent directly, in its own session,
-  # with the same environment file and a pid file.
-  pidfile=/run/sprout-agent.pid
-  running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
-  if running && [ "$changed" = 0 ]; then
-    log "the agent (pid $(cat "$pidfile")) runs with this configuration; nothing to do"
-  else
-    if running; then
-      kill "$(cat "$pidfile")"
-      for _ in $(seq 1 40); do running || break; sleep 0.5; done
+  # with the same environment file and pid file.
+  if pid=$(agent_pid) && [ "$restart" = 0 ]; then
+    if outdated; then
+      upgrade
+    else
+      log "the agent (pid $pid) runs with this configuration; nothing to do"
     fi
+  else
+    if pid=$(agent_pid); then
+      kill "$pid"
+      for _ in $(seq 1 40); do agent_pid >/dev/null || break; sleep 0.5; done
+    fi
+    mkdir -p "$(dirname "$PIDFILE")"
     (
       set -a
       # shellcheck source=/dev/null
       . "$CONF_DIR/agent.env"
       set +a
-      exec setsid "$BIN" agent --config "$CONF_DIR/agent.yaml" >>/var/log/sprout-agent.log 2>&1 </dev/null
+      exec setsid "$BIN" agent --config "$CONF_DIR/agent.yaml" --pid-file "$PIDFILE" >>/var/log/sprout-agent.log 2>&1 </dev/null
     ) &
-    echo $! >"$pidfile"
-    log "no systemd: started the agent directly (pid $(cat "$pidfile"), log /var/log/sprout-agent.log)"
+    echo $! >"$PIDFILE"
+    log "no systemd: started the agent directly (pid $(cat "$PIDFILE"), log /var/log/sprout-agent.log)"
   fi
 fi
 

@@ -58,8 +58,8 @@ func RepoRoot() string {
 }
 
 // build compiles a static binary of pkg (relative to the repo root).
-func build(dir, pkg, out string) error {
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(dir, out), "./"+pkg)
+func build(dir, pkg, out string, ldflags ...string) error {
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w "+strings.Join(ldflags, " "), "-o", filepath.Join(dir, out), "./"+pkg)
 	cmd.Dir = RepoRoot()
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	b, err := cmd.CombinedOutput()
@@ -97,6 +97,31 @@ func builtBinaries(t testing.TB) string {
 // SproutBinary returns the path of a freshly built sprout binary.
 func SproutBinary(t testing.TB) string {
 	return filepath.Join(builtBinaries(t), "sprout")
+}
+
+var versioned sync.Map // version → *versionedBuild
+
+type versionedBuild struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// SproutVersion returns the path of a sprout binary built, once per test
+// binary, to report version (as `make build` sets it with -ldflags -X).
+func SproutVersion(t testing.TB, version string) string {
+	t.Helper()
+	dir := builtBinaries(t)
+	v, _ := versioned.LoadOrStore(version, &versionedBuild{})
+	b := v.(*versionedBuild)
+	b.once.Do(func() {
+		b.path = filepath.Join(dir, "sprout-"+version)
+		b.err = build(dir, "cmd/sprout", "sprout-"+version, "-X github.com/sprout-paas/sprout/cli.Version="+version)
+	})
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+	return b.path
 }
 
 // DefaultDockerfile runs the test app on port 8080.
