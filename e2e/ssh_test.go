@@ -176,6 +176,27 @@ func TestSSH(t *testing.T) {
 			t.Errorf("apps through unix://:\n%s", out)
 		}
 	})
+	// Last: the agent is another process afterwards.
+	t.Run("agent upgrade", func(t *testing.T) {
+		before, err := api.NewClient(a.socket).Agent(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := remote.mustSprout("agent", "upgrade")
+		if !strings.Contains(out, "==> start") || !strings.Contains(out, fmt.Sprintf("was sprout %s (pid %d)", before.Version, before.PID)) {
+			t.Errorf("agent upgrade over ssh:\n%s", out)
+		}
+		after, err := api.NewClient(a.socket).Agent(context.Background())
+		if err != nil || after.PID == before.PID {
+			t.Fatalf("after the upgrade over ssh: %+v, %v", after, err)
+		}
+		if out := remote.mustSprout("version"); !strings.Contains(out, fmt.Sprintf("pid %d, up ", after.PID)) {
+			t.Errorf("version over ssh:\n%s", out)
+		}
+		if got := get(t, port); !strings.HasPrefix(got, "v1") {
+			t.Errorf("the app after the upgrade answers %q", got)
+		}
+	})
 }
 
 // over is the CLI of a user on another host: the agent reached through
