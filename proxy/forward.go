@@ -735,11 +735,23 @@ func replyFields(status int) string {
 	return "Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n"
 }
 
-// logRequest writes one access-log line.
+// logRequest writes one access-log line: built by hand and written to
+// opts.AccessLogOutput in one call when that is set (the agent's JSON
+// log), through the service's slog logger otherwise (its text format).
 func (s *Service) logRequest(req *request, status int, bytes int64, target string, took time.Duration) {
 	path := req.uri
 	if i := strings.IndexByte(path, '?'); i >= 0 {
 		path = path[:i] // queries may carry secrets and unbounded values
+	}
+	if out := s.opts.AccessLogOutput; out != nil {
+		l := accessLine{app: s.app, method: req.method, path: path, host: req.host, remote: req.remote, upstream: target, status: status, bytes: bytes, took: took}
+		bp := linePool.Get().(*[]byte)
+		*bp = l.appendTo((*bp)[:0], time.Now())
+		out.Write(*bp)
+		if cap(*bp) <= 4<<10 {
+			linePool.Put(bp)
+		}
+		return
 	}
 	s.log.LogAttrs(context.Background(), slog.LevelInfo, "request",
 		slog.String("method", req.method),

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -47,6 +48,10 @@ type Options struct {
 	StartWait time.Duration
 	// AccessLog writes one structured line per request.
 	AccessLog bool
+	// AccessLogOutput, when set, takes the access log's lines as JSON,
+	// one whole line per Write, whatever the logger's level; it must not
+	// block. When nil, the lines go through the proxy's logger at Info.
+	AccessLogOutput io.Writer
 	// Observer, when set, hears about every request (metrics).
 	Observer Observer
 }
