@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sprout-paas/sprout/agent"
+	"github.com/sprout-paas/sprout/certs"
 	"github.com/sprout-paas/sprout/platform"
 	"github.com/sprout-paas/sprout/store"
 )
@@ -27,6 +28,7 @@ type Server struct {
 	log     *slog.Logger
 	version string
 	mux     *http.ServeMux
+	certs   Certificates // nil until SetCertificates
 }
 
 // NewServer returns the API handler for ag.
@@ -51,6 +53,7 @@ func NewServer(ag *agent.Agent, version string, logger *slog.Logger) *Server {
 	s.mux.HandleFunc("POST "+p+"/apps/{app}/watch", s.watch)
 	s.mux.HandleFunc("GET "+p+"/events", s.events)
 	s.mux.HandleFunc("GET "+p+"/health", s.health)
+	s.routeCerts(p)
 	return s
 }
 
@@ -91,9 +94,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // statusOf maps agent errors to HTTP statuses, in one place.
 func statusOf(err error) int {
 	switch {
-	case errors.Is(err, agent.ErrInvalid), errors.Is(err, platform.ErrInvalidEnv):
+	case errors.Is(err, agent.ErrInvalid), errors.Is(err, platform.ErrInvalidEnv), errors.Is(err, certs.ErrInvalid):
 		return http.StatusBadRequest
-	case errors.Is(err, store.ErrNotFound):
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, certs.ErrNotFound):
 		return http.StatusNotFound
 	case errors.Is(err, agent.ErrBusy), errors.Is(err, agent.ErrConflict):
 		return http.StatusConflict

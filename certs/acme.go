@@ -115,14 +115,14 @@ func trustedRoots(caRoot string) (*x509.CertPool, error) {
 	}
 	pem, err := os.ReadFile(caRoot)
 	if err != nil {
-		return nil, fmt.Errorf("%w: tls.acme.ca_root: %v", ErrInvalid, err)
+		return nil, fmt.Errorf("tls.acme.ca_root: %v", err)
 	}
 	pool, err := x509.SystemCertPool()
 	if err != nil {
 		pool = x509.NewCertPool()
 	}
 	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("%w: tls.acme.ca_root %s holds no PEM certificate (-----BEGIN CERTIFICATE-----)", ErrInvalid, caRoot)
+		return nil, fmt.Errorf("tls.acme.ca_root: %s holds no PEM certificate (-----BEGIN CERTIFICATE-----): give the root of the CA that serves tls.acme.directory", caRoot)
 	}
 	return pool, nil
 }

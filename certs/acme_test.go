@@ -77,8 +77,8 @@ func TestObtainsFromPebble(t *testing.T) {
 			s := start(t, 0, tc.tweak)
 			domain := "web-" + tc.challenge + ".sprout.test"
 			s.pebble.Host(t, domain, "127.0.0.1")
-			ca := newTestCA(t)
-			yourCert, yourKey := ca.issue(t, time.Now().Add(24*time.Hour), "intranet.sprout.test")
+			ca := testenv.NewCA(t, "Intranet Root")
+			yourCert, yourKey := ca.Issue(t, time.Now().Add(24*time.Hour), "intranet.sprout.test")
 			if _, err := s.m.AddCertificate(yourCert, yourKey); err != nil {
 				t.Fatal(err)
 			}
@@ -113,7 +113,7 @@ func TestObtainsFromPebble(t *testing.T) {
 			}
 
 			// Yours covers intranet.sprout.test: served, not asked of the CA.
-			mine, err := s.front.handshake("intranet.sprout.test", ca.pool)
+			mine, err := s.front.handshake("intranet.sprout.test", ca.Pool)
 			if err != nil {
 				t.Fatalf("your certificate is not served: %v", err)
 			}

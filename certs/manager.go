@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/mail"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -358,3 +360,28 @@ func isALPNChallenge(hello *tls.ClientHelloInfo) bool {
 // ALPNProto is the protocol of TLS-ALPN-01 validation: the proxy's TLS
 // listener must offer it among its NextProtos for that challenge to work.
 const ALPNProto = "acme-tls/1"
+
+// Validate checks the options a config gives, naming the key at fault.
+func (o Options) Validate() error {
+	if o.Email != "" {
+		if a, err := mail.ParseAddress(o.Email); err != nil || a.Address != o.Email {
+			return fmt.Errorf("tls.acme.email: %q is not an email address like ops@example.com (the CA writes to it about certificates that fail to renew)", o.Email)
+		}
+	}
+	if o.Directory != "" {
+		if u, err := url.Parse(o.Directory); err != nil || u.Scheme != "https" || u.Host == "" {
+			return fmt.Errorf("tls.acme.directory: %q is not the https:// URL of an ACME directory (Let's Encrypt's is %s)", o.Directory, DefaultDirectory)
+		}
+	}
+	if o.CARoot != "" {
+		if _, err := trustedRoots(o.CARoot); err != nil {
+			return err
+		}
+	}
+	if o.Storage != "" {
+		if obj, err := source.ParseS3URL(o.Storage); err != nil || !strings.HasSuffix(obj.Key, "/") {
+			return fmt.Errorf("tls.storage: %q is not an S3 prefix like s3://bucket/envs/prod/tls/ (leave it empty to keep certificates in the data dir)", o.Storage)
+		}
+	}
+	return nil
+}

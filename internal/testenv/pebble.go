@@ -2,18 +2,11 @@ package testenv
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -93,14 +86,13 @@ func StartPebble(t testing.TB, o PebbleOptions) *Pebble {
 		Missing(t, "cannot build Pebble, the ACME test CA: "+err.Error(), "it comes from the Go module proxy: check GOPROXY and the network")
 	}
 	dir := t.TempDir()
-	caPEM, certPEM, keyPEM := loopbackCert(t)
+	ca := NewCA(t, "sprout test CA for Pebble's HTTPS")
+	certPEM, keyPEM := ca.Issue(t, time.Now().Add(24*time.Hour), "localhost", "127.0.0.1")
 	p := &Pebble{CARoot: filepath.Join(dir, "ca.pem"), Log: &SyncBuffer{}}
-	writeFile(t, p.CARoot, string(caPEM), 0o600)
+	writeFile(t, p.CARoot, string(ca.PEM), 0o600)
 	writeFile(t, filepath.Join(dir, "cert.pem"), string(certPEM), 0o600)
 	writeFile(t, filepath.Join(dir, "key.pem"), string(keyPEM), 0o600)
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	p.client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	p.client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool}}}
 
 	dnsPort, dnsMgmt, acmePort, mgmtPort := FreePort(t), FreePort(t), FreePort(t), FreePort(t)
 	p.dns = fmt.Sprintf("http://127.0.0.1:%d", dnsMgmt)
@@ -214,35 +206,4 @@ func (p *Pebble) get(url string) ([]byte, error) {
 		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
 	return b, err
-}
-
-// loopbackCert makes a CA and, signed by it, a certificate for 127.0.0.1
-// and localhost, in PEM: Pebble's own HTTPS.
-func loopbackCert(t testing.TB) (caPEM, certPEM, keyPEM []byte) {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	ca := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "sprout test CA for Pebble"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	leaf := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "pebble"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, leaf, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, _ := x509.MarshalECPrivateKey(key)
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
 }
