@@ -59,8 +59,8 @@ func parseYours(certPEM, keyPEM []byte, now time.Time) (*yourCert, error) {
 	names := make([]string, 0, len(leaf.DNSNames))
 	for _, n := range leaf.DNSNames {
 		n = strings.ToLower(n)
-		if strings.Contains(strings.TrimPrefix(n, "*."), "*") {
-			return nil, fmt.Errorf("%w: the certificate's name %q has a wildcard that is not its whole first label (*.example.com)", ErrInvalid, n)
+		if !validName(n) {
+			return nil, fmt.Errorf("%w: the certificate's name %q is not a host name, or has a wildcard that is not its whole first label (*.example.com)", ErrInvalid, n)
 		}
 		names = append(names, n)
 	}
@@ -68,6 +68,21 @@ func parseYours(certPEM, keyPEM []byte, now time.Time) (*yourCert, error) {
 		return nil, fmt.Errorf("%w: the certificate for %s expired on %s: bring a current one", ErrInvalid, names[0], leaf.NotAfter.UTC().Format(time.DateTime))
 	}
 	return &yourCert{name: NameOf(names[0]), names: names, pair: pair, added: now}, nil
+}
+
+// validName tells a host name (letters, digits, hyphens, dots), with
+// perhaps "*." before it: a name that is safe as a directory name too.
+func validName(n string) bool {
+	n = strings.TrimPrefix(n, "*.")
+	if n == "" || len(n) > 253 || strings.HasPrefix(n, ".") || strings.HasSuffix(n, ".") || strings.Contains(n, "..") {
+		return false
+	}
+	for _, r := range n {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // covers tells whether the certificate is for host: one of its names, or

@@ -137,6 +137,8 @@ func TestYourCertificateRefused(t *testing.T) {
 	cert, _ := ca.Issue(t, time.Now().Add(time.Hour), "a.example")
 	_, otherKey := ca.Issue(t, time.Now().Add(time.Hour), "a.example")
 	expired, expiredKey := ca.Issue(t, time.Now().Add(-time.Minute), "old.example")
+	escape, escapeKey := ca.Issue(t, time.Now().Add(time.Hour), "../../etc")
+	midWild, midWildKey := ca.Issue(t, time.Now().Add(time.Hour), "a.*.example")
 	for _, tc := range []struct {
 		name      string
 		cert, key []byte
@@ -145,6 +147,8 @@ func TestYourCertificateRefused(t *testing.T) {
 		{"key of another certificate", cert, otherKey, "private key does not match"},
 		{"not PEM", []byte("hello"), otherKey, "PEM"},
 		{"expired", expired, expiredKey, "expired on"},
+		{"a name that is a path", escape, escapeKey, `"../../etc" is not a host name`},
+		{"a wildcard inside", midWild, midWildKey, `"a.*.example" is not a host name`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := m.AddCertificate(tc.cert, tc.key)
