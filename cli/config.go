@@ -478,6 +478,8 @@ func (r *configReader) tls(dataDir string, s3 source.S3Options) certs.Options {
 		DataDir: dataDir, S3: s3,
 		Email: r.str("tls.acme.email"), Directory: r.str("tls.acme.directory"),
 		CARoot: r.str("tls.acme.ca_root"), Storage: r.str("tls.storage"),
+		// Where the proxy answers the CA's challenges, on ports 80 and 443.
+		ListenHost: r.str("proxy.bind_address"),
 	}
 	if err := o.Validate(); err != nil && r.err == nil {
 		r.err = fmt.Errorf("config %w", err)
