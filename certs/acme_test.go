@@ -84,7 +84,7 @@ func TestObtainsFromPebble(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			s.m.Manage([]string{domain, "intranet.sprout.test"})
+			s.m.Manage([]string{domain, "intranet.sprout.test", "*.wild.sprout.test"})
 			if i, _ := infoOf(s.m, domain); i.Status != StatusObtaining && i.Status != StatusValid {
 				t.Errorf("right after Manage: %+v, want obtaining", i)
 			}
@@ -125,6 +125,9 @@ func TestObtainsFromPebble(t *testing.T) {
 				if i.Managed && slices.Contains(i.Domains, "intranet.sprout.test") {
 					t.Errorf("intranet.sprout.test was asked of the CA: %+v", i)
 				}
+			}
+			if i, _ := infoOf(s.m, "_wildcard.wild.sprout.test"); i.Status != StatusMissing || !strings.Contains(i.Error, "a wildcard needs one of yours") {
+				t.Errorf("a wildcard domain: %+v", i)
 			}
 			checkOwnerOnly(t, s.m.opts.DataDir)
 			if strings.Contains(s.log.String(), "PRIVATE KEY") {

@@ -187,12 +187,23 @@ func (m *Manager) reconcile() {
 	m.mu.Lock()
 	var want []string
 	for _, d := range m.asked {
-		if m.yoursFor(d) == nil {
+		if m.yoursFor(d) == nil && m.unobtainable(d) == "" {
 			want = append(want, d)
 		}
 	}
 	m.mu.Unlock()
 	m.acme.manage(want)
+}
+
+// unobtainable says why ACME is not asked for domain, or "".
+func (m *Manager) unobtainable(domain string) string {
+	switch {
+	case m.acme == nil:
+		return "no certificate: ACME is off (set tls.acme.email in the agent's config) and none of yours covers " + domain + " (sprout certs add)"
+	case strings.HasPrefix(domain, "*."):
+		return "no certificate: a wildcard needs one of yours (sprout certs add); the HTTP-01 and TLS-ALPN-01 challenges cannot prove one to a CA"
+	}
+	return ""
 }
 
 // GetCertificate picks the certificate for a TLS handshake: the CA's
@@ -268,21 +279,14 @@ func (m *Manager) List() []Info {
 		}
 		out = append(out, i)
 	}
-	var uncovered []string
 	for _, d := range m.asked {
-		if m.yoursFor(d) == nil {
-			uncovered = append(uncovered, d)
+		if why := m.unobtainable(d); why != "" && m.yoursFor(d) == nil {
+			out = append(out, Info{Name: NameOf(d), Domains: []string{d}, Status: StatusMissing, Error: why})
 		}
 	}
 	m.mu.Unlock()
-	switch {
-	case m.acme != nil:
+	if m.acme != nil {
 		out = append(out, m.acme.list(m.now())...)
-	default:
-		for _, d := range uncovered {
-			out = append(out, Info{Name: d, Domains: []string{d}, Status: StatusMissing,
-				Error: "no certificate: ACME is off (set tls.acme.email in the agent's config) and none of yours covers " + d + " (sprout certs add)"})
-		}
 	}
 	slices.SortFunc(out, func(a, b Info) int { return strings.Compare(a.Name, b.Name) })
 	if out == nil {
