@@ -159,6 +159,11 @@ func (h *harness) start() {
 		defer cancel()
 		stopWatch()
 		srv.Shutdown(ctx)
+		// Operations outlive their client: let them end, as a stopping
+		// agent does, before the store closes.
+		if err := h.ag.Wait(ctx); err != nil {
+			t.Logf("stopping the agent: %v", err)
+		}
 		h.px.Shutdown(ctx)
 		st.Close()
 	}
