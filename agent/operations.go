@@ -127,22 +127,22 @@ func (a *Agent) running(app string) *runningRollout {
 	return a.rollouts[app]
 }
 
-// queued tells r's client that r waits behind the app's operation in
-// flight.
+// queued records that r waits behind the app's operation in flight, and
+// tells its client.
 func (r *runningRollout) queued() {
-	r.mu.Lock()
-	r.info.Queued = true
-	op := r.info
-	r.mu.Unlock()
-	if r.watcher != nil {
-		r.watcher.Operation(op)
-	}
+	r.tell(func(op *Operation) { op.Queued = true })
 }
 
 // begins records that r's rollout of label begins, and tells its client.
 func (r *runningRollout) begins(label string) {
+	r.tell(func(op *Operation) { op.Label, op.Queued = label, false })
+}
+
+// tell changes r's record with change and tells r's client what it is
+// now.
+func (r *runningRollout) tell(change func(*Operation)) {
 	r.mu.Lock()
-	r.info.Label, r.info.Queued = label, false
+	change(&r.info)
 	op := r.info
 	r.mu.Unlock()
 	if r.watcher != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sprout-paas/sprout/agent"
 	"github.com/sprout-paas/sprout/api"
+	"github.com/sprout-paas/sprout/internal/loadgen"
 	"github.com/sprout-paas/sprout/internal/testenv"
 	"github.com/sprout-paas/sprout/store"
 )
@@ -23,11 +24,7 @@ import (
 // setenv queued behind it.
 func TestOperationsOutliveTheirClient(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t)
-	app, port := testenv.Name("outlive"), testenv.FreePort(t)
-	h.mustDeploy(app, "v1", testenv.Bundle(t, ""), map[string]string{"port": fmt.Sprint(port), "health_path": "/healthz"})
-	load := testenv.Load(t, port, 4)
-	testenv.Answered(t, load, "v1 ", 50)
+	h, app, port, load := servingUnderLoad(t, "outlive")
 
 	// The deploy's client goes away once the health check waits.
 	ctx, leave := context.WithCancel(context.Background())
@@ -111,17 +108,25 @@ func TestOperationsOutliveTheirClient(t *testing.T) {
 	}
 }
 
+// servingUnderLoad starts an agent serving v1 of a new app, with a health
+// check path, and a load on it that never retries.
+func servingUnderLoad(t *testing.T, prefix string) (*harness, string, int, *loadgen.Load) {
+	t.Helper()
+	h := newHarness(t)
+	app, port := testenv.Name(prefix), testenv.FreePort(t)
+	h.mustDeploy(app, "v1", testenv.Bundle(t, ""), map[string]string{"port": fmt.Sprint(port), "health_path": "/healthz"})
+	load := testenv.Load(t, port, 4)
+	testenv.Answered(t, load, "v1 ", 50)
+	return h, app, port, load
+}
+
 // TestAbortStopsAnOperationWithoutClient: a deploy whose client went away
 // is stopped by `sprout abort` (the one way to stop it): the version that
 // served keeps serving, the deploy is recorded as aborted, and nothing is
 // left in flight.
 func TestAbortStopsAnOperationWithoutClient(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t)
-	app, port := testenv.Name("outabort"), testenv.FreePort(t)
-	h.mustDeploy(app, "v1", testenv.Bundle(t, ""), map[string]string{"port": fmt.Sprint(port), "health_path": "/healthz"})
-	load := testenv.Load(t, port, 4)
-	testenv.Answered(t, load, "v1 ", 50)
+	h, app, _, load := servingUnderLoad(t, "outabort")
 
 	ctx, leave := context.WithCancel(context.Background())
 	h.deployCtx(ctx, app, "v2", testenv.Bundle(t, "", "ENV APP_BOOT_DELAY=60s"), nil, func(m api.Message) {

@@ -92,6 +92,9 @@ func (f *following) on(m api.Message) {
 	warn := f.detach && !f.warnedOld && f.client.AgentProtocol() < api.ProtocolOutlives
 	f.warnedOld = f.warnedOld || warn
 	f.mu.Unlock()
+	if f.detach && f.isAccepted() {
+		return // detaching: what comes now is the agent's to tell
+	}
 	if warn {
 		fmt.Fprintf(f.c.err, "note: this agent (API version %d) cannot run the %s without this CLI: following it to the end (upgrade the agent for --detach)\n", f.client.AgentProtocol(), f.kind)
 	}
@@ -135,7 +138,7 @@ func (f *following) follow(start func(context.Context, func(api.Message)) (*api.
 		select {
 		case r := <-res:
 			if r.err != nil && f.isAccepted() && !f.oldAgent() && !errors.As(r.err, new(*api.OpError)) && !errors.As(r.err, new(*api.StatusError)) {
-				return nil, false, fmt.Errorf("lost the connection to the agent (%v): %s goes on there\n%s", r.err, f.what(), f.hints())
+				return nil, false, fmt.Errorf("%s goes on on the agent%s, but this CLI lost its connection to it: %v\n%s", f.what(), f.at(), r.err, f.hints())
 			}
 			return r.last, true, r.err
 		case <-detached:

@@ -110,6 +110,9 @@ func TestDetachReturnsOnceAccepted(t *testing.T) {
 			t.Errorf("the output lacks %q:\n%s", want, out)
 		}
 	}
+	if strings.Contains(out, "==> build") {
+		t.Errorf("--detach went on printing the deploy's progress once accepted:\n%s", out)
+	}
 	select {
 	case <-gone:
 	case <-time.After(5 * time.Second):
@@ -203,7 +206,7 @@ func TestLostConnectionAfterAccepted(t *testing.T) {
 	if code := exitCode(err); code != 1 {
 		t.Errorf("exit %d (%v), want 1", code, err)
 	}
-	if err == nil || !strings.Contains(err.Error(), "lost the connection to the agent") || !strings.Contains(err.Error(), "the deploy of web v9 goes on there") || !strings.Contains(err.Error(), "sprout abort --app web") {
+	if err == nil || !strings.Contains(err.Error(), "the deploy of web v9 goes on on the agent (at health), but this CLI lost its connection to it") || !strings.Contains(err.Error(), "sprout abort --app web") {
 		t.Errorf("a lost connection: %v\n%s", err, out)
 	}
 }
