@@ -165,3 +165,11 @@ func (r *runningRollout) snapshot(queued bool) Operation {
 	op.Queued = queued
 	return op
 }
+
+// RecordUnheard records, as an event of app, the error of an operation
+// (kind) that ended before its rollout began while no client followed it
+// (detached, or interrupted while queued), so that `sprout events` tells
+// what the client could not. A rollout that began records its own end.
+func (a *Agent) RecordUnheard(app, kind string, err error) {
+	a.event(app, "", "refused", "the %s of %s did not start, and its client had gone: %v", kind, app, err)
+}

@@ -21,7 +21,8 @@ import (
 // it whose client goes away as soon as the agent accepted it, both run to
 // their end: v2 serves with the new environment, and not one request
 // fails. Meanwhile status shows the deploy in flight at its step, and the
-// setenv queued behind it.
+// setenv queued behind it; a rollback queued too, to a version that does
+// not exist, fails in its turn, and an event says why.
 func TestOperationsOutliveTheirClient(t *testing.T) {
 	t.Parallel()
 	h, app, port, load := servingUnderLoad(t, "outlive")
@@ -70,6 +71,17 @@ func TestOperationsOutliveTheirClient(t *testing.T) {
 	if !errors.Is(err, context.Canceled) || queued == nil || !queued.Queued || queued.Kind != "setenv" {
 		t.Fatalf("the queued setenv: %v, accepted %+v", err, queued)
 	}
+	// And a rollback to a version that does not exist, which fails once
+	// its turn comes, with no client to tell: an event tells.
+	rctx, rleave := context.WithCancel(context.Background())
+	_, err = h.client.Rollback(rctx, app, api.RollbackRequest{To: "nope"}, func(m api.Message) {
+		if m.Operation != nil {
+			rleave()
+		}
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("the queued rollback: %v", err)
+	}
 	ops, err := h.client.Operations(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -80,8 +92,8 @@ func TestOperationsOutliveTheirClient(t *testing.T) {
 			mine = append(mine, op)
 		}
 	}
-	if len(mine) != 2 || mine[0].Kind != "deploy" || mine[0].Queued || mine[1].Kind != "setenv" || !mine[1].Queued {
-		t.Errorf("operations in flight = %+v, want the deploy, then the setenv queued", mine)
+	if len(mine) != 3 || mine[0].Kind != "deploy" || mine[0].Queued || mine[1].Kind != "setenv" || !mine[1].Queued || mine[2].Kind != "rollback" || !mine[2].Queued {
+		t.Errorf("operations in flight = %+v, want the deploy, then the setenv and the rollback queued", mine)
 	}
 
 	// Both finish.
@@ -106,6 +118,7 @@ func TestOperationsOutliveTheirClient(t *testing.T) {
 	if _, body := get(t, port, "/"); body != "v2 hello" {
 		t.Errorf("GET / = %q", body)
 	}
+	hasEvent(t, h, app, "the rollback of "+app+" did not start, and its client had gone: version nope of "+app)
 }
 
 // servingUnderLoad starts an agent serving v1 of a new app, with a health

@@ -16,7 +16,7 @@ import (
 // client until it ends or the client goes away: Ctrl-C, a dropped ssh
 // session or a cancelled CI job stop the following, never the operation.
 // Only `sprout abort` stops it (see agent/operations.go).
-func (s *Server) run(w http.ResponseWriter, r *http.Request, op func(context.Context, agent.Progress) (*store.Version, error)) {
+func (s *Server) run(w http.ResponseWriter, r *http.Request, kind string, op func(context.Context, agent.Progress) (*store.Version, error)) {
 	// Read the request to its end, so that the server sees the client
 	// go away (it looks once the body is read).
 	io.Copy(io.Discard, io.LimitReader(r.Body, 1<<20))
@@ -25,7 +25,11 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, op func(context.Con
 	ctx := agent.WithStartedBy(context.WithoutCancel(r.Context()), r.Header.Get(ByHeader))
 	go func() {
 		v, err := op(ctx, l)
-		l.finish(v, err)
+		if l.finish(v, err) {
+			// Its client left (--detach, Ctrl-C) before it failed, and
+			// before a rollout that would have recorded why.
+			s.agent.RecordUnheard(r.PathValue("app"), kind, err)
+		}
 	}()
 	l.follow(r.Context(), w)
 }
@@ -43,6 +47,8 @@ type opLog struct {
 	end  *Message // the last message, once the operation ended
 	err  error    // the operation's error
 	wake chan struct{}
+	// began: its rollout began; gone: its client stopped following.
+	began, gone bool
 }
 
 // add appends m and wakes the follower.
@@ -73,13 +79,17 @@ func (l *opLog) Line(text string) {
 
 // Operation implements agent.OperationWatcher.
 func (l *opLog) Operation(op agent.Operation) {
+	l.mu.Lock()
+	l.began = l.began || !op.Queued
+	l.mu.Unlock()
 	if l.accepted {
 		l.add(Message{Operation: &op})
 	}
 }
 
-// finish records how the operation ended.
-func (l *opLog) finish(v *store.Version, err error) {
+// finish records how the operation ended, and tells whether it failed
+// unheard: before its rollout began, with no client following.
+func (l *opLog) finish(v *store.Version, err error) (unheard bool) {
 	m := doneMessage(v, err)
 	m.Time = time.Now()
 	l.mu.Lock()
@@ -87,6 +97,7 @@ func (l *opLog) finish(v *store.Version, err error) {
 	l.end, l.err = &m, err
 	close(l.wake)
 	l.wake = make(chan struct{})
+	return err != nil && l.gone && !l.began
 }
 
 // follow streams the log to w until the operation ends or ctx (the
@@ -113,6 +124,9 @@ func (l *opLog) follow(ctx context.Context, w http.ResponseWriter) {
 		select {
 		case <-wake:
 		case <-ctx.Done():
+			l.mu.Lock()
+			l.gone = true
+			l.mu.Unlock()
 			return
 		}
 	}

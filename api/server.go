@@ -412,7 +412,7 @@ func (s *Server) deploy(w http.ResponseWriter, r *http.Request) {
 		App: r.PathValue("app"), Label: q.Get("label"), BundlePath: path, From: from,
 		Source: cmp.Or(q.Get("source"), "upload"), Commit: q.Get("commit"), Settings: settings, NoWait: q.Get("no_wait") == "1",
 	}
-	s.run(w, r, func(ctx context.Context, p agent.Progress) (*store.Version, error) {
+	s.run(w, r, "deploy", func(ctx context.Context, p agent.Progress) (*store.Version, error) {
 		return s.agent.Deploy(ctx, req, p)
 	})
 }
@@ -451,7 +451,7 @@ func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("%w: %v", agent.ErrInvalid, err))
 		return
 	}
-	s.run(w, r, func(ctx context.Context, p agent.Progress) (*store.Version, error) {
+	s.run(w, r, "rollback", func(ctx context.Context, p agent.Progress) (*store.Version, error) {
 		return s.agent.Rollback(ctx, r.PathValue("app"), req.To, req.NoWait, p)
 	})
 }
@@ -462,7 +462,7 @@ func (s *Server) setenv(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("%w: %v", agent.ErrInvalid, err))
 		return
 	}
-	s.run(w, r, func(ctx context.Context, p agent.Progress) (*store.Version, error) {
+	s.run(w, r, "setenv", func(ctx context.Context, p agent.Progress) (*store.Version, error) {
 		return nil, s.agent.SetEnv(ctx, r.PathValue("app"), req.Set, req.Unset, req.NoWait, p)
 	})
 }
@@ -473,7 +473,7 @@ func (s *Server) scale(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("%w: %v", agent.ErrInvalid, err))
 		return
 	}
-	s.run(w, r, func(ctx context.Context, p agent.Progress) (*store.Version, error) {
+	s.run(w, r, "scale", func(ctx context.Context, p agent.Progress) (*store.Version, error) {
 		return nil, s.agent.Scale(ctx, r.PathValue("app"), req.Instances, req.NoWait, p)
 	})
 }
@@ -515,7 +515,7 @@ func (s *Server) changeVolumes(w http.ResponseWriter, r *http.Request) {
 	}
 	// A volume change is a configuration rollout: it too outlives its
 	// client.
-	s.run(w, r, func(ctx context.Context, p agent.Progress) (*store.Version, error) {
+	s.run(w, r, "volume change", func(ctx context.Context, p agent.Progress) (*store.Version, error) {
 		switch {
 		case req.Add != nil:
 			return nil, s.agent.AddVolume(ctx, r.PathValue("app"), *req.Add, req.NoWait, p)
