@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -138,7 +139,7 @@ func (f *following) follow(start func(context.Context, func(api.Message)) (*api.
 		select {
 		case r := <-res:
 			if r.err != nil && f.isAccepted() && !f.oldAgent() && !errors.As(r.err, new(*api.OpError)) && !errors.As(r.err, new(*api.StatusError)) {
-				return nil, false, fmt.Errorf("%s goes on on the agent%s, but this CLI lost its connection to it: %v\n%s", f.what(), f.at(), r.err, f.hints())
+				return nil, false, f.lost(r.err)
 			}
 			return r.last, true, r.err
 		case <-detached:
@@ -186,6 +187,41 @@ func (f *following) stopOld(stop func()) (*api.Message, bool, error) {
 	stop()
 	fmt.Fprintf(f.c.err, "\nstopped: this agent (API version %d) cancels the %s of %s when its client goes away; `sprout versions --app %s` shows how it ended. Upgrade the agent so that operations outlive the CLI.\n", f.client.AgentProtocol(), f.kind, f.app, f.app)
 	return nil, false, &exitError{exitInterrupted}
+}
+
+// recheckWait bounds how long a CLI that lost its connection to the
+// agent tries again to ask it how the operation goes.
+const recheckWait = 10 * time.Second
+
+// lost says what became of an accepted operation whose stream broke
+// (err): it asks the agent again, on a new connection, whether it still
+// runs. An agent that does not answer may have stopped (its next start
+// undoes the operation) or be out of reach.
+func (f *following) lost(err error) error {
+	ctx, cancel := context.WithTimeout(f.cmd.Context(), recheckWait)
+	defer cancel()
+	st, serr := f.client.Status(ctx, f.app)
+	f.mu.Lock()
+	label := ""
+	if f.op != nil {
+		label = f.op.Label
+	}
+	f.mu.Unlock()
+	switch {
+	case serr != nil:
+		return fmt.Errorf("this CLI lost its connection to the agent (%v) and cannot reach it again (%v): if the agent still runs, %s goes on there; if it stopped, its next start undoes it\n%s", err, serr, f.what(), f.hints())
+	case slices.ContainsFunc(st.InFlight, func(op agent.Operation) bool { return op.Kind == f.opKind() && op.Label == label }):
+		return fmt.Errorf("%s goes on on the agent%s, but this CLI lost its connection to it: %v\n%s", f.what(), f.at(), err, f.hints())
+	}
+	return fmt.Errorf("this CLI lost its connection to the agent (%v) while %s ran; it has ended since, and %s serves %s: `sprout versions --app %s%s` says how it ended", err, f.what(), f.app, orDash(st.Serving), f.app, hostArgs(f.cmd))
+}
+
+// opKind is the kind of operation the agent runs for this command.
+func (f *following) opKind() string {
+	if f.kind == "volume change" {
+		return "setenv"
+	}
+	return f.kind
 }
 
 // stopFollowing ends the following of an accepted operation on Ctrl-C.

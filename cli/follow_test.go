@@ -186,28 +186,50 @@ func TestCtrlCWithAnOldAgent(t *testing.T) {
 }
 
 // TestLostConnectionAfterAccepted: a connection that breaks once the
-// agent accepted the deploy does not fail it: the CLI says that it goes
-// on there, with the hints, and exits 1.
+// agent accepted the deploy does not fail it: the CLI asks the agent
+// again and says that it goes on there (with the hints), or that it
+// ended since and what serves, or that the agent cannot be reached; and
+// exits 1.
 func TestLostConnectionAfterAccepted(t *testing.T) {
-	fakeAgent(t, func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		w.Header().Set(api.ProtocolHeader, fmt.Sprint(api.Protocol))
-		enc := json.NewEncoder(w)
-		for _, m := range accepted {
-			enc.Encode(m)
+	for _, tc := range []struct {
+		status *api.AppStatus
+		want   string
+	}{
+		{&api.AppStatus{Name: "web", Serving: "v8", InFlight: []agent.Operation{{App: "web", Kind: "deploy", Label: "v9", Step: "health"}}},
+			"the deploy of web v9 goes on on the agent (at health), but this CLI lost its connection to it"},
+		{&api.AppStatus{Name: "web", Serving: "v9"}, "while the deploy of web v9 ran; it has ended since, and web serves v9: `sprout versions --app web` says how it ended"},
+		{nil, "cannot reach it again"},
+	} {
+		fakeAgent(t, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set(api.ProtocolHeader, fmt.Sprint(api.Protocol))
+			if r.URL.Path == "/v1/apps/web" {
+				if tc.status == nil {
+					http.Error(w, "down", http.StatusBadGateway)
+					return
+				}
+				json.NewEncoder(w).Encode(tc.status)
+				return
+			}
+			io.Copy(io.Discard, r.Body)
+			enc := json.NewEncoder(w)
+			for _, m := range accepted {
+				enc.Encode(m)
+			}
+			http.NewResponseController(w).Flush()
+			if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+				conn.Close()
+			}
+		})
+		out, err := runUntil(t, "", "deploy", bundleFile(t, 1000), "--app", "web")
+		if code := exitCode(err); code != 1 {
+			t.Errorf("exit %d (%v), want 1", code, err)
 		}
-		http.NewResponseController(w).Flush()
-		conn, _, err := http.NewResponseController(w).Hijack()
-		if err == nil {
-			conn.Close()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("a lost connection, then status %+v: %v, want %q\n%s", tc.status, err, tc.want, out)
 		}
-	})
-	out, err := runUntil(t, "", "deploy", bundleFile(t, 1000), "--app", "web")
-	if code := exitCode(err); code != 1 {
-		t.Errorf("exit %d (%v), want 1", code, err)
-	}
-	if err == nil || !strings.Contains(err.Error(), "the deploy of web v9 goes on on the agent (at health), but this CLI lost its connection to it") || !strings.Contains(err.Error(), "sprout abort --app web") {
-		t.Errorf("a lost connection: %v\n%s", err, out)
+		if tc.status != nil && tc.status.Serving == "v8" && !strings.Contains(err.Error(), "sprout abort --app web") {
+			t.Errorf("no hint to stop the deploy that goes on: %v", err)
+		}
 	}
 }
 
