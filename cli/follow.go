@@ -201,27 +201,24 @@ func (f *following) lost(err error) error {
 	ctx, cancel := context.WithTimeout(f.cmd.Context(), recheckWait)
 	defer cancel()
 	st, serr := f.client.Status(ctx, f.app)
-	f.mu.Lock()
-	label := ""
-	if f.op != nil {
-		label = f.op.Label
-	}
-	f.mu.Unlock()
+	op := f.operation()
 	switch {
 	case serr != nil:
 		return fmt.Errorf("this CLI lost its connection to the agent (%v) and cannot reach it again (%v): if the agent still runs, %s goes on there; if it stopped, its next start undoes it\n%s", err, serr, f.what(), f.hints())
-	case slices.ContainsFunc(st.InFlight, func(op agent.Operation) bool { return op.Kind == f.opKind() && op.Label == label }):
+	case slices.ContainsFunc(st.InFlight, func(x agent.Operation) bool { return x.Kind == op.Kind && x.StartedAt.Equal(op.StartedAt) }):
 		return fmt.Errorf("%s goes on on the agent%s, but this CLI lost its connection to it: %v\n%s", f.what(), f.at(), err, f.hints())
 	}
 	return fmt.Errorf("this CLI lost its connection to the agent (%v) while %s ran; it has ended since, and %s serves %s: `sprout versions --app %s%s` says how it ended", err, f.what(), f.app, orDash(st.Serving), f.app, hostArgs(f.cmd))
 }
 
-// opKind is the kind of operation the agent runs for this command.
-func (f *following) opKind() string {
-	if f.kind == "volume change" {
-		return "setenv"
+// operation is what the agent said it accepted, last.
+func (f *following) operation() agent.Operation {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.op == nil {
+		return agent.Operation{}
 	}
-	return f.kind
+	return *f.op
 }
 
 // stopFollowing ends the following of an accepted operation on Ctrl-C.
@@ -242,12 +239,7 @@ func (f *following) isAccepted() bool {
 
 // what names the operation: "the deploy of web v9".
 func (f *following) what() string {
-	f.mu.Lock()
-	label := ""
-	if f.op != nil {
-		label = f.op.Label
-	}
-	f.mu.Unlock()
+	label := f.operation().Label
 	switch {
 	case f.kind == "deploy" && label != "":
 		return fmt.Sprintf("the deploy of %s %s", f.app, label)
