@@ -290,9 +290,8 @@ type deployment struct {
 }
 
 // newDeployment starts a rollout of v on app (prev is the app as it is),
-// with its journal.
-// The operation's record in InFlight (none for a recovery) follows it
-// from here on: its client hears that it was accepted.
+// with its journal. The operation's record in InFlight (none for a
+// recovery) follows it from here on, and its client hears that it began.
 func (a *Agent) newDeployment(op string, app, prev *store.App, v *store.Version, p Progress) *deployment {
 	d := &deployment{a: a, op: op, app: app, prev: prev, v: v, p: p, start: time.Now(), j: a.newJournal(app.Name, op, v.Label)}
 	if op != "recover" {

@@ -1,9 +1,13 @@
 package agent_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -165,5 +169,41 @@ func TestAbortStopsAnOperationWithoutClient(t *testing.T) {
 	v, err := h.st.Version(app, "v2")
 	if err != nil || v.Status != store.StatusFailed || v.Error != agent.ErrAborted.Error() {
 		t.Errorf("v2 = %+v, %v; want failed, aborted", v, err)
+	}
+}
+
+// TestAbandonedUploadStartsNothing: a bundle whose upload breaks off
+// before the agent has all of it starts no deploy: nothing is recorded,
+// nothing is in flight, and the agent's log says why; a bundle over the
+// limit is refused with the limit.
+func TestAbandonedUploadStartsNothing(t *testing.T) {
+	t.Parallel()
+	h := newHarnessWith(t, func(c *agent.Config) { c.MaxUploadBytes = 1 << 20 })
+	app := testenv.Name("abandon")
+	pr, pw := io.Pipe()
+	go func() {
+		pw.Write(make([]byte, 64<<10))
+		pw.CloseWithError(errors.New("the CLI went away"))
+	}()
+	if _, err := h.client.Deploy(context.Background(), app, url.Values{"label": {"v1"}}, pr, nil); err == nil {
+		t.Fatal("a deploy of half a bundle succeeded")
+	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(h.logs.String(), "the upload of the bundle broke off after 65536 bytes") {
+			return errors.New("the agent's log does not say that the upload broke off")
+		}
+		return nil
+	})
+	if _, err := h.ag.App(app); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("the app of a broken upload: %v, want not found", err)
+	}
+	if ops := h.ag.InFlightOf(app); len(ops) != 0 {
+		t.Errorf("in flight after a broken upload: %+v", ops)
+	}
+
+	_, err := h.client.Deploy(context.Background(), app, url.Values{"label": {"v1"}}, bytes.NewReader(make([]byte, 2<<20)), nil)
+	var se *api.StatusError
+	if !errors.As(err, &se) || se.Code != http.StatusRequestEntityTooLarge || !strings.Contains(err.Error(), "larger than 1048576 bytes (limit bundle.max_upload_bytes)") {
+		t.Errorf("a bundle over the limit: %v", err)
 	}
 }
