@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -48,9 +47,8 @@ type following struct {
 	op           *agent.Operation // what it accepted
 	step         string           // the step it was at, last heard
 	warnedOld    bool
-	// uploading is set when a body is sent through upload, and sent once
-	// it went out whole.
-	uploading, sent atomic.Bool
+	// body is the request's body when it is sent through upload.
+	body *uploadBody
 }
 
 func (c *cli) following(cmd *cobra.Command, client *api.Client, p *printer, kind, app string, detach bool) *following {
@@ -58,24 +56,45 @@ func (c *cli) following(cmd *cobra.Command, client *api.Client, p *printer, kind
 	return &following{c: c, cmd: cmd, client: client, p: p, kind: kind, app: app, detach: detach, accepted: make(chan struct{})}
 }
 
-// upload wraps the request's body, to know whether it went out whole.
+// upload wraps the request's body, so that Ctrl-C can abandon it before
+// it went out whole.
 func (f *following) upload(r io.Reader) io.Reader {
-	f.uploading.Store(true)
-	return &sentReader{r: r, sent: &f.sent}
+	f.body = &uploadBody{r: r}
+	return f.body
 }
 
-type sentReader struct {
-	r    io.Reader
-	sent *atomic.Bool
+// uploadBody is a request's body that may be abandoned: once it is, it
+// never ends, so the agent never has all of it and starts nothing.
+type uploadBody struct {
+	r               io.Reader
+	mu              sync.Mutex
+	sent, abandoned bool
 }
 
-func (s *sentReader) Read(b []byte) (int, error) {
-	n, err := s.r.Read(b)
-	if err == io.EOF {
-		s.sent.Store(true)
+func (u *uploadBody) Read(b []byte) (int, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.abandoned {
+		return 0, errAbandoned
 	}
+	n, err := u.r.Read(b)
+	u.sent = err == io.EOF
 	return n, err
 }
+
+// abandon abandons the body unless it went out whole, and tells whether
+// it did.
+func (u *uploadBody) abandon() bool {
+	if u == nil {
+		return false
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.abandoned = !u.sent
+	return u.abandoned
+}
+
+var errAbandoned = errors.New("the upload was stopped")
 
 // on hears each message of the stream.
 func (f *following) on(m api.Message) {
@@ -155,7 +174,7 @@ func (f *following) follow(start func(context.Context, func(api.Message)) (*api.
 				return f.stopOld(stop)
 			case f.isAccepted():
 				return f.stopFollowing(stop)
-			case f.uploading.Load() && !f.sent.Load():
+			case f.body.abandon():
 				stop()
 				fmt.Fprintf(f.c.err, "\nstopped during the upload: the agent did not get the whole bundle, so nothing changed on %s\n", f.app)
 				return nil, false, &exitError{exitInterrupted}
