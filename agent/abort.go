@@ -18,10 +18,13 @@ type runningRollout struct {
 	op     string // deploy, rollback, setenv or scale
 	cancel context.CancelCauseFunc
 	done   chan struct{} // closed once the rollout lets go of the lock
+	// watcher hears when the rollout queues and when it begins.
+	watcher OperationWatcher
 
 	mu       sync.Mutex
 	aborted  bool
 	standing bool
+	info     Operation // what InFlight shows of it
 }
 
 // abort cancels the rollout, or says that it is too late to.

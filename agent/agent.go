@@ -261,8 +261,10 @@ type Agent struct {
 	locks  map[string]chan struct{}
 	health map[string]*appHealth
 	busy   map[string]int
-	// rollouts are the rollouts in flight that abort may stop, by app.
+	// rollouts are the rollouts in flight that abort may stop, by app;
+	// ops are those and the ones queued behind them (see InFlight).
 	rollouts map[string]*runningRollout
+	ops      []*runningRollout
 }
 
 // New returns an agent. Call Start before serving requests. m may be nil;
@@ -319,7 +321,12 @@ func randomID(n int) string {
 // lock serialises operations on one app. With noWait, a busy app is
 // refused with ErrBusy; otherwise the caller hears that it waits.
 func (a *Agent) lock(ctx context.Context, app string, noWait bool, p Progress) (func(), error) {
-	unlock, err := a.waitLock(ctx, app, noWait, p)
+	return a.lockOr(ctx, app, noWait, p, nil)
+}
+
+// lockOr is lock that calls waiting, when not nil, before it waits.
+func (a *Agent) lockOr(ctx context.Context, app string, noWait bool, p Progress, waiting func()) (func(), error) {
+	unlock, err := a.waitLock(ctx, app, noWait, p, waiting)
 	if err != nil {
 		return nil, err
 	}
@@ -338,39 +345,37 @@ func (a *Agent) lock(ctx context.Context, app string, noWait bool, p Progress) (
 
 // lockRollout is lock for a rollout (deploy, rollback, setenv, scale)
 // that `sprout abort` may stop: the context it returns is cancelled with
-// ErrAborted by Abort until the rollout stands (see stand).
+// ErrAborted by Abort until the rollout stands (see stand). The rollout
+// is in InFlight from now on, queued while it waits for the lock.
 func (a *Agent) lockRollout(ctx context.Context, app, op string, noWait bool, p Progress) (context.Context, func(), error) {
-	unlock, err := a.lock(ctx, app, noWait, p)
+	ctx, cancel := context.WithCancelCause(ctx)
+	r := a.register(ctx, app, op, cancel, p)
+	unlock, err := a.lockOr(ctx, app, noWait, p, r.queued)
 	if err != nil {
+		a.unregister(r)
+		cancel(nil)
 		return nil, nil, err
 	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	r := &runningRollout{op: op, cancel: cancel, done: make(chan struct{})}
 	a.mu.Lock()
 	a.rollouts[app] = r
 	a.mu.Unlock()
 	return ctx, func() {
-		a.mu.Lock()
-		delete(a.rollouts, app)
-		a.mu.Unlock()
+		a.unregister(r)
 		cancel(nil)
 		close(r.done)
 		unlock()
 	}, nil
 }
 
-// Wait returns once no operation (deploy, rollback, setenv, recover)
-// runs, or with ctx's error.
+// Wait returns once no operation runs or waits to (a deploy, rollback,
+// setenv or scale, queued or not, a recovery, a removal), or with ctx's
+// error. A stopping agent waits here for its operations in flight, and so
+// may an upgrade; InFlight says what they are.
 func (a *Agent) Wait(ctx context.Context) error {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for {
-		a.mu.Lock()
-		running := 0
-		for _, n := range a.busy {
-			running += n
-		}
-		a.mu.Unlock()
+		running := a.pending()
 		if running == 0 {
 			return nil
 		}
@@ -382,6 +387,22 @@ func (a *Agent) Wait(ctx context.Context) error {
 	}
 }
 
+// pending counts the operations that hold an app's lock or wait for one.
+func (a *Agent) pending() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := 0
+	for _, busy := range a.busy {
+		n += busy
+	}
+	for _, r := range a.ops {
+		if a.rollouts[r.info.App] != r {
+			n++ // queued: not counted in busy yet
+		}
+	}
+	return n
+}
+
 // deploying tells whether an operation (deploy, rollback, setenv,
 // recover) of app is running.
 func (a *Agent) deploying(app string) bool {
@@ -390,7 +411,7 @@ func (a *Agent) deploying(app string) bool {
 	return a.busy[app] > 0
 }
 
-func (a *Agent) waitLock(ctx context.Context, app string, noWait bool, p Progress) (func(), error) {
+func (a *Agent) waitLock(ctx context.Context, app string, noWait bool, p Progress, waiting func()) (func(), error) {
 	if unlock, ok := a.tryLock(app); ok {
 		return unlock, nil
 	}
@@ -398,6 +419,9 @@ func (a *Agent) waitLock(ctx context.Context, app string, noWait bool, p Progres
 		return nil, fmt.Errorf("%w: %s (wait for it, or drop --no-wait to queue behind it)", ErrBusy, app)
 	}
 	p.Line(fmt.Sprintf("another deploy of %s is in progress; waiting for it to finish", app))
+	if waiting != nil {
+		waiting()
+	}
 	a.mu.Lock()
 	ch := a.locks[app]
 	a.mu.Unlock()

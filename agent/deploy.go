@@ -282,15 +282,25 @@ type deployment struct {
 	j *journal
 	// routing is how the rollout's instances get their requests.
 	routing routing
+	// run is the operation's record in InFlight; nil for a recovery.
+	run     *runningRollout
 	spec    *platform.Spec // what the bundle says, on a deploy
 	workDir string         // the unpacked bundle, removed by cleanup
 	root    string         // the bundle's root: in workDir, or kept
 }
 
 // newDeployment starts a rollout of v on app (prev is the app as it is),
-// with its journal.
+// with its journal. The operation's record in InFlight (none for a
+// recovery) follows it from here on, and its client hears that it began.
 func (a *Agent) newDeployment(op string, app, prev *store.App, v *store.Version, p Progress) *deployment {
-	return &deployment{a: a, op: op, app: app, prev: prev, v: v, p: p, start: time.Now(), j: a.newJournal(app.Name, op, v.Label)}
+	d := &deployment{a: a, op: op, app: app, prev: prev, v: v, p: p, start: time.Now(), j: a.newJournal(app.Name, op, v.Label)}
+	if op != "recover" {
+		d.run = a.running(app.Name)
+	}
+	if d.run != nil {
+		d.run.begins(v.Label)
+	}
+	return d
 }
 
 // listen opens the app's public port for this rollout; undoing it closes
@@ -312,6 +322,9 @@ func (d *deployment) cleanup() {
 func (d *deployment) begin(step string) {
 	d.end()
 	d.step, d.stepAt = step, time.Now()
+	if d.run != nil {
+		d.run.at(step)
+	}
 	d.p.Step(step)
 	d.a.event(d.app.Name, d.v.Label, "step", "%s of %s: %s", d.op, d.v.Label, step)
 }
@@ -687,7 +700,7 @@ func (d *deployment) waitHealthy(ctx context.Context, c *runtime.Container, who 
 
 // fail undoes what this deploy created and records why it failed. The
 // version that was serving is never touched. ctx is the rollout's: it
-// tells an abort from a client that went away.
+// tells an abort from a cancellation by the agent.
 func (d *deployment) fail(ctx context.Context, err error) error {
 	a := d.a
 	cause := context.Cause(ctx)
@@ -716,7 +729,9 @@ func (d *deployment) fail(ctx context.Context, err error) error {
 	case errors.Is(cause, ErrAborted):
 		err = ErrAborted
 	case errors.Is(err, context.Canceled):
-		err = errors.New("the deploy was cancelled (the client went away)")
+		// No client cancels an operation (see operations.go): only the
+		// agent, stopping, or an environment's rollout that moved on.
+		err = fmt.Errorf("the %s was cancelled on the agent (it stopped, or its environment's rollout moved on)", d.op)
 	}
 	if t := d.v.Options.Deploy.Timeout; errors.Is(err, context.DeadlineExceeded) && t > 0 {
 		err = fmt.Errorf("the deploy ran past its Timeout of %s (aws:elasticbeanstalk:command in .ebextensions): %w", t, err)

@@ -159,6 +159,11 @@ func (h *harness) start() {
 		defer cancel()
 		stopWatch()
 		srv.Shutdown(ctx)
+		// Operations outlive their client: let them end, as a stopping
+		// agent does, before the store closes.
+		if err := h.ag.Wait(ctx); err != nil {
+			t.Logf("stopping the agent: %v", err)
+		}
 		h.px.Shutdown(ctx)
 		st.Close()
 	}
@@ -180,6 +185,12 @@ func (h *harness) deploy(app, label, dir string, params map[string]string) (*api
 // deployWatching is deploy that also hands each message to watch.
 func (h *harness) deployWatching(app, label, dir string, params map[string]string, watch func(api.Message)) (*api.Message, []string, error) {
 	h.t.Helper()
+	return h.deployCtx(context.Background(), app, label, dir, params, watch)
+}
+
+// deployCtx is deployWatching whose client goes away when ctx ends.
+func (h *harness) deployCtx(ctx context.Context, app, label, dir string, params map[string]string, watch func(api.Message)) (*api.Message, []string, error) {
+	h.t.Helper()
 	packedMu.Lock()
 	packed, ok := packedBundles[dir]
 	if !ok {
@@ -198,7 +209,7 @@ func (h *harness) deployWatching(app, label, dir string, params map[string]strin
 	}
 	var lines []string
 	var mu sync.Mutex
-	last, err := h.client.Deploy(context.Background(), app, q, buf, func(m api.Message) {
+	last, err := h.client.Deploy(ctx, app, q, buf, func(m api.Message) {
 		mu.Lock()
 		defer mu.Unlock()
 		lines = append(lines, m.Step+": "+m.Line)

@@ -22,11 +22,22 @@ const Version = "v1"
 // each side refuses the other's when it is outside its range, saying
 // which side to upgrade. A side that sends none predates the header and
 // speaks 1.
+//
+// Version 2: a deploy, rollback, setenv or scale runs to its end whatever
+// happens to its client, and its stream says what the agent accepted
+// (Message.Operation), so that a client may stop following it.
 const (
-	Protocol       = 1
+	Protocol       = 2
 	MinProtocol    = 1
 	ProtocolHeader = "Sprout-Api-Version"
+	// ProtocolOutlives is the first version whose agents run operations
+	// without their client.
+	ProtocolOutlives = 2
 )
+
+// ByHeader says who runs the CLI (user@host), for the record of the
+// operations it starts.
+const ByHeader = "Sprout-By"
 
 // Message is one line of a streamed operation. The last line of a stream
 // has Done set, and Error when the operation failed.
@@ -42,6 +53,11 @@ type Message struct {
 	Error string `json:"error,omitempty"`
 	// Result is the version a successful deploy or rollback serves.
 	Result *store.Version `json:"result,omitempty"`
+	// Operation, alone in its message, says that the agent accepted the
+	// operation and carries it to its end without the client: sent when
+	// it queues behind another and when its rollout begins (API version
+	// 2 on).
+	Operation *agent.Operation `json:"operation,omitempty"`
 }
 
 // AppStatus is what `sprout status` and `sprout apps` show of one app.
@@ -73,6 +89,9 @@ type AppStatus struct {
 	Instances []agent.InstanceStatus `json:"instances"`
 	// Policy is the app's deployment policy and batch size, when set.
 	Policy string `json:"policy,omitempty"`
+	// InFlight lists the app's operations in flight, the running one
+	// first, then those queued behind it.
+	InFlight []agent.Operation `json:"in_flight,omitempty"`
 }
 
 // WatchRequest makes an app follow a manifest ("" stops).

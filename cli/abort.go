@@ -23,6 +23,10 @@ traffic once healthy, and the ones it started are drained and removed. The
 command returns once that is done. The stopped rollout fails with "aborted",
 and a stopped deploy's version is recorded as failed.
 
+An operation runs on the agent to its end whatever happens to the CLI that
+started it (Ctrl-C, a dropped ssh session, a cancelled CI job, --detach):
+abort is the way to stop it.
+
 With nothing running, abort says so and exits 0, so that it is safe to run
 whenever a rollout must not go on. A rollout whose new instances already serve
 every request is finishing and cannot be aborted: abort exits 1 and says how

@@ -17,6 +17,7 @@ import (
 
 	"github.com/sprout-paas/sprout/agent"
 	"github.com/sprout-paas/sprout/api"
+	"github.com/sprout-paas/sprout/certs"
 	"github.com/sprout-paas/sprout/gitpush"
 	"github.com/sprout-paas/sprout/health"
 	"github.com/sprout-paas/sprout/metrics"
@@ -84,6 +85,13 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 		return err
 	}
 	ag.SetFetcher(&source.Fetcher{S3Options: cfg.S3, WorkDir: filepath.Join(cfg.Agent.DataDir, "bundles")})
+	// TLS certificates: served to `sprout certs` here; the proxy's TLS
+	// listener and the agent's Manage(domains) take cm with domains.
+	cm, err := certs.New(cfg.TLS, log.With("component", "certs"))
+	if err != nil {
+		return fmt.Errorf("config tls: %w", err)
+	}
+	defer cm.Close()
 	if cfg.MetricsAddress != "" {
 		mln, err := net.Listen("tcp", cfg.MetricsAddress)
 		if err != nil {
@@ -129,7 +137,9 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 		log.Info("environment joined", "env", env.URL(), "host_id", host.ID)
 		go ag.RunEnvironment(ctx, env, host)
 	}
-	srv := &http.Server{Handler: api.NewServer(ag, Version, log.With("component", "api")), ReadHeaderTimeout: 10 * time.Second}
+	apiServer := api.NewServer(ag, Version, log.With("component", "api"))
+	apiServer.SetCertificates(cm)
+	srv := &http.Server{Handler: apiServer, ReadHeaderTimeout: 10 * time.Second}
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)

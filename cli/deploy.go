@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sprout-paas/sprout/api"
 	"github.com/sprout-paas/sprout/bundle"
 	"github.com/sprout-paas/sprout/source"
 )
@@ -22,6 +24,8 @@ type deployOptions struct {
 	app    string
 	label  string
 	noWait bool
+	// detach returns once the agent accepted the deploy.
+	detach bool
 	// git and ref name a repository commit instead of a bundle;
 	// s3Prefix uploads the bundle as an application version first.
 	git, ref, s3Prefix string
@@ -69,6 +73,12 @@ version that is never overwritten, then deploys it from there.
 Settings given as flags (--port, --health-path, ...) are kept for the app's
 later deploys.
 
+Once the agent has the bundle, the deploy is the agent's: it runs to its end
+whatever happens to this command. Ctrl-C (or a lost connection) stops
+following it and says how to watch it (sprout events --app APP --follow) and
+how to stop it (sprout abort --app APP); Ctrl-C during the upload changes
+nothing. --detach returns as soon as the agent has accepted the deploy.
+
 With --env s3://bucket/prefix/, the bundle goes to every host of that
 environment instead (no access to the hosts needed): it is uploaded as an
 application version, and its rollout goes in health-gated batches of hosts
@@ -78,6 +88,7 @@ host, and exits 0 once every host serves the version, or 1 once a failed
 batch was rolled back everywhere, naming the host and the reason.
 Interrupting it leaves the rollout running. See docs/fleet.md.`,
 		Example: `  sprout deploy app.zip --app web --label v2 --port 8080
+  sprout deploy app.zip --app web --detach  # returns once the agent accepted it
   sprout deploy ./myapp --health-path /healthz
   sprout deploy app.zip --app web --instances 4 --policy Rolling --batch-size 25
                                          # 4 instances, replaced one at a time
@@ -125,6 +136,7 @@ Interrupting it leaves the rollout running. See docs/fleet.md.`,
 	f.StringVar(&o.app, "app", "", "app name (default: the bundle's base name)")
 	f.StringVar(&o.label, "label", "", "version label (default: v<N>)")
 	f.BoolVar(&o.noWait, "no-wait", false, "fail instead of waiting when another deploy of the app is running")
+	detachFlag(cmd, &o.detach)
 	f.StringVar(&o.git, "git", "", "deploy a commit of this git repository (the agent clones it shallowly)")
 	f.StringVar(&o.ref, "ref", "", "with --git: the branch, tag or commit (default: the remote's HEAD)")
 	f.StringVar(&o.s3Prefix, "s3", "", "upload the bundle to s3://bucket/prefix/<app>/<label>.<ext> first (never overwriting), then deploy it from there")
@@ -188,11 +200,22 @@ func runDeploy(cmd *cobra.Command, c *cli, o *deployOptions, q url.Values) error
 	}
 	p := newPrinter(c.out)
 	fmt.Fprintf(c.out, "%s deploying %s to app %s\n", p.elapsed(), o.bundle, app)
-	last, err := client.Deploy(cmd.Context(), app, q, p.upload(body, size), p.on)
-	if err != nil {
-		return fmt.Errorf("deploy of %s failed: %w%s", app, err, stillServing(cmd, client, app))
+	f := c.following(cmd, client, p, "deploy", app, o.detach)
+	body = f.upload(p.upload(body, size))
+	last, err := f.run(func(ctx context.Context, on func(api.Message)) (*api.Message, error) {
+		return client.Deploy(ctx, app, q, body, on)
+	}, deployFailed(cmd, client, app))
+	if last == nil || err != nil {
+		return err
 	}
 	return p.done(cmd, client, last)
+}
+
+// deployFailed says that a deploy of app failed, and what serves.
+func deployFailed(cmd *cobra.Command, client *api.Client, app string) func(error) error {
+	return func(err error) error {
+		return fmt.Errorf("deploy of %s failed: %w%s", app, err, stillServing(cmd, client, app))
+	}
 }
 
 var notName = regexp.MustCompile(`[^a-z0-9]+`)
@@ -226,9 +249,12 @@ func deployRemote(cmd *cobra.Command, c *cli, o *deployOptions, q url.Values, re
 	}
 	p := newPrinter(c.out)
 	fmt.Fprintf(c.out, "%s deploying %s to app %s\n", p.elapsed(), source.RedactRef(ref), o.app)
-	last, err := client.Deploy(cmd.Context(), o.app, q, nil, p.on)
-	if err != nil {
-		return fmt.Errorf("deploy of %s failed: %w%s", o.app, err, stillServing(cmd, client, o.app))
+	f := c.following(cmd, client, p, "deploy", o.app, o.detach)
+	last, err := f.run(func(ctx context.Context, on func(api.Message)) (*api.Message, error) {
+		return client.Deploy(ctx, o.app, q, nil, on)
+	}, deployFailed(cmd, client, o.app))
+	if last == nil || err != nil {
+		return err
 	}
 	return p.done(cmd, client, last)
 }

@@ -31,6 +31,9 @@ func (p *printer) elapsed() string {
 }
 
 func (p *printer) on(m api.Message) {
+	if m.Operation != nil {
+		return // what the agent accepted: see following
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if m.Line == "" {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sprout-paas/sprout/agent"
 	"github.com/sprout-paas/sprout/api"
 )
 
@@ -71,6 +72,13 @@ func printStatus(out io.Writer, st api.AppStatus) {
 	}
 	fmt.Fprintf(tw, "app:\t%s\n", st.Name)
 	fmt.Fprintf(tw, "serving:\t%s (since %s)\n", serving, ago(st.ServingSince))
+	for i, op := range st.InFlight {
+		key := "in flight:"
+		if i > 0 {
+			key = ""
+		}
+		fmt.Fprintf(tw, "%s\t%s\n", key, inFlightText(op))
+	}
 	fmt.Fprintf(tw, "port:\t%d\n", st.Port)
 	status := st.Status
 	if len(st.Causes) > 0 {
@@ -117,6 +125,34 @@ func printStatus(out io.Writer, st api.AppStatus) {
 		}
 	}
 	tw.Flush()
+}
+
+// inFlightText says what an operation in flight is, where it is and
+// since when: "deploy of v9, at health since 3s ago (started 12s ago by
+// alice@laptop; `sprout abort --app web` stops it)".
+func inFlightText(op agent.Operation) string {
+	var b strings.Builder
+	b.WriteString(op.Kind)
+	if op.Label != "" {
+		b.WriteString(" of " + op.Label)
+	}
+	switch {
+	case op.Queued:
+		b.WriteString(", queued behind the operation above")
+	case op.Step != "":
+		fmt.Fprintf(&b, ", at %s since %s", op.Step, ago(op.StepSince))
+	default:
+		b.WriteString(", starting")
+	}
+	fmt.Fprintf(&b, " (started %s", ago(op.StartedAt))
+	if op.By != "" {
+		b.WriteString(" by " + op.By)
+	}
+	if !op.Queued {
+		fmt.Fprintf(&b, "; `sprout abort --app %s` stops it", op.App)
+	}
+	b.WriteString(")")
+	return b.String()
 }
 
 func shortID(id string) string {

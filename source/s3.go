@@ -173,6 +173,18 @@ func (s *S3) put(ctx context.Context, obj Object, in *s3.PutObjectInput) (string
 	return strings.Trim(aws.ToString(out.ETag), `"`), nil
 }
 
+// Delete removes an object; one that does not exist is no error, as in
+// S3 itself.
+func (s *S3) Delete(ctx context.Context, obj Object) error {
+	if err := s.ready(obj); err != nil {
+		return err
+	}
+	if _, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &obj.Bucket, Key: &obj.Key}); err != nil && !isNotFound(err) {
+		return s.explain(obj, err)
+	}
+	return nil
+}
+
 // UpdateAttempts bounds how often Update reads, changes and writes an
 // object that others keep writing.
 const UpdateAttempts = 5
