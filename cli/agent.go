@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/sprout-paas/sprout/agent"
@@ -78,7 +79,13 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 	docker.PullTimeout = cfg.PullTimeout
 	m := metrics.New(func() float64 { return float64(st.Size()) })
 	tracker := health.NewTracker()
+	m.Registry().MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "sprout_log_lines_dropped_total", Help: "Log lines (mostly access-log lines) dropped because the log output did not keep up.",
+	}, func() float64 { return float64(logOut.Dropped()) }))
 	cfg.Proxy.Observer = proxy.Observers(m, tracker)
+	if cfg.LogFormat != "text" {
+		cfg.Proxy.AccessLogOutput = logOut // the JSON line, built by the proxy
+	}
 	px := proxy.New(cfg.Proxy, log.With("component", "proxy"))
 	ag, err := agent.New(cfg.Agent, docker, px, st, m, tracker, log.With("component", "agent"))
 	if err != nil {
