@@ -123,8 +123,8 @@ func TestAppsShareAPortByDomain(t *testing.T) {
 		{"b.example.com:" + strconv.Itoa(s.httpPort), 200, "b"},
 		{"x.w.example.com", 200, "b"},
 		{"X-1.W.example.com:80", 200, "b"},
-		{"w.example.com", 404, "no app"},      // a wildcard is not its parent
-		{"y.x.w.example.com", 404, "no app"},  // nor two labels down
+		{"w.example.com", 404, "no app"},     // a wildcard is not its parent
+		{"y.x.w.example.com", 404, "no app"}, // nor two labels down
 		{"a.example.com.evil.org", 404, "no app"},
 		{"unknown.org", 404, "no app"},
 		{"127.0.0.1", 404, "no app"},
