@@ -55,6 +55,10 @@ func ValidateDomains(names []string) ([]string, error) {
 	return out, nil
 }
 
+// domainProfile is IDNA's lookup profile with DNS's lengths checked: no
+// empty label, none over 63 bytes, at most 253 in all.
+var domainProfile = idna.New(idna.MapForLookup(), idna.BidiRule(), idna.StrictDomainName(true), idna.VerifyDNSLength(true))
+
 func validateDomain(raw string) (string, error) {
 	name := strings.TrimSuffix(strings.ToLower(strings.TrimSpace(raw)), ".")
 	switch {
@@ -74,7 +78,7 @@ func validateDomain(raw string) (string, error) {
 	if rest, ok := strings.CutPrefix(name, "*."); ok {
 		wild, name = "*.", rest
 	}
-	ascii, err := idna.Lookup.ToASCII(name)
+	ascii, err := domainProfile.ToASCII(name)
 	if err != nil {
 		return "", fmt.Errorf("not a valid host name: %v", err)
 	}

@@ -390,7 +390,7 @@ func TestCurlHTTP2(t *testing.T) {
 	s := newShared(t, Options{}, certs)
 	s.domains(t, "web", echoProto(t, "web"), Domains{Names: []string{"web.example.com"}})
 	url := fmt.Sprintf("https://web.example.com:%d/", s.https)
-	out, err := exec.Command(curl, "--http2", "-sS", "--cacert", certs.caFile(t),
+	out, err := exec.Command(curl, "--http2", "-sS", "--cacert", certs.ca.File(t),
 		"--resolve", fmt.Sprintf("web.example.com:%d:127.0.0.1", s.https), "-w", "\n%{http_version}", url).CombinedOutput()
 	if err != nil {
 		t.Fatalf("curl: %v\n%s", err, out)
