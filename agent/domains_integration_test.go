@@ -295,3 +295,35 @@ func TestSwapsOverHTTPSDropNothing(t *testing.T) {
 		t.Errorf("plain HTTP with the redirect off: %d %q", code, body)
 	}
 }
+
+// TestFailedDeployGivesDomainsBack: a deploy that adds domains and fails
+// is undone from its journal: the new names go, the old ones keep serving
+// the old version, and a failed first deploy leaves no name served.
+func TestFailedDeployGivesDomainsBack(t *testing.T) {
+	t.Parallel()
+	h := newDomainHarness(t, nil)
+	ctx := context.Background()
+	app, fresh := testenv.Name("undo"), testenv.Name("undonew")
+	d1, d2, d3 := app+".example.com", "new."+app+".example.com", fresh+".example.com"
+	good := testenv.Bundle(t, "")
+	bad := testenv.Bundle(t, "", "ENV APP_HEALTH=500")
+	h.mustDeploy(app, "v1", good, map[string]string{"domain": d1, "health_path": "/healthz", "health_deadline": "3s"})
+	if _, _, err := h.deploy(app, "v2", bad, map[string]string{"domain": d1 + "," + d2}); err == nil {
+		t.Fatal("a version failing its health check was deployed")
+	}
+	if code, body := h.hostGet(t, d1); code != 200 || body != "v1 " {
+		t.Errorf("%s after the failed deploy: %d %q, want v1", d1, code, body)
+	}
+	if code, _ := h.hostGet(t, d2); code != 404 {
+		t.Errorf("%s, which only the failed deploy added: %d, want 404", d2, code)
+	}
+	if st, _ := h.client.Status(ctx, app); !slices.Equal(st.Domains, []string{d1}) {
+		t.Errorf("domains after the failed deploy: %v", st.Domains)
+	}
+	if _, _, err := h.deploy(fresh, "v1", bad, map[string]string{"domain": d3, "health_path": "/healthz", "health_deadline": "3s"}); err == nil {
+		t.Fatal("a version failing its health check was deployed")
+	}
+	if code, body := h.hostGet(t, d3); code != 404 {
+		t.Errorf("%s after a failed first deploy: %d %q, want 404", d3, code, body)
+	}
+}
