@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -406,42 +405,9 @@ func TestSwapOverHTTPSDropsNothing(t *testing.T) {
 	const swaps = 50
 	certs := newTestCerts(t, "web.example.com")
 	s := newShared(t, Options{}, certs)
-	var servers []*httptest.Server
-	served := make([]atomic.Int64, swaps+1)
-	mk := func(i int) *httptest.Server {
-		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			io.Copy(io.Discard, r.Body)
-			served[i].Add(1)
-			fmt.Fprintf(w, "v%d", i)
-		}))
-		servers = append(servers, srv)
-		return srv
-	}
-	defer func() {
-		for _, srv := range servers {
-			srv.Close()
-		}
-	}()
-	cur := mk(0)
-	s.domains(t, "web", cur, Domains{Names: []string{"web.example.com"}})
-
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	res := make(chan loadgen.Result, 1)
-	go func() {
-		res <- loadgen.Run(ctx, loadgen.Options{URL: "https://" + s.httpsIP + "/", Host: "web.example.com", Workers: 8, Duration: time.Minute,
-			TLS: &tls.Config{RootCAs: certs.pool(), ServerName: "web.example.com"}})
-	}()
-	for i := 1; i <= swaps; i++ {
-		next := mk(i)
-		retired := s.p.Swap("web", []string{addrOf(next)})
-		retired.Drain(context.Background(), 5*time.Second, time.Second)
-		cur.Close() // the old container stops
-		cur = next
-		waitFor(t, func() bool { return served[i].Load() > 0 }, fmt.Sprintf("v%d to serve a request", i))
-	}
-	cancel()
-	r := <-res
+	s.domains(t, "web", nil, Domains{Names: []string{"web.example.com"}})
+	r := swapUnderLoad(t, s.p, swaps, loadgen.Options{URL: "https://" + s.httpsIP + "/", Host: "web.example.com", Workers: 8,
+		TLS: &tls.Config{RootCAs: certs.pool(), ServerName: "web.example.com"}})
 	t.Logf("%d swaps over HTTPS: %s", swaps, r)
 	if r.Failed != 0 || r.OK < 4*swaps {
 		t.Fatalf("%d swaps over HTTPS: %s", swaps, r)
