@@ -11,9 +11,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -412,4 +415,44 @@ func TestSwapOverHTTPSDropsNothing(t *testing.T) {
 	if r.Failed != 0 || r.OK < 4*swaps {
 		t.Fatalf("%d swaps over HTTPS: %s", swaps, r)
 	}
+}
+
+// TestSharedPortNeedsPrivilege: an agent that may not bind a port below
+// 1024 refuses the domain with the advice (CAP_NET_BIND_SERVICE, or the
+// config key). As root, the test runs itself again as nobody.
+func TestSharedPortNeedsPrivilege(t *testing.T) {
+	if os.Getenv("SPROUT_TEST_UNPRIVILEGED") == "" && os.Geteuid() == 0 {
+		// Copy the test binary where nobody may run it.
+		dir := t.TempDir()
+		for _, d := range []string{filepath.Dir(dir), dir} {
+			if err := os.Chmod(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		bin := filepath.Join(dir, "proxy.test")
+		b, err := os.ReadFile(os.Args[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(bin, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, "-test.run=^TestSharedPortNeedsPrivilege$", "-test.v")
+		cmd.Env = append(os.Environ(), "SPROUT_TEST_UNPRIVILEGED=1")
+		cmd.Dir = dir
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS") {
+			t.Fatalf("as nobody: %v\n%s", err, out)
+		}
+		t.Logf("as nobody:\n%s", out)
+		return
+	}
+	p := New(Options{BindAddress: "127.0.0.1", HTTPPort: 81}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	defer p.Shutdown(context.Background())
+	err := p.SetDomains("a", Domains{Names: []string{"a.example.com"}}, time.Second)
+	if err == nil || !strings.Contains(err.Error(), "CAP_NET_BIND_SERVICE") || !strings.Contains(err.Error(), "set proxy.http_port above 1023") {
+		t.Fatalf("binding port 81 unprivileged: %v", err)
+	}
+	t.Log(err)
 }
