@@ -317,17 +317,17 @@ func (p *Proxy) newListener(port int, ln net.Listener, owner *Service, shared, t
 func (p *Proxy) Listen(app string, port int) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if l, ok := p.ports[port]; ok {
-		return p.own(l, app)
-	}
-	if app == p.opts.DefaultApp {
-		// The default app comes: the shared ports open for it.
-		if err := p.share(true); err != nil {
+	l, open := p.ports[port]
+	if open {
+		had := l.owner.Load() != nil
+		if err := p.own(l, app); err != nil {
 			return err
 		}
-		if l, ok := p.ports[port]; ok {
-			return p.own(l, app)
-		}
+		return p.shareForDefault(app, func() {
+			if !had {
+				l.owner.Store(nil)
+			}
+		})
 	}
 	addr := net.JoinHostPort(p.opts.BindAddress, strconv.Itoa(port))
 	ln, err := net.Listen("tcp", addr)
@@ -340,8 +340,27 @@ func (p *Proxy) Listen(app string, port int) error {
 		}
 		return fmt.Errorf("listen on %s: %w", addr, err)
 	}
-	p.newListener(port, ln, p.service(app), false, false)
+	l = p.newListener(port, ln, p.service(app), false, false)
 	p.log.Info("proxy listening", "app", app, "addr", ln.Addr().String())
+	return p.shareForDefault(app, func() {
+		delete(p.ports, port)
+		l.close(0)
+	})
+}
+
+// shareForDefault opens the shared ports when app is the default app,
+// which answers there for the hosts no domain claims; when they cannot
+// open, undo takes back what Listen did, and the error says why. p.mu is
+// held.
+func (p *Proxy) shareForDefault(app string, undo func()) error {
+	if app != p.opts.DefaultApp {
+		return nil
+	}
+	if err := p.share(false); err != nil {
+		undo()
+		p.dropService(app).retire(0)
+		return err
+	}
 	return nil
 }
 

@@ -279,6 +279,21 @@ func TestSharedPortTaken(t *testing.T) {
 	if d := s.p.DomainsOf("a"); len(d.Names) != 0 {
 		t.Errorf("a has %v after the refusal", d.Names)
 	}
+	// The default app's own port opens the shared ports too: it is
+	// refused as a whole, its own port closed again.
+	s = newShared(t, Options{DefaultApp: "main"}, nil)
+	taken, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", s.httpPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	own := testenv.FreePort(t)
+	if err := s.p.Listen("main", own); !errors.Is(err, ErrPortInUse) || !strings.Contains(err.Error(), "proxy.http_port") {
+		t.Errorf("the default app with its shared port taken: %v", err)
+	}
+	if !closedPort(own) {
+		t.Error("the default app's own port stayed open after the refusal")
+	}
 }
 
 // echoProto answers with what the app saw of the client's scheme.
