@@ -74,6 +74,9 @@ type Router interface {
 	// SetHealthy takes app's instance at addr out of the rotation (ok
 	// false) or brings it back (ok true), after the monitor's checks.
 	SetHealthy(app, addr string, ok bool)
+	// SetDomains serves app on the shared ports by d's names (none: by
+	// none), opening or closing those ports (within grace) as needed.
+	SetDomains(app string, d proxy.Domains, grace time.Duration) error
 }
 
 // Metrics hears how deploys go; the agent's Prometheus metrics implement
@@ -265,6 +268,14 @@ type Agent struct {
 	// ops are those and the ones queued behind them (see InFlight).
 	rollouts map[string]*runningRollout
 	ops      []*runningRollout
+	// certs, when set, gets certificates for the domains served; served
+	// are those domains, by app, and managed the set it was last told.
+	certs   CertManager
+	served  map[string][]string
+	managed []string
+	// claims serialises the checks that a domain is no other app's with
+	// the writes that claim it.
+	claims sync.Mutex
 }
 
 // New returns an agent. Call Start before serving requests. m may be nil;
@@ -288,7 +299,7 @@ func New(cfg Config, rt Runtime, router Router, st *store.Store, m Metrics, trac
 	}
 	return &Agent{cfg: cfg, rt: rt, router: router, store: st, metrics: m, tracker: tracker, log: logger, id: id,
 		locks: map[string]chan struct{}{}, health: map[string]*appHealth{}, busy: map[string]int{},
-		rollouts: map[string]*runningRollout{}}, nil
+		rollouts: map[string]*runningRollout{}, served: map[string][]string{}}, nil
 }
 
 // SetFetcher gives the agent its remote bundle sources; call it before

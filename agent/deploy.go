@@ -58,6 +58,11 @@ type Settings struct {
 	// CanaryPercent and EvaluationTime are TrafficSplitting's.
 	CanaryPercent  *int
 	EvaluationTime *time.Duration
+	// Domains, when set, replace the app's domains (see ValidateDomains);
+	// HTTPSRedirect and HSTSMaxAge say how the shared ports serve them.
+	Domains       *[]string
+	HTTPSRedirect *bool
+	HSTSMaxAge    *int
 }
 
 // apply returns app with the settings changed, validated.
@@ -120,6 +125,20 @@ func (s Settings) apply(app store.App) (store.App, error) {
 	}
 	if err := app.Health.Validate(); err != nil {
 		return app, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if s.Domains != nil {
+		names, err := ValidateDomains(*s.Domains)
+		if err != nil {
+			return app, err
+		}
+		app.Domains = names
+	}
+	if s.HTTPSRedirect != nil {
+		app.HTTPS.NoRedirect = !*s.HTTPSRedirect
+	}
+	set(&app.HTTPS.HSTSMaxAge, s.HSTSMaxAge)
+	if app.HTTPS.HSTSMaxAge < 0 {
+		return app, fmt.Errorf("%w: --hsts %d: give the max-age in seconds (31536000 is a year), or 0 for none", ErrInvalid, app.HTTPS.HSTSMaxAge)
 	}
 	return app, nil
 }
@@ -205,12 +224,16 @@ func (a *Agent) Deploy(ctx context.Context, req DeployRequest, p Progress) (*sto
 		return nil, fmt.Errorf("%w: %s already has a version %s (%s); choose another --label, or `sprout rollback --app %s --to %s` to serve it again", ErrConflict, req.App, label, old.Status, req.App, label)
 	}
 
-	if app.Serving == "" {
+	a.claims.Lock()
+	err = a.checkDomainsFree(req.App, next.Domains)
+	if err == nil && app.Serving == "" {
 		// A new app exists from its first deploy on, so that a failed one
 		// can be looked at with `sprout versions`.
-		if err := a.store.PutApp(&next); err != nil {
-			return nil, err
-		}
+		err = a.store.PutApp(&next)
+	}
+	a.claims.Unlock()
+	if err != nil {
+		return nil, err
 	}
 	v := &store.Version{App: req.App, Label: label, Status: store.StatusPending, Source: req.Source, Commit: req.Commit, CreatedAt: time.Now(), Steps: map[string]int64{}}
 	if err := a.store.PutVersion(v); err != nil {
@@ -251,8 +274,16 @@ func (a *Agent) Deploy(ctx context.Context, req DeployRequest, p Progress) (*sto
 		return v, err
 	}
 	tr.close("serving")
-	a.event(req.App, label, "deploy", "%s is serving on port %d (deploy took %s)", label, next.Port, time.Since(d.start).Round(time.Millisecond))
+	a.event(req.App, label, "deploy", "%s is serving %s (deploy took %s)", label, servedAt(&next), time.Since(d.start).Round(time.Millisecond))
 	return v, nil
+}
+
+// servedAt says where an app is served, in words.
+func servedAt(app *store.App) string {
+	if len(app.Domains) > 0 {
+		return "at " + strings.Join(app.Domains, ", ")
+	}
+	return fmt.Sprintf("on port %d", app.Port)
 }
 
 func (a *Agent) appOrNew(name string) (*store.App, error) {
@@ -554,6 +585,11 @@ func (d *deployment) rollout(ctx context.Context) error {
 	}
 	if d.runsHooks() {
 		if err := d.runHooks(ctx, platform.StagePredeploy, config, env); err != nil {
+			return err
+		}
+	}
+	if _, direct := d.routing.(*directRouting); direct {
+		if err := d.directRefused(); err != nil {
 			return err
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/sprout-paas/sprout/health"
@@ -348,7 +349,12 @@ func (a *Agent) RemoveApp(ctx context.Context, name string, purge bool, p Progre
 	// The app's routing state goes with it, so that nothing of it can
 	// send a later request to a container that reused an address.
 	a.router.Remove(name, a.cfg.DrainTimeout)
-	p.Line(fmt.Sprintf("closed port %d", app.Port))
+	a.forgetDomains(name)
+	if len(app.Domains) > 0 {
+		p.Line(fmt.Sprintf("no longer served at %s", strings.Join(app.Domains, ", ")))
+	} else {
+		p.Line(fmt.Sprintf("closed port %d", app.Port))
+	}
 	cs, err := a.rt.List(ctx, map[string]string{runtime.LabelAgent: a.id, runtime.LabelApp: name})
 	if err != nil {
 		return err

@@ -343,6 +343,22 @@ func (c *Client) ChangeVolumes(ctx context.Context, app string, req VolumeChange
 	return c.stream(ctx, "/apps/"+url.PathEscape(app)+"/volumes", nil, bytes.NewReader(b), on)
 }
 
+// Domains lists the domains of app, or of every app when app is "".
+func (c *Client) Domains(ctx context.Context, app string) (DomainList, error) {
+	var out DomainList
+	q := url.Values{}
+	if app != "" {
+		q.Set("app", app)
+	}
+	return out, c.get(ctx, "/domains", q, &out)
+}
+
+// ChangeDomains adds and removes domains of an app, without a deploy.
+func (c *Client) ChangeDomains(ctx context.Context, app string, req DomainChange, on func(Message)) (*Message, error) {
+	b, _ := json.Marshal(req)
+	return c.stream(ctx, "/apps/"+url.PathEscape(app)+"/domains", nil, bytes.NewReader(b), on)
+}
+
 // RemoveApp removes an app (and its volumes with purge), streaming what
 // it does.
 func (c *Client) RemoveApp(ctx context.Context, app string, purge bool, on func(Message)) (*Message, error) {

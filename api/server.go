@@ -51,6 +51,8 @@ func NewServer(ag *agent.Agent, version string, logger *slog.Logger) *Server {
 	s.mux.HandleFunc("POST "+p+"/apps/{app}/volumes", s.changeVolumes)
 	s.mux.HandleFunc("DELETE "+p+"/apps/{app}", s.removeApp)
 	s.mux.HandleFunc("POST "+p+"/apps/{app}/watch", s.watch)
+	s.mux.HandleFunc("GET "+p+"/domains", s.domains)
+	s.mux.HandleFunc("POST "+p+"/apps/{app}/domains", s.changeDomains)
 	s.mux.HandleFunc("GET "+p+"/events", s.events)
 	s.mux.HandleFunc("GET "+p+"/operations", s.operations)
 	s.mux.HandleFunc("GET "+p+"/health", s.health)
@@ -122,7 +124,7 @@ func (s *Server) appStatus(ctx context.Context, app *store.App) AppStatus {
 		ContainerID: cs.ID, Container: cs.State, HostPort: cs.HostPort, Restarts: cs.RestartCount,
 		StartedAt: cs.StartedAt, Targets: s.agent.Targets(app.Name), HealthConfig: s.agent.HealthSettings(app),
 		EnvCount: len(app.Env), Health: "unknown",
-		Capacity: app.InstanceCount(), Instances: s.agent.Instances(ctx, app),
+		Capacity: app.InstanceCount(), Instances: s.agent.Instances(ctx, app), Domains: app.Domains,
 		InFlight: s.agent.InFlightOf(app.Name),
 	}
 	if r := app.Rollout; r.Policy != "" || r.BatchSize > 0 {
@@ -545,4 +547,26 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, 200, map[string]string{"manifest": req.Manifest})
+}
+
+// domains lists the domains of one app (?app=) or of every app.
+func (s *Server) domains(w http.ResponseWriter, r *http.Request) {
+	ds, err := s.agent.Domains(r.URL.Query().Get("app"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, 200, DomainList{HTTPS: s.agent.HasCertificates(), Domains: ds})
+}
+
+// changeDomains adds and removes domains of an app without a deploy.
+func (s *Server) changeDomains(w http.ResponseWriter, r *http.Request) {
+	var req DomainChange
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		writeError(w, fmt.Errorf("%w: %v", agent.ErrInvalid, err))
+		return
+	}
+	st := &stream{w: w}
+	_, err := s.agent.ChangeDomains(r.Context(), r.PathValue("app"), req.Add, req.Remove, req.NoWait, st)
+	st.finish(nil, err)
 }

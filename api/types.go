@@ -92,6 +92,24 @@ type AppStatus struct {
 	// InFlight lists the app's operations in flight, the running one
 	// first, then those queued behind it.
 	InFlight []agent.Operation `json:"in_flight,omitempty"`
+	// Domains are the host names the app is served by on the shared
+	// ports (Port is not used then).
+	Domains []string `json:"domains,omitempty"`
+}
+
+// DomainList is what `sprout domains` shows.
+type DomainList struct {
+	// HTTPS says whether the agent serves HTTPS (it has certificates);
+	// without, apps with domains are served on HTTP only.
+	HTTPS   bool               `json:"https"`
+	Domains []agent.DomainInfo `json:"domains"`
+}
+
+// DomainChange adds and removes domains of an app, without a deploy.
+type DomainChange struct {
+	Add    []string `json:"add,omitempty"`
+	Remove []string `json:"remove,omitempty"`
+	NoWait bool     `json:"no_wait,omitempty"`
 }
 
 // WatchRequest makes an app follow a manifest ("" stops).

@@ -46,6 +46,9 @@ var defaults = map[string]any{
 	"proxy.max_header_bytes":            "32KiB",
 	"proxy.start_wait":                  "10s",
 	"proxy.access_log":                  true,
+	"proxy.http_port":                   proxy.DefaultHTTPPort,
+	"proxy.https_port":                  proxy.DefaultHTTPSPort,
+	"proxy.default_app":                 "",
 	"deploy.keep_versions":              agent.DefaultKeepVersions,
 	"deploy.drain_timeout":              "30s",
 	"deploy.stream_grace":               "5s",
@@ -341,6 +344,17 @@ func LoadAgentConfig(flags *pflag.FlagSet) (*AgentConfig, error) {
 		MaxHeaderBytes:  int(r.size("proxy.max_header_bytes")),
 		AccessLog:       r.boolean("proxy.access_log"),
 		StartWait:       r.duration("proxy.start_wait"),
+		HTTPPort:        r.integer("proxy.http_port", 1, 65535),
+		HTTPSPort:       r.integer("proxy.https_port", 1, 65535),
+		DefaultApp:      r.str("proxy.default_app"),
+	}
+	if c.Proxy.HTTPPort == c.Proxy.HTTPSPort {
+		r.fail("proxy.https_port", "%d is proxy.http_port too: the shared HTTP and HTTPS ports must differ", c.Proxy.HTTPSPort)
+	}
+	if a := c.Proxy.DefaultApp; a != "" {
+		if err := agent.ValidateAppName(a); err != nil {
+			r.fail("proxy.default_app", "%v", err)
+		}
 	}
 	if c.Proxy.HeaderTimeout == 0 {
 		r.fail("proxy.header_timeout", "must be more than 0s: it bounds how long a client may take to send a request's headers (the default is %s)", proxy.DefaultHeaderTimeout)

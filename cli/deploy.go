@@ -35,6 +35,8 @@ type deployOptions struct {
 	env                  string
 	wait                 bool
 	stableFor, lostAfter time.Duration
+	// domains, when given, replace the app's domains.
+	domains []string
 }
 
 // settingFlags maps deploy flags to the API's query parameters.
@@ -53,6 +55,8 @@ var settingFlags = []struct{ flag, param, usage string }{
 	{"batch-size-type", "batch_size_type", "Percentage or Fixed (default Percentage)"},
 	{"canary-percent", "canary_percent", "TrafficSplitting: share of requests the new version takes while it is evaluated (default 10)"},
 	{"evaluation-time", "evaluation_time", "TrafficSplitting: how long the new version is compared with the old before it takes all traffic (default 5m)"},
+	{"https-redirect", "https_redirect", "with domains: redirect plain HTTP to HTTPS (308) once a certificate covers the host (default true; --https-redirect=false serves HTTP too)"},
+	{"hsts", "hsts", "with domains: send Strict-Transport-Security with this max-age in seconds on HTTPS (default 0: none; 31536000 is a year)"},
 }
 
 func newDeployCommand(c *cli) *cobra.Command {
@@ -71,7 +75,9 @@ An s3://bucket/key or a git URL (https://host/repo.git#ref, or --git URL
 version that is never overwritten, then deploys it from there.
 
 Settings given as flags (--port, --health-path, ...) are kept for the app's
-later deploys.
+later deploys. --domain (repeated, or comma-separated) serves the app by those
+host names on the agent's shared HTTP and HTTPS ports instead of a port of its
+own, and replaces its domains (see 'sprout domains').
 
 Once the agent has the bundle, the deploy is the agent's: it runs to its end
 whatever happens to this command. Ctrl-C (or a lost connection) stops
@@ -89,6 +95,8 @@ batch was rolled back everywhere, naming the host and the reason.
 Interrupting it leaves the rollout running. See docs/fleet.md.`,
 		Example: `  sprout deploy app.zip --app web --label v2 --port 8080
   sprout deploy app.zip --app web --detach  # returns once the agent accepted it
+  sprout deploy app.zip --app web --domain www.example.com --domain example.com
+                                         # served by domain on the shared ports 80 and 443
   sprout deploy ./myapp --health-path /healthz
   sprout deploy app.zip --app web --instances 4 --policy Rolling --batch-size 25
                                          # 4 instances, replaced one at a time
@@ -123,6 +131,9 @@ Interrupting it leaves the rollout running. See docs/fleet.md.`,
 					q.Set(s.param, f.Value.String())
 				}
 			}
+			if cmd.Flags().Changed("domain") {
+				q.Set("domain", strings.Join(o.domains, ","))
+			}
 			if o.env != "" {
 				return runFleetDeploy(cmd, c, o, q)
 			}
@@ -143,6 +154,8 @@ Interrupting it leaves the rollout running. See docs/fleet.md.`,
 	for _, s := range settingFlags {
 		f.String(s.flag, "", s.usage)
 	}
+	f.Lookup("https-redirect").NoOptDefVal = "true"
+	f.StringArrayVar(&o.domains, "domain", nil, "serve the app by this host name on the shared HTTP/HTTPS ports instead of its own port (repeat it, or separate with commas; replaces the app's domains, kept for later deploys)")
 	envFlag(cmd, &o.env)
 	f.BoolVar(&o.wait, "wait", false, "with --env: wait for a rollout in flight to end instead of being refused")
 	f.DurationVar(&o.stableFor, "stable-for", 0, "with --env: how long each host serves the version healthy before the next batch starts (default 2s)")

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -79,7 +80,11 @@ func printStatus(out io.Writer, st api.AppStatus) {
 		}
 		fmt.Fprintf(tw, "%s\t%s\n", key, inFlightText(op))
 	}
-	fmt.Fprintf(tw, "port:\t%d\n", st.Port)
+	if len(st.Domains) > 0 {
+		fmt.Fprintf(tw, "domains:\t%s (on the shared ports: sprout domains --app %s)\n", strings.Join(st.Domains, ", "), st.Name)
+	} else {
+		fmt.Fprintf(tw, "port:\t%d\n", st.Port)
+	}
 	status := st.Status
 	if len(st.Causes) > 0 {
 		status += ": " + strings.Join(st.Causes, "; ")
@@ -189,7 +194,11 @@ func newAppsCommand(c *cli) *cobra.Command {
 			tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "APP\tPORT\tSERVING\tHEALTH\tCONTAINER\tSINCE")
 			for _, a := range apps {
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", a.Name, a.Port, orDash(a.Serving), a.Status, a.Container, ago(a.ServingSince))
+				port := strconv.Itoa(a.Port)
+				if len(a.Domains) > 0 {
+					port = "shared" // served by domain
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Name, port, orDash(a.Serving), a.Status, a.Container, ago(a.ServingSince))
 			}
 			return tw.Flush()
 		},

@@ -4,11 +4,14 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
 	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -68,4 +71,26 @@ func (ca *CA) Issue(t testing.TB, notAfter time.Time, names ...string) (certPEM,
 	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+}
+
+// Leaf is a server certificate for names ("*.example.com" is a wildcard),
+// valid for a day, ready for a tls.Config.
+func (ca *CA) Leaf(t testing.TB, names ...string) *tls.Certificate {
+	t.Helper()
+	c, k := ca.Issue(t, time.Now().Add(24*time.Hour), names...)
+	cert, err := tls.X509KeyPair(c, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &cert
+}
+
+// File writes the CA's certificate as PEM (for curl --cacert).
+func (ca *CA) File(t testing.TB) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(path, ca.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
