@@ -270,9 +270,11 @@ type Agent struct {
 	ops      []*runningRollout
 	// certs, when set, gets certificates for the domains served; served
 	// are those domains, by app, and managed the set it was last told.
+	// certsMu serialises telling it (manageCerts).
 	certs   CertManager
 	served  map[string][]string
 	managed []string
+	certsMu sync.Mutex
 	// claims serialises the checks that a domain is no other app's with
 	// the writes that claim it.
 	claims sync.Mutex

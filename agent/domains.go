@@ -146,11 +146,20 @@ func (a *Agent) forgetDomains(app string) {
 }
 
 // manageCerts tells the certificate manager the domains that want an ACME
-// certificate (every domain served but wildcards) when they changed.
+// certificate (every domain served but wildcards) when they changed. The
+// set is computed and handed over under certsMu, so that an older set is
+// never handed over after a newer one (Manage returns at once).
 func (a *Agent) manageCerts() {
 	if a.certs == nil {
 		return
 	}
+	if !a.certsMu.TryLock() {
+		if testHookCertsBusy != nil {
+			testHookCertsBusy()
+		}
+		a.certsMu.Lock()
+	}
+	defer a.certsMu.Unlock()
 	a.mu.Lock()
 	var want []string
 	for _, names := range a.served {
@@ -174,6 +183,10 @@ func (a *Agent) manageCerts() {
 		a.certs.Manage(want)
 	}
 }
+
+// testHookCertsBusy, when set, runs when manageCerts waits for another
+// to finish.
+var testHookCertsBusy func()
 
 // DomainInfo is one domain of an app, as `sprout domains` lists it.
 type DomainInfo struct {

@@ -7,9 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -39,6 +42,10 @@ type acmeManager struct {
 	renewCheck time.Duration
 	wg         sync.WaitGroup
 	closeOnce  sync.Once
+	hooks      *hooks
+	// challenges are the addresses where the proxy answers the CA's
+	// challenges, by config key, for the challenge types on.
+	challenges []challengeAddr
 
 	mu      sync.Mutex
 	domains map[string]*domainState
@@ -52,7 +59,25 @@ type domainState struct {
 	lastRenewal time.Time
 }
 
-func newACME(opts Options, log *slog.Logger) (*acmeManager, error) {
+// challengeAddr is where the proxy answers one challenge type.
+type challengeAddr struct {
+	addr, key    string // host:port, and the config key of its port
+	port, caPort int    // the proxy's port, and the one the CA validates on
+}
+
+// challengeAddrs are where the proxy answers the challenge types on.
+func challengeAddrs(opts Options) []challengeAddr {
+	var out []challengeAddr
+	if !opts.DisableHTTP01 {
+		out = append(out, challengeAddr{addr: net.JoinHostPort(opts.ListenHost, strconv.Itoa(opts.HTTPPort)), key: "proxy.http_port", port: opts.HTTPPort, caPort: DefaultHTTPPort})
+	}
+	if !opts.DisableTLSALPN01 {
+		out = append(out, challengeAddr{addr: net.JoinHostPort(opts.ListenHost, strconv.Itoa(opts.TLSPort)), key: "proxy.https_port", port: opts.TLSPort, caPort: DefaultTLSPort})
+	}
+	return out
+}
+
+func newACME(opts Options, log *slog.Logger, h *hooks) (*acmeManager, error) {
 	storage, err := openStorage(opts, log)
 	if err != nil {
 		return nil, err
@@ -67,6 +92,7 @@ func newACME(opts Options, log *slog.Logger) (*acmeManager, error) {
 		log: log, ctx: ctx, cancel: cancel, domains: map[string]*domainState{},
 		first: cmp.Or(opts.FirstRetry, DefaultFirstRetry), max: cmp.Or(opts.MaxRetry, DefaultMaxRetry),
 		renewCheck: cmp.Or(opts.RenewCheckInterval, certmagic.DefaultRenewCheckInterval),
+		hooks:      h, challenges: challengeAddrs(opts),
 	}
 	a.cache = certmagic.NewCache(certmagic.CacheOptions{
 		GetConfigForCert:   func(certmagic.Certificate) (*certmagic.Config, error) { return a.cfg, nil },
@@ -79,9 +105,11 @@ func newACME(opts Options, log *slog.Logger) (*acmeManager, error) {
 		CA:     cmp.Or(opts.Directory, DefaultDirectory),
 		Email:  opts.Email,
 		Agreed: true, // setting tls.acme.email accepts the CA's terms
-		// certmagic answers on the proxy's ports through GetCertificate
-		// and HandleHTTPChallenge; where nothing listens on them, it
-		// listens itself.
+		// The proxy answers the challenges on its own ports, through
+		// GetCertificate and HandleHTTPChallenge. certmagic's solvers
+		// try to listen on ListenHost:Alt*Port and, finding the proxy
+		// there, leave it be; where nothing listens they would listen
+		// themselves, which onEvent prevents (cert_obtaining).
 		ListenHost: opts.ListenHost, AltHTTPPort: opts.HTTPPort, AltTLSALPNPort: opts.TLSPort,
 		DisableHTTPChallenge: opts.DisableHTTP01, DisableTLSALPNChallenge: opts.DisableTLSALPN01,
 		TrustedRoots: roots,
@@ -129,8 +157,11 @@ func trustedRoots(caRoot string) (*x509.CertPool, error) {
 
 // manage starts obtaining the domains in want that are not yet asked for,
 // and stops asking for the others (their certificates leave the cache).
+// Certificates leave the cache under a.mu, so that a domain dropped and
+// asked for again never loses the certificate its new keep cached.
 func (a *acmeManager) manage(want []string) {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	var dropped []certmagic.SubjectIssuer
 	for d, st := range a.domains {
 		if !slices.Contains(want, d) {
@@ -149,8 +180,14 @@ func (a *acmeManager) manage(want []string) {
 		a.wg.Add(1)
 		go a.keep(ctx, d, st)
 	}
-	a.mu.Unlock()
-	a.cache.RemoveManaged(dropped)
+	a.cache.RemoveManaged(dropped) // takes only the cache's lock
+}
+
+// wanted lists the domains asked of the CA now.
+func (a *acmeManager) wanted() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Sorted(maps.Keys(a.domains))
 }
 
 // keep gets domain's certificate into the cache, from storage (another
@@ -161,8 +198,11 @@ func (a *acmeManager) keep(ctx context.Context, domain string, st *domainState) 
 	defer a.wg.Done()
 	for attempt := 0; ; attempt++ {
 		err := a.cfg.ManageSync(ctx, []string{domain})
+		if a.hooks.kept != nil {
+			a.hooks.kept(domain)
+		}
 		if ctx.Err() != nil {
-			a.cache.RemoveManaged([]certmagic.SubjectIssuer{{Subject: domain}})
+			a.forget(domain)
 			return
 		}
 		if err == nil {
@@ -172,7 +212,7 @@ func (a *acmeManager) keep(ctx context.Context, domain string, st *domainState) 
 			return
 		}
 		wait := min(a.first<<min(attempt, 20), a.max)
-		msg := explain(domain, err)
+		msg := a.explain(domain, err)
 		a.mu.Lock()
 		st.err, st.nextRetry = msg, time.Now().Add(wait)
 		a.mu.Unlock()
@@ -186,12 +226,27 @@ func (a *acmeManager) keep(ctx context.Context, domain string, st *domainState) 
 	}
 }
 
+// forget takes a dropped domain's certificate out of the cache, which
+// its keep may have cached after manage dropped it; unless the domain is
+// wanted again meanwhile, and the certificate is its new keep's.
+func (a *acmeManager) forget(domain string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.domains[domain] == nil {
+		a.cache.RemoveManaged([]certmagic.SubjectIssuer{{Subject: domain}})
+	}
+}
+
 // onEvent follows certmagic's obtains and renewals: the obtain loop
 // reports its own failures, renewals are reported here.
 func (a *acmeManager) onEvent(_ context.Context, event string, data map[string]any) error {
 	id, _ := data["identifier"].(string)
 	renewal, _ := data["renewal"].(bool)
 	switch event {
+	case "cert_obtaining":
+		// Returning an error aborts this obtain or renewal, which is
+		// retried later.
+		return a.listening()
 	case "cert_obtained":
 		a.mu.Lock()
 		if st := a.domains[id]; st != nil {
@@ -208,13 +263,29 @@ func (a *acmeManager) onEvent(_ context.Context, event string, data map[string]a
 			return nil
 		}
 		err, _ := data["error"].(error)
-		msg := explain(id, err)
+		msg := a.explain(id, err)
 		a.mu.Lock()
 		if st := a.domains[id]; st != nil {
 			st.err, st.nextRetry = msg, time.Now().Add(a.renewCheck)
 		}
 		a.mu.Unlock()
 		a.log.Warn("certificate renewal failed; the current one is served until it expires, and renewal is retried", "domain", id, "error", msg)
+	}
+	return nil
+}
+
+// listening checks that the proxy listens where the CA's challenges
+// arrive. certmagic's solvers listen there themselves when nothing does,
+// which would take the proxy's ports from it; so no obtain or renewal
+// starts until the proxy is there (the solvers then find the port taken
+// and leave the answering to the proxy).
+func (a *acmeManager) listening() error {
+	for _, c := range a.challenges {
+		conn, err := net.DialTimeout("tcp", c.addr, time.Second)
+		if err != nil {
+			return fmt.Errorf("the proxy does not listen on %s (%s) yet, where the CA's challenges arrive: not asking the CA until it does (it opens that port when an app has a domain)", c.addr, c.key)
+		}
+		conn.Close()
 	}
 	return nil
 }
@@ -297,7 +368,7 @@ func issuerName(leaf *x509.Certificate) string {
 
 // explain turns a failed issuance into one sentence: the CA's own words
 // when it answered with a problem document, and what to check.
-func explain(domain string, err error) string {
+func (a *acmeManager) explain(domain string, err error) string {
 	if err == nil {
 		return "failed"
 	}
@@ -312,7 +383,7 @@ func explain(domain string, err error) string {
 	}
 	switch kind {
 	case "connection", "dns", "unauthorized", "incorrectResponse", "tls":
-		msg += fmt.Sprintf(" (check that %s resolves to this host and that ports 80 and 443 reach its proxy)", domain)
+		msg += fmt.Sprintf(" (check that %s resolves to this host and that %s)", domain, a.reachHint())
 	case "caa":
 		msg += fmt.Sprintf(" (a CAA record of %s forbids this CA: add one for it, or remove the record)", domain)
 	case "rateLimited":
@@ -321,4 +392,28 @@ func explain(domain string, err error) string {
 		msg += fmt.Sprintf(" (this CA does not issue for %s)", domain)
 	}
 	return msg
+}
+
+// reachHint says which ports must reach the proxy: the CA validates on
+// 80 (HTTP-01) and 443 (TLS-ALPN-01), and the proxy's ports may be
+// others, forwarded to.
+func (a *acmeManager) reachHint() string {
+	var ports, forwards []string
+	for _, c := range a.challenges {
+		ports = append(ports, strconv.Itoa(c.caPort))
+		if c.port != c.caPort {
+			forwards = append(forwards, fmt.Sprintf("%d to %d (%s)", c.caPort, c.port, c.key))
+		}
+	}
+	if len(ports) == 0 {
+		return "a challenge type is on"
+	}
+	what := "port " + ports[0] + " reaches"
+	if len(ports) > 1 {
+		what = "ports " + strings.Join(ports, " and ") + " reach"
+	}
+	if len(forwards) == 0 {
+		return what + " its proxy"
+	}
+	return what + " its proxy, forwarded " + strings.Join(forwards, " and ")
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -314,5 +315,122 @@ func TestDataDirStorageSurvivesRestart(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(s.m.opts.DataDir, "tls", "acme")); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestDomainDroppedAndWantedAgainKeepsItsCertificate: a domain dropped
+// while its first keep is still in ManageSync, and wanted again, keeps
+// the certificate its second keep cached when the first one ends: the
+// first keep is held after ManageSync until then.
+func TestDomainDroppedAndWantedAgainKeepsItsCertificate(t *testing.T) {
+	t.Parallel() // each with its own Pebble
+	s := start(t, 0, nil)
+	domain := "again-wanted.sprout.test"
+	s.pebble.Host(t, domain, "127.0.0.1")
+	firstIn, release := make(chan struct{}), make(chan struct{})
+	var calls atomic.Int32
+	s.m.hooks.kept = func(string) {
+		if calls.Add(1) == 1 {
+			close(firstIn)
+			<-release
+		}
+	}
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	s.m.Manage([]string{domain})
+	select {
+	case <-firstIn:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the first keep did not end its ManageSync: %+v", s.m.List())
+	}
+	s.m.Manage(nil)
+	if s.m.Covers(domain) {
+		t.Error("a dropped domain's certificate is still served")
+	}
+	s.m.Manage([]string{domain})
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if !s.m.Covers(domain) {
+			return errors.New("the second keep has not cached the certificate yet")
+		}
+		return nil
+	})
+	close(release)
+	s.m.acme.wg.Wait() // both keeps have ended
+	if !s.m.Covers(domain) {
+		t.Error("the first keep, ending, took the certificate of a domain wanted again out of the cache")
+	}
+	if got := s.m.acme.wanted(); !slices.Equal(got, []string{domain}) {
+		t.Errorf("asked of the CA: %v", got)
+	}
+}
+
+// TestNoObtainWhileTheProxyDoesNotListen: while nothing listens on the
+// proxy's ports, no obtain starts (certmagic would listen there itself,
+// answer the CA and take the ports from the proxy), and the reason is
+// listed; once the proxy listens, a retry obtains the certificate,
+// validated through the proxy.
+func TestNoObtainWhileTheProxyDoesNotListen(t *testing.T) {
+	t.Parallel() // each with its own Pebble
+	httpPort, tlsPort := freePort(t), freePort(t)
+	p := testenv.StartPebble(t, testenv.PebbleOptions{HTTPPort: httpPort, TLSPort: tlsPort})
+	domain := "later.sprout.test"
+	p.Host(t, domain, "127.0.0.1")
+	log, buf := testLogger()
+	m, err := New(Options{
+		DataDir: t.TempDir(), Email: "ops@sprout.test", Directory: p.Directory, CARoot: p.CARoot,
+		ListenHost: "127.0.0.1", HTTPPort: httpPort, TLSPort: tlsPort, FirstRetry: 500 * time.Millisecond,
+	}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("manager log:\n%s", buf)
+		}
+	})
+	m.Manage([]string{domain})
+	want := fmt.Sprintf("the proxy does not listen on 127.0.0.1:%d (proxy.http_port) yet", httpPort)
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if m.Covers(domain) {
+			t.Fatal("obtained a certificate with nothing listening on the proxy's ports: certmagic answered the CA itself")
+		}
+		if n := strings.Count(buf.String(), want); n < 2 {
+			return fmt.Errorf("%d attempts refused so far, want 2: %+v", n, m.List())
+		}
+		return nil
+	})
+	if i, _ := infoOf(m, domain); i.Status != StatusFailing || !strings.Contains(i.Error, want) {
+		t.Errorf("listed as %+v, want failing with %q", i, want)
+	}
+	if m.Covers(domain) {
+		t.Fatal("obtained a certificate with nothing listening on the proxy's ports: certmagic answered the CA itself")
+	}
+
+	lazy := &lazyCerts{}
+	lazy.m.Store(m)
+	hl, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", httpPort))
+	if err != nil {
+		t.Fatalf("the proxy's HTTP port was taken meanwhile: %v", err)
+	}
+	tl, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", tlsPort))
+	if err != nil {
+		t.Fatalf("the proxy's TLS port was taken meanwhile: %v", err)
+	}
+	f := serveOn(t, lazy, hl, tl)
+	testenv.Eventually(t, 60*time.Second, func() error {
+		if !m.Covers(domain) {
+			i, _ := infoOf(m, domain)
+			return fmt.Errorf("no certificate yet: %+v", i)
+		}
+		return nil
+	})
+	if f.http01.Load()+f.alpn01.Load() == 0 {
+		t.Error("the CA validated without reaching the proxy")
 	}
 }

@@ -42,14 +42,6 @@ type frontend struct {
 
 func serve(t *testing.T, certs proxyCertificates) *frontend {
 	t.Helper()
-	f := &frontend{}
-	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if certs.HandleHTTPChallenge(w, r) {
-			f.http01.Add(1)
-			return
-		}
-		io.WriteString(w, "plain")
-	})
 	hl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -58,6 +50,20 @@ func serve(t *testing.T, certs proxyCertificates) *frontend {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveOn(t, certs, hl, tl)
+}
+
+// serveOn is serve on the listeners given, HTTP and TLS.
+func serveOn(t *testing.T, certs proxyCertificates, hl, tl net.Listener) *frontend {
+	t.Helper()
+	f := &frontend{}
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if certs.HandleHTTPChallenge(w, r) {
+			f.http01.Add(1)
+			return
+		}
+		io.WriteString(w, "plain")
+	})
 	f.httpPort, f.tlsPort = hl.Addr().(*net.TCPAddr).Port, tl.Addr().(*net.TCPAddr).Port
 	tlsCfg := &tls.Config{
 		NextProtos: []string{"http/1.1", ALPNProto},
@@ -119,3 +125,14 @@ func (l *lazyCerts) HandleHTTPChallenge(w http.ResponseWriter, r *http.Request) 
 	return l.m.Load().HandleHTTPChallenge(w, r)
 }
 func (l *lazyCerts) Covers(host string) bool { return l.m.Load().Covers(host) }
+
+// freePort is a loopback port nothing listens on (as the test found it).
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}

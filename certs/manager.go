@@ -5,6 +5,7 @@
 package certs
 
 import (
+	"cmp"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -86,8 +87,11 @@ type Options struct {
 	// environment to share them, S3 saying how to reach it.
 	Storage string
 	S3      source.S3Options
-	// ListenHost, HTTPPort and TLSPort say where the proxy answers the
-	// CA's challenges, when not on every address at ports 80 and 443.
+	// ListenHost, HTTPPort and TLSPort are where the proxy listens and
+	// answers the CA's challenges itself (proxy.bind_address,
+	// proxy.http_port and proxy.https_port; 0 for 80 and 443). No
+	// obtain or renewal starts while nothing listens there, so that
+	// certmagic never binds those ports itself.
 	ListenHost        string
 	HTTPPort, TLSPort int
 	// DisableHTTP01 and DisableTLSALPN01 turn a challenge type off.
@@ -99,6 +103,21 @@ type Options struct {
 	// RenewCheckInterval is how often certificates are checked for
 	// renewal and their OCSP staples refreshed; certmagic's default when 0.
 	RenewCheckInterval time.Duration
+}
+
+// The ports the CA validates on (RFC 8555's HTTP-01, RFC 8737's
+// TLS-ALPN-01), and the proxy's shared ports by default.
+const (
+	DefaultHTTPPort = 80
+	DefaultTLSPort  = 443
+)
+
+// hooks stop a goroutine where ordering matters, for tests; all nil
+// otherwise.
+type hooks struct {
+	changesBusy func()              // a change waits for the one under way
+	applying    func(want []string) // reconcile computed want and applies it next
+	kept        func(domain string) // a keep goroutine's ManageSync returned
 }
 
 // Retry defaults after a failed issuance: the CA's rate limits count
@@ -117,6 +136,13 @@ type Manager struct {
 	yoursDir string
 	acme     *acmeManager // nil with ACME off
 	now      func() time.Time
+	hooks    *hooks
+
+	// changes serialises the changes of what is served and asked of the
+	// CA (Manage, AddCertificate, RemoveCertificate), each from its
+	// computing to its applying, so that an older set is never applied
+	// after a newer one. Take it before mu; handshakes take only mu.
+	changes sync.Mutex
 
 	mu    sync.Mutex
 	yours map[string]*yourCert
@@ -130,11 +156,12 @@ func New(opts Options, log *slog.Logger) (*Manager, error) {
 	if opts.DataDir == "" {
 		return nil, fmt.Errorf("%w: no data dir", ErrInvalid)
 	}
-	m := &Manager{opts: opts, log: log, yoursDir: filepath.Join(opts.DataDir, "tls", "yours"), now: time.Now}
+	opts.HTTPPort, opts.TLSPort = cmp.Or(opts.HTTPPort, DefaultHTTPPort), cmp.Or(opts.TLSPort, DefaultTLSPort)
+	m := &Manager{opts: opts, log: log, yoursDir: filepath.Join(opts.DataDir, "tls", "yours"), now: time.Now, hooks: &hooks{}}
 	if err := os.MkdirAll(m.yoursDir, 0o700); err != nil {
 		return nil, fmt.Errorf("certificates dir: %w", err)
 	}
-	yours, err := loadYours(m.yoursDir, m.now())
+	yours, err := loadYours(m.yoursDir, m.now(), log)
 	if err != nil {
 		return nil, fmt.Errorf("read your certificates in %s: %w", m.yoursDir, err)
 	}
@@ -145,7 +172,7 @@ func New(opts Options, log *slog.Logger) (*Manager, error) {
 	}
 	m.yours = yours
 	if opts.Email != "" {
-		if m.acme, err = newACME(opts, log); err != nil {
+		if m.acme, err = newACME(opts, log, m.hooks); err != nil {
 			return nil, err
 		}
 	}
@@ -172,14 +199,29 @@ func (m *Manager) Manage(domains []string) {
 		}
 	}
 	slices.Sort(asked)
+	m.lockChanges()
+	defer m.changes.Unlock()
 	m.mu.Lock()
 	m.asked = asked
 	m.mu.Unlock()
 	m.reconcile()
 }
 
+// lockChanges takes m.changes, waiting for a change under way to be
+// applied first.
+func (m *Manager) lockChanges() {
+	if m.changes.TryLock() {
+		return
+	}
+	if m.hooks.changesBusy != nil {
+		m.hooks.changesBusy()
+	}
+	m.changes.Lock()
+}
+
 // reconcile asks ACME for the wanted domains that none of your
-// certificates covers, and stops asking for the others.
+// certificates covers, and stops asking for the others. Hold m.changes:
+// the set computed is applied before another is computed.
 func (m *Manager) reconcile() {
 	if m.acme == nil {
 		return
@@ -192,7 +234,10 @@ func (m *Manager) reconcile() {
 		}
 	}
 	m.mu.Unlock()
-	m.acme.manage(want)
+	if m.hooks.applying != nil {
+		m.hooks.applying(want)
+	}
+	m.acme.manage(want) // it never calls back into m
 }
 
 // unobtainable says why ACME is not asked for domain, or "".
@@ -312,6 +357,8 @@ func (m *Manager) AddCertificate(certPEM, keyPEM []byte) (Info, error) {
 	if err != nil {
 		return Info{}, err
 	}
+	m.lockChanges()
+	defer m.changes.Unlock()
 	if err := saveYours(m.yoursDir, y.name, certPEM, keyPEM); err != nil {
 		return Info{}, fmt.Errorf("store the certificate: %w", err)
 	}
@@ -329,6 +376,8 @@ func (m *Manager) AddCertificate(certPEM, keyPEM []byte) (Info, error) {
 // first domain). Its domains that apps want go back to ACME.
 func (m *Manager) RemoveCertificate(name string) error {
 	name = NameOf(name)
+	m.lockChanges()
+	defer m.changes.Unlock()
 	m.mu.Lock()
 	_, ok := m.yours[name]
 	m.mu.Unlock()

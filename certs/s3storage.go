@@ -23,22 +23,28 @@ import (
 // Objects is what S3Storage needs of S3; *source.S3 has it.
 type Objects interface {
 	GetIfChanged(ctx context.Context, obj source.Object, etag string) (body []byte, newETag string, changed bool, err error)
+	GetWithAge(ctx context.Context, obj source.Object) (body []byte, etag string, age time.Duration, err error)
 	Put(ctx context.Context, obj source.Object, body []byte, contentType string) (string, error)
 	PutIfMatch(ctx context.Context, obj source.Object, body []byte, contentType, etag string) (string, error)
 	Delete(ctx context.Context, obj source.Object) error
+	DeleteIfMatch(ctx context.Context, obj source.Object, etag string) error
 	List(ctx context.Context, prefix source.Object) ([]source.Listed, error)
 }
 
 var _ Objects = (*source.S3)(nil)
 
-// Lock timing: a held lock object carries an expiry LockTTL ahead, and its
-// holder writes a fresh one every LockTTL/3; a lock whose expiry has
-// passed belongs to a holder that died, and the next taker replaces it.
-// Waiters look again every lockPoll.
+// Lock timing: a held lock object says its holder's LockTTL, and its
+// holder writes it afresh every LockTTL/3; a lock not written for longer
+// than its TTL belongs to a holder that died, and the next taker replaces
+// it. How long ago it was written is S3's word (its Date against the
+// object's Last-Modified), never a host's clock, so clocks that disagree
+// between hosts cannot let two hold it; both times are whole seconds,
+// hence lockClockResolution on top. Waiters look again every lockPoll.
 const (
-	DefaultLockTTL = time.Minute
-	lockPoll       = time.Second
-	locksDir       = "locks/"
+	DefaultLockTTL      = time.Minute
+	lockPoll            = time.Second
+	lockClockResolution = time.Second
+	locksDir            = "locks/"
 )
 
 // S3Storage keeps certmagic's certificates, account keys and challenge
@@ -56,7 +62,6 @@ type S3Storage struct {
 	log     *slog.Logger
 	// LockTTL is how long a lock holds without a refresh; tests shorten it.
 	LockTTL time.Duration
-	now     func() time.Time
 
 	mu   sync.Mutex
 	held map[string]*heldLock
@@ -73,10 +78,25 @@ type heldLock struct {
 
 // lockBody is a lock object's content.
 type lockBody struct {
-	Owner   string    `json:"owner"`
-	Expires time.Time `json:"expires"`
+	Owner string `json:"owner"`
+	// TTL is how long the lock holds after each write (a Go duration).
+	TTL string `json:"ttl"`
 	// Nonce makes every write's content, and so its ETag, unique.
 	Nonce string `json:"nonce"`
+}
+
+// stale tells whether a lock last written age ago (by S3's clock) was
+// left by a holder that stopped refreshing it: older than its TTL, or
+// than this storage's when it says none.
+func (s *S3Storage) stale(body []byte, age time.Duration) bool {
+	ttl := s.LockTTL
+	var cur lockBody
+	if json.Unmarshal(body, &cur) == nil {
+		if d, err := time.ParseDuration(cur.TTL); err == nil && d > 0 {
+			ttl = d
+		}
+	}
+	return age > ttl+lockClockResolution
 }
 
 var (
@@ -96,7 +116,7 @@ func NewS3Storage(objects Objects, prefixURL string, log *slog.Logger) (*S3Stora
 	host, _ := os.Hostname()
 	return &S3Storage{
 		objects: objects, prefix: prefix, owner: host + "-" + randomHex(6), log: log,
-		LockTTL: DefaultLockTTL, now: time.Now, held: map[string]*heldLock{},
+		LockTTL: DefaultLockTTL, held: map[string]*heldLock{},
 	}, nil
 }
 
@@ -241,21 +261,22 @@ func (s *S3Storage) TryLock(ctx context.Context, name string) (bool, error) {
 	}
 	// Someone holds it: take it over only if its holder stopped
 	// refreshing it, and only if nobody wrote it since it was read.
-	body, etag, _, err := s.objects.GetIfChanged(ctx, obj, "")
+	body, etag, age, err := s.objects.GetWithAge(ctx, obj)
 	if errors.Is(err, source.ErrNotFound) {
 		return false, nil // released meanwhile: try again at once next round
 	}
 	if err != nil {
 		return false, fmt.Errorf("read lock %s: %w", name, err)
 	}
-	var cur lockBody
-	if err := json.Unmarshal(body, &cur); err == nil && s.now().Before(cur.Expires) {
+	if !s.stale(body, age) {
 		return false, nil
 	}
+	var cur lockBody
+	json.Unmarshal(body, &cur)
 	newETag, err := s.objects.PutIfMatch(ctx, obj, s.lockBody(), "application/json", etag)
 	switch {
 	case err == nil:
-		s.log.Warn("took over a stale certificate lock", "lock", obj.String(), "owner", cur.Owner, "expired", cur.Expires)
+		s.log.Warn("took over a stale certificate lock", "lock", obj.String(), "owner", cur.Owner, "unwritten_for", age.String())
 		s.hold(name, obj, newETag)
 		return true, nil
 	case errors.Is(err, source.ErrPreconditionFailed), errors.Is(err, source.ErrNotFound):
@@ -265,7 +286,7 @@ func (s *S3Storage) TryLock(ctx context.Context, name string) (bool, error) {
 }
 
 func (s *S3Storage) lockBody() []byte {
-	b, _ := json.Marshal(lockBody{Owner: s.owner, Expires: s.now().Add(s.LockTTL), Nonce: randomHex(8)})
+	b, _ := json.Marshal(lockBody{Owner: s.owner, TTL: s.LockTTL.String(), Nonce: randomHex(8)})
 	return b
 }
 
@@ -312,7 +333,10 @@ func (s *S3Storage) refresh(h *heldLock) {
 }
 
 // Unlock releases a lock this storage holds: it stops refreshing it and
-// deletes it, unless another host took it over meanwhile.
+// deletes it, unless another host took it over meanwhile: the delete is
+// conditional on the ETag last written (If-Match). A store that refuses
+// conditional deletes gets a plain one after the ETag is read and
+// compared, which leaves a moment for a take-over to be undone.
 func (s *S3Storage) Unlock(ctx context.Context, name string) error {
 	s.mu.Lock()
 	h := s.held[name]
@@ -335,7 +359,14 @@ func (s *S3Storage) Unlock(ctx context.Context, name string) error {
 	case cur != etag:
 		return nil // taken over: it is the new holder's now
 	}
-	return s.objects.Delete(ctx, h.obj)
+	err = s.objects.DeleteIfMatch(ctx, h.obj, etag)
+	switch {
+	case err == nil, errors.Is(err, source.ErrPreconditionFailed), errors.Is(err, source.ErrNotFound):
+		return nil // deleted, or taken over or gone since it was read
+	case errors.Is(err, source.ErrNotImplemented):
+		return s.objects.Delete(ctx, h.obj)
+	}
+	return fmt.Errorf("release lock %s: %w", name, err)
 }
 
 // Held lists the locks this storage holds, for tests and diagnostics.

@@ -178,7 +178,7 @@ func TestS3LockWaitsAndTakesOverStale(t *testing.T) {
 	if err := other.Lock(ctx, "renew"); err != nil {
 		t.Fatal(err)
 	}
-	if waited := time.Since(began); waited > 3*time.Second {
+	if waited := time.Since(began); waited > 5*time.Second { // TTL, S3's 1 s resolution, a poll
 		t.Errorf("took %s to take over a stale lock", waited)
 	}
 	if err := st.Unlock(ctx, "renew"); err != nil {
@@ -197,15 +197,108 @@ func TestS3LockWaitsAndTakesOverStale(t *testing.T) {
 		t.Error("Unlock left the lock object")
 	}
 
-	dead, _ := json.Marshal(lockBody{Owner: "dead-host", Expires: time.Now().Add(-time.Minute), Nonce: "x"})
+	dead, _ := json.Marshal(lockBody{Owner: "dead-host", TTL: "100ms", Nonce: "x"})
 	fake.Put(t, "certs", "env/prod/tls/locks/storage_clean.lock", dead)
-	short, cancel = context.WithTimeout(ctx, 2*time.Second)
+	short, cancel = context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if ok, err := st.TryLock(short, "storage_clean"); !ok || err != nil {
-		t.Fatalf("a dead host's lock was not taken over: %v, %v", ok, err)
+	if err := st.Lock(short, "storage_clean"); err != nil {
+		t.Fatalf("a dead host's lock was not taken over: %v", err)
 	}
 	if err := st.Unlock(ctx, "storage_clean"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestS3LockStalenessIsS3sClock: whether a lock is stale is judged by
+// how long ago S3 says it was written, whatever time its holder's clock
+// told. A lock just written by a holder whose clock is behind (its expiry,
+// as earlier versions wrote it, already past) is not taken over; one
+// whose holder's clock is ahead (expiry an hour away) but which nobody
+// wrote for longer than its TTL is.
+func TestS3LockStalenessIsS3sClock(t *testing.T) {
+	st, fake, _ := s3Storage(t)
+	ctx := context.Background()
+	behind := fmt.Sprintf(`{"owner":"slow-clock","expires":%q,"ttl":"1m0s","nonce":"a"}`, time.Now().Add(-10*time.Minute).Format(time.RFC3339Nano))
+	fake.Put(t, "certs", "env/prod/tls/locks/behind.lock", []byte(behind))
+	if ok, err := st.TryLock(ctx, "behind"); ok || err != nil {
+		t.Errorf("took over a lock written a moment ago by a host whose clock is behind: %v, %v", ok, err)
+	}
+
+	ahead := fmt.Sprintf(`{"owner":"fast-clock","expires":%q,"ttl":"200ms","nonce":"b"}`, time.Now().Add(time.Hour).Format(time.RFC3339Nano))
+	fake.Put(t, "certs", "env/prod/tls/locks/ahead.lock", []byte(ahead))
+	short, cancel := context.WithTimeout(ctx, 6*time.Second)
+	defer cancel()
+	if err := st.Lock(short, "ahead"); err != nil {
+		t.Fatalf("a lock nobody refreshed past its TTL was not taken over (its dead holder's clock is ahead): %v", err)
+	}
+	if err := st.Unlock(ctx, "ahead"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// hookedObjects calls beforeDelete before each delete it passes on.
+type hookedObjects struct {
+	Objects
+	beforeDelete func()
+}
+
+func (h hookedObjects) Delete(ctx context.Context, obj source.Object) error {
+	h.beforeDelete()
+	return h.Objects.Delete(ctx, obj)
+}
+
+func (h hookedObjects) DeleteIfMatch(ctx context.Context, obj source.Object, etag string) error {
+	h.beforeDelete()
+	return h.Objects.DeleteIfMatch(ctx, obj, etag)
+}
+
+// TestS3UnlockIsConditional: a lock another host writes between Unlock's
+// read and its delete (a take-over) is not deleted; a store that refuses
+// conditional deletes (501) gets a plain one, and the lock is released.
+func TestS3UnlockIsConditional(t *testing.T) {
+	fake := testenv.S3(t, "certs")
+	s3, err := source.NewS3(context.Background(), source.S3Options{Endpoint: fake.URL, PathStyle: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, _ := testLogger()
+	const key = "env/prod/tls/locks/issue.lock"
+	var takeOver atomic.Bool
+	objects := hookedObjects{Objects: s3, beforeDelete: func() {
+		if takeOver.Load() {
+			b, _ := json.Marshal(lockBody{Owner: "other-host", TTL: "1m0s", Nonce: "new"})
+			fake.Put(t, "certs", key, b)
+		}
+	}}
+	st, err := NewS3Storage(objects, "s3://certs/env/prod/tls/", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+
+	takeOver.Store(true)
+	if err := st.Lock(ctx, "issue"); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Unlock(ctx, "issue"); err != nil {
+		t.Fatal(err)
+	}
+	body, ok := fake.Get(t, "certs", key)
+	if !ok || !strings.Contains(string(body), "other-host") {
+		t.Fatalf("Unlock deleted the lock another host had taken over: %q", body)
+	}
+
+	takeOver.Store(false)
+	fake.RefuseConditionalDelete.Store(true)
+	st2 := newS3Storage(t, source.S3Options{Endpoint: fake.URL, PathStyle: true})
+	if err := st2.Lock(ctx, "plain"); err != nil {
+		t.Fatal(err)
+	}
+	if err := st2.Unlock(ctx, "plain"); err != nil {
+		t.Fatalf("Unlock on a store without conditional deletes: %v", err)
+	}
+	if _, ok := fake.Get(t, "certs", "env/prod/tls/locks/plain.lock"); ok {
+		t.Error("the lock was left on a store that refuses conditional deletes")
 	}
 }
 

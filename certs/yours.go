@@ -3,9 +3,11 @@ package certs
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -123,41 +125,158 @@ func (y *yourCert) info() Info {
 	return i
 }
 
+// Beside dir/<name>/ while it is replaced: the new pair is written into
+// dir/.new.<name>/, the old one moved to dir/.old.<name>/, the new one
+// moved in, the old one removed. Hidden, they are never loaded as
+// certificates; recoverYours tidies what a crash left.
+const (
+	stagingPrefix = ".new."
+	oldPrefix     = ".old."
+)
+
 // saveYours writes a certificate and key into dir/<name>/ (0700, files
-// 0600), replacing an earlier one of that name whole: the pair is written
-// beside it, then swapped in by renames.
+// 0600), replacing an earlier one of that name whole. The caller
+// serialises saves (Manager.changes); a crash part way leaves the old
+// pair or the new one, which recoverYours puts right at the next load.
 func saveYours(dir, name string, certPEM, keyPEM []byte) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	staging, err := os.MkdirTemp(dir, ".new-")
-	if err != nil {
+	final := filepath.Join(dir, name)
+	staging := filepath.Join(dir, stagingPrefix+name)
+	old := filepath.Join(dir, oldPrefix+name)
+	if err := os.RemoveAll(staging); err != nil {
+		return err
+	}
+	if err := os.Mkdir(staging, 0o700); err != nil {
 		return err
 	}
 	defer os.RemoveAll(staging)
-	if err := os.WriteFile(filepath.Join(staging, keyFile), keyPEM, 0o600); err != nil {
+	if err := writeSynced(filepath.Join(staging, keyFile), keyPEM); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(staging, certFile), certPEM, 0o600); err != nil {
+	if err := writeSynced(filepath.Join(staging, certFile), certPEM); err != nil {
 		return err
 	}
-	final := filepath.Join(dir, name)
-	old := staging + ".old"
+	if err := syncDir(staging); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(old); err != nil {
+		return err
+	}
 	if err := os.Rename(final, old); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	defer os.RemoveAll(old)
-	return os.Rename(staging, final)
+	if err := os.Rename(staging, final); err != nil {
+		os.Rename(old, final) // put the old one back
+		return err
+	}
+	if err := syncDir(dir); err != nil {
+		return err
+	}
+	return os.RemoveAll(old)
 }
 
-// loadYours reads every certificate in dir. One that does not load is
-// returned with why, so that List shows it rather than hiding it.
-func loadYours(dir string, now time.Time) (map[string]*yourCert, error) {
-	out := map[string]*yourCert{}
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return out, nil
+// writeSynced writes an owner-only file and flushes it to disk, so that
+// a rename of its directory never publishes it half written.
+func writeSynced(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
 	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// syncDir flushes a directory's entries (renames, new files) to disk.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// recoverYours puts right what a save cut short left in dir: an old pair
+// moved aside with no new one in its place goes back (the save did not
+// finish, so the old one stands); any other leftover is removed.
+func recoverYours(dir string, log *slog.Logger) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		n := e.Name()
+		if !e.IsDir() || !(strings.HasPrefix(n, stagingPrefix) || strings.HasPrefix(n, oldPrefix) || strings.HasPrefix(n, ".new-")) {
+			continue
+		}
+		path := filepath.Join(dir, n)
+		if name := movedAside(path, n); name != "" {
+			final := filepath.Join(dir, name)
+			if _, err := os.Stat(final); errors.Is(err, fs.ErrNotExist) {
+				if err := os.Rename(path, final); err != nil {
+					return err
+				}
+				log.Warn("a certificate of yours was being replaced when the agent stopped: the one it had is back; add the new one again", "name", name)
+				continue
+			}
+		}
+		if err := os.RemoveAll(path); err != nil {
+			return err
+		}
+		log.Info("removed what an unfinished save of a certificate left", "dir", path)
+	}
+	return syncDir(dir)
+}
+
+// movedAside is the name of the certificate an old pair moved aside at
+// path was stored under, or "" when entry is no such pair: .old.<name>,
+// or .new-<random>.old as earlier versions named it (the name then read
+// from its certificate).
+func movedAside(path, entry string) string {
+	if name, ok := strings.CutPrefix(entry, oldPrefix); ok {
+		if validName(strings.TrimPrefix(name, wildcardName+".")) {
+			return name
+		}
+		return ""
+	}
+	if !strings.HasSuffix(entry, ".old") {
+		return ""
+	}
+	b, err := os.ReadFile(filepath.Join(path, certFile))
+	if err != nil {
+		return ""
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		return ""
+	}
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil || len(leaf.DNSNames) == 0 || !validName(strings.ToLower(leaf.DNSNames[0])) {
+		return ""
+	}
+	return NameOf(leaf.DNSNames[0])
+}
+
+// loadYours reads every certificate in dir, after recoverYours. One that
+// does not load is returned with why, so that List shows it rather than
+// hiding it.
+func loadYours(dir string, now time.Time, log *slog.Logger) (map[string]*yourCert, error) {
+	out := map[string]*yourCert{}
+	if err := recoverYours(dir, log); errors.Is(err, fs.ErrNotExist) {
+		return out, nil
+	} else if err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}

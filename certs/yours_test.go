@@ -6,7 +6,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -215,5 +217,101 @@ func TestCertmagicLogsReachSlogWithoutKeys(t *testing.T) {
 	quiet.Info("lock acquired")
 	if strings.Contains(buf.String(), "lock acquired") {
 		t.Error("certmagic's Info lines show at info level")
+	}
+}
+
+// TestInterruptedReplaceIsRecovered lays out by hand what a replace cut
+// short by a crash leaves, and loads: a pair moved aside with none in its
+// place is back and served (also as earlier versions named it); one moved
+// aside after the new one is in goes; a half-written new pair goes.
+func TestInterruptedReplaceIsRecovered(t *testing.T) {
+	dir := t.TempDir()
+	yours := filepath.Join(dir, "tls", "yours")
+	ca := testenv.NewCA(t, "Intranet Root")
+	put := func(sub, domain string, until time.Time) {
+		t.Helper()
+		c, k := ca.Issue(t, until, domain)
+		p := filepath.Join(yours, sub)
+		if err := os.MkdirAll(p, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(p, certFile), c, 0o600)
+		os.WriteFile(filepath.Join(p, keyFile), k, 0o600)
+	}
+	soon, later := time.Now().Add(time.Hour).Truncate(time.Second), time.Now().Add(48*time.Hour).Truncate(time.Second)
+	// Cut between the renames: the old pair aside, the new one staged.
+	put(".old.a.example", "a.example", soon)
+	put(".new.a.example", "a.example", later)
+	// The same, as the first version named them.
+	put(".new-123456.old", "*.b.example", soon)
+	put(".new-123456", "*.b.example", later)
+	// Cut after the second rename: the new pair in, the old one aside.
+	put("c.example", "c.example", later)
+	put(".old.c.example", "c.example", soon)
+	// Cut while writing the new pair.
+	if err := os.MkdirAll(filepath.Join(yours, ".new.d.example"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(yours, ".new.d.example", keyFile), []byte("-----BEGIN"), 0o600)
+
+	log, buf := testLogger()
+	m := yoursOnly(t, dir, log)
+	for host, until := range map[string]time.Time{"a.example": soon, "x.b.example": soon, "c.example": later} {
+		c, err := m.GetCertificate(&tls.ClientHelloInfo{ServerName: host})
+		if err != nil {
+			t.Errorf("%s: %v", host, err)
+			continue
+		}
+		if !c.Leaf.NotAfter.Equal(until) {
+			t.Errorf("%s: served the one until %s, want %s", host, c.Leaf.NotAfter, until)
+		}
+	}
+	entries, _ := os.ReadDir(yours)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if want := []string{"_wildcard.b.example", "a.example", "c.example"}; !slices.Equal(names, want) {
+		t.Errorf("left in %s: %v, want %v", yours, names, want)
+	}
+	if !strings.Contains(buf.String(), "the one it had is back") {
+		t.Error("restoring a certificate was not logged")
+	}
+}
+
+// TestConcurrentAddsOfOneName: adds of the same name at once all succeed,
+// one after the other; one of them is served, and nothing is left beside
+// it.
+func TestConcurrentAddsOfOneName(t *testing.T) {
+	dir := t.TempDir()
+	log, _ := testLogger()
+	m := yoursOnly(t, dir, log)
+	ca := testenv.NewCA(t, "Intranet Root")
+	var pairs [][2][]byte
+	for i := range 8 {
+		c, k := ca.Issue(t, time.Now().Add(time.Duration(i+1)*time.Hour), "same.example")
+		pairs = append(pairs, [2][]byte{c, k})
+	}
+	var wg sync.WaitGroup
+	for _, p := range pairs {
+		wg.Go(func() {
+			if _, err := m.AddCertificate(p[0], p[1]); err != nil {
+				t.Errorf("a concurrent add: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if !m.Covers("same.example") {
+		t.Fatal("none is served")
+	}
+	entries, _ := os.ReadDir(filepath.Join(dir, "tls", "yours"))
+	if len(entries) != 1 || entries[0].Name() != "same.example" {
+		t.Errorf("left: %v", entries)
+	}
+	served, _ := m.GetCertificate(&tls.ClientHelloInfo{ServerName: "same.example"})
+	again := yoursOnly(t, dir, log)
+	stored, _ := again.GetCertificate(&tls.ClientHelloInfo{ServerName: "same.example"})
+	if served == nil || stored == nil || !served.Leaf.Equal(stored.Leaf) {
+		t.Error("the certificate served is not the one stored")
 	}
 }

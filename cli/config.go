@@ -429,7 +429,7 @@ func LoadAgentConfig(flags *pflag.FlagSet) (*AgentConfig, error) {
 		r.fail("git.token", "is empty while git.address is set: set the token git pushers use as their password (or git.token_file)")
 	}
 	c.S3 = r.s3()
-	c.TLS = r.tls(c.Agent.DataDir, c.S3)
+	c.TLS = r.tls(c.Agent.DataDir, c.S3, c.Proxy)
 	if c.TLS.Email == "" && (c.TLS.Storage != "" || c.TLS.CARoot != "" || c.TLS.Directory != certs.DefaultDirectory) {
 		c.Warnings = append(c.Warnings, "tls.acme.email is empty, so ACME is off and the other tls.* keys do nothing: set it for the agent to obtain certificates")
 	}
@@ -487,13 +487,13 @@ func (r *configReader) s3() source.S3Options {
 }
 
 // tls reads where certificates come from; certs.Options checks itself.
-func (r *configReader) tls(dataDir string, s3 source.S3Options) certs.Options {
+func (r *configReader) tls(dataDir string, s3 source.S3Options, px proxy.Options) certs.Options {
 	o := certs.Options{
 		DataDir: dataDir, S3: s3,
 		Email: r.str("tls.acme.email"), Directory: r.str("tls.acme.directory"),
 		CARoot: r.str("tls.acme.ca_root"), Storage: r.str("tls.storage"),
-		// Where the proxy answers the CA's challenges, on ports 80 and 443.
-		ListenHost: r.str("proxy.bind_address"),
+		// Where the proxy answers the CA's challenges: its shared ports.
+		ListenHost: px.BindAddress, HTTPPort: px.HTTPPort, TLSPort: px.HTTPSPort,
 	}
 	if err := o.Validate(); err != nil && r.err == nil {
 		r.err = fmt.Errorf("config %w", err)

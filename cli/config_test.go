@@ -127,6 +127,19 @@ func TestConfigNewKeys(t *testing.T) {
 		cfg.TLS.Directory != "https://acme-v02.api.letsencrypt.org/directory" || !cfg.TLS.S3.PathStyle || cfg.TLS.DataDir != cfg.Agent.DataDir {
 		t.Errorf("tls: %+v, %v", cfg.TLS, err)
 	}
+	// The CA's challenges are answered on the proxy's shared ports.
+	t.Setenv("SPROUT_PROXY_HTTP_PORT", "8080")
+	t.Setenv("SPROUT_PROXY_HTTPS_PORT", "8443")
+	t.Setenv("SPROUT_PROXY_BIND_ADDRESS", "127.0.0.1")
+	if cfg, err := LoadAgentConfig(flagsFor(t, "--config", file)); err != nil || cfg.TLS.HTTPPort != 8080 || cfg.TLS.TLSPort != 8443 || cfg.TLS.ListenHost != "127.0.0.1" {
+		t.Errorf("tls with the proxy on 127.0.0.1:8080 and :8443: %+v, %v", cfg.TLS, err)
+	}
+	t.Setenv("SPROUT_PROXY_HTTP_PORT", "")
+	t.Setenv("SPROUT_PROXY_HTTPS_PORT", "")
+	t.Setenv("SPROUT_PROXY_BIND_ADDRESS", "")
+	if cfg, err := LoadAgentConfig(flagsFor(t, "--config", file)); err != nil || cfg.TLS.HTTPPort != 80 || cfg.TLS.TLSPort != 443 || cfg.TLS.ListenHost != "" {
+		t.Errorf("tls with the proxy's default ports: %+v, %v", cfg.TLS, err)
+	}
 	t.Setenv("SPROUT_TLS_ACME_EMAIL", "")
 	if cfg, _ := LoadAgentConfig(flagsFor(t, "--config", file)); len(cfg.Warnings) != 1 || !strings.Contains(cfg.Warnings[0], "tls.acme.email is empty, so ACME is off") {
 		t.Errorf("tls.storage without an email: warnings %v", cfg.Warnings)
