@@ -220,6 +220,13 @@ func (a *Agent) Domains(app string) ([]DomainInfo, error) {
 // certificate manager).
 func (a *Agent) HasCertificates() bool { return a.certs != nil }
 
+// ObtainsCertificates tells whether the certificate manager asks an ACME
+// CA for the domains no certificate of yours covers.
+func (a *Agent) ObtainsCertificates() bool {
+	m, ok := a.certs.(interface{ ACME() bool })
+	return ok && m.ACME()
+}
+
 // ChangeDomains adds and removes domains of app without a deploy, and
 // returns its domains after. When the app serves, the proxy serves it by
 // its new domains at once: an app that gets its first domains leaves its

@@ -556,7 +556,7 @@ func (s *Server) domains(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, 200, DomainList{HTTPS: s.agent.HasCertificates(), Domains: ds})
+	writeJSON(w, 200, DomainList{HTTPS: s.agent.HasCertificates(), ACME: s.agent.ObtainsCertificates(), Domains: ds})
 }
 
 // changeDomains adds and removes domains of an app without a deploy.

@@ -101,7 +101,10 @@ type AppStatus struct {
 type DomainList struct {
 	// HTTPS says whether the agent serves HTTPS (it has certificates);
 	// without, apps with domains are served on HTTP only.
-	HTTPS   bool               `json:"https"`
+	HTTPS bool `json:"https"`
+	// ACME says whether certificates are obtained from an ACME CA for
+	// the domains none of yours covers.
+	ACME    bool               `json:"acme"`
 	Domains []agent.DomainInfo `json:"domains"`
 }
 
