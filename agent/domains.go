@@ -82,8 +82,8 @@ func validateDomain(raw string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("not a valid host name: %v", err)
 	}
-	if !strings.Contains(ascii, ".") {
-		return "", fmt.Errorf("give a fully qualified name (like www.example.com)")
+	if !strings.Contains(ascii, ".") && !(ascii == "localhost" && wild == "") {
+		return "", fmt.Errorf("give a fully qualified name (like www.example.com; localhost is the one exception, for trying it out)")
 	}
 	return wild + ascii, nil
 }
