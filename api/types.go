@@ -163,6 +163,9 @@ type AbortResult struct {
 	// Aborted is the operation that was stopped (deploy, rollback, setenv
 	// or scale), or "" when none was running.
 	Aborted string `json:"aborted"`
+	// Cancelled are the operations queued on the app that it cancelled:
+	// they never started.
+	Cancelled []agent.Operation `json:"cancelled,omitempty"`
 	// Serving is the version the app's Instances run.
 	Serving   string `json:"serving,omitempty"`
 	Instances int    `json:"instances"`
