@@ -356,28 +356,63 @@ func (a *Agent) lockOr(ctx context.Context, app string, noWait bool, p Progress,
 	}, nil
 }
 
+// rolloutLock says which rollout asks for its app's lock (see
+// lockRollout).
+type rolloutLock struct {
+	app, kind string // kind: deploy, rollback, setenv or scale
+	// label is the version it rolls out, when known before its turn: the
+	// label a deploy was given, the target of a rollback.
+	label  string
+	noWait bool
+	// cancelled, when not nil, records the end of a rollout that `sprout
+	// abort` cancelled while it was queued (cause wraps ErrCancelled),
+	// before Abort returns.
+	cancelled func(cause error)
+}
+
 // lockRollout is lock for a rollout (deploy, rollback, setenv, scale)
 // that `sprout abort` may stop: the context it returns is cancelled with
 // ErrAborted by Abort until the rollout stands (see stand). The rollout
-// is in InFlight from now on, queued while it waits for the lock.
-func (a *Agent) lockRollout(ctx context.Context, app, op string, noWait bool, p Progress) (context.Context, func(), error) {
+// is in InFlight from now on, queued while it waits for the lock; an
+// abort meanwhile cancels it with ErrCancelled, and it never starts.
+func (a *Agent) lockRollout(ctx context.Context, l rolloutLock, p Progress) (context.Context, func(), error) {
 	ctx, cancel := context.WithCancelCause(ctx)
-	r := a.register(ctx, app, op, cancel, p)
-	unlock, err := a.lockOr(ctx, app, noWait, p, r.queued)
+	r := a.register(ctx, l, cancel, p)
+	unlock, err := a.lockOr(ctx, l.app, l.noWait, p, r.queued)
+	if err == nil {
+		err = a.hold(ctx, r)
+		if err != nil {
+			unlock()
+		}
+	}
 	if err != nil {
 		a.unregister(r)
+		if errors.Is(err, ErrCancelled) && l.cancelled != nil {
+			l.cancelled(err)
+		}
 		cancel(nil)
+		close(r.done)
 		return nil, nil, err
 	}
-	a.mu.Lock()
-	a.rollouts[app] = r
-	a.mu.Unlock()
 	return ctx, func() {
 		a.unregister(r)
 		cancel(nil)
 		close(r.done)
 		unlock()
 	}, nil
+}
+
+// hold makes r the rollout in flight of its app, now that it has the
+// app's lock, unless its context ended while it waited (an abort
+// cancelled it just as its turn came).
+func (a *Agent) hold(ctx context.Context, r *runningRollout) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	a.rollouts[r.info.App] = r
+	return nil
 }
 
 // Wait returns once no operation runs or waits to (a deploy, rollback,

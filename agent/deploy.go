@@ -199,7 +199,7 @@ func (a *Agent) Deploy(ctx context.Context, req DeployRequest, p Progress) (*sto
 			return nil, err
 		}
 	}
-	ctx, unlock, err := a.lockRollout(ctx, req.App, "deploy", req.NoWait, p)
+	ctx, unlock, err := a.lockRollout(ctx, rolloutLock{app: req.App, kind: "deploy", label: req.Label, noWait: req.NoWait, cancelled: a.recordCancelled(req)}, p)
 	if err != nil {
 		return nil, err
 	}

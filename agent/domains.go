@@ -82,8 +82,8 @@ func validateDomain(raw string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("not a valid host name: %v", err)
 	}
-	if !strings.Contains(ascii, ".") {
-		return "", fmt.Errorf("give a fully qualified name (like www.example.com)")
+	if !strings.Contains(ascii, ".") && !(ascii == "localhost" && wild == "") {
+		return "", fmt.Errorf("give a fully qualified name (like www.example.com; localhost is the one exception, for trying it out)")
 	}
 	return wild + ascii, nil
 }
@@ -232,6 +232,13 @@ func (a *Agent) Domains(app string) ([]DomainInfo, error) {
 // HasCertificates tells whether the agent serves HTTPS (it has a
 // certificate manager).
 func (a *Agent) HasCertificates() bool { return a.certs != nil }
+
+// ObtainsCertificates tells whether the certificate manager asks an ACME
+// CA for the domains no certificate of yours covers.
+func (a *Agent) ObtainsCertificates() bool {
+	m, ok := a.certs.(interface{ ACME() bool })
+	return ok && m.ACME()
+}
 
 // ChangeDomains adds and removes domains of app without a deploy, and
 // returns its domains after. When the app serves, the proxy serves it by

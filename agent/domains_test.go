@@ -11,11 +11,11 @@ import (
 // trailing dot, each once, sorted), and what is not a host name is
 // refused with the reason.
 func TestValidateDomains(t *testing.T) {
-	got, err := ValidateDomains([]string{"WWW.Example.com.", "example.com", "www.example.com", "bücher.example", "*.Apps.example.com"})
+	got, err := ValidateDomains([]string{"WWW.Example.com.", "example.com", "www.example.com", "bücher.example", "*.Apps.example.com", "LocalHost"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"*.apps.example.com", "example.com", "www.example.com", "xn--bcher-kva.example"}
+	want := []string{"*.apps.example.com", "example.com", "localhost", "www.example.com", "xn--bcher-kva.example"}
 	if !slices.Equal(got, want) {
 		t.Errorf("got %v, want %v", got, want)
 	}
@@ -25,7 +25,8 @@ func TestValidateDomains(t *testing.T) {
 		"www.example.com/path":                   "no path",
 		"www.example.com:8080":                   "no port",
 		"192.0.2.1":                              "an IP address",
-		"localhost":                              "fully qualified",
+		"intranet":                               "fully qualified",
+		"*.localhost":                            "fully qualified",
 		"a..example.com":                         "not a valid host name",
 		"-a.example.com":                         "not a valid host name",
 		"*.*.example.com":                        "not a valid host name",

@@ -3,6 +3,7 @@ package agent
 import (
 	"cmp"
 	"context"
+	"errors"
 	"slices"
 	"time"
 )
@@ -27,7 +28,8 @@ type Operation struct {
 	Kind string `json:"kind"`
 	// Label is the version it rolls out, once known: the new version of a
 	// deploy, the target of a rollback, the serving one of a setenv or
-	// scale.
+	// scale. A queued deploy has it when it was given one, a queued
+	// rollback when its target was named.
 	Label string `json:"label,omitempty"`
 	// Step is the step it is at ("" before its first), since StepSince.
 	Step      string    `json:"step,omitempty"`
@@ -38,6 +40,26 @@ type Operation struct {
 	// By says who or what asked for it, when known: user@host of a CLI,
 	// a manifest, an environment's rollout.
 	By string `json:"by,omitempty"`
+}
+
+// Name says what op does, as a noun: "deploy of v9", "rollback to v7",
+// "setenv", "scale".
+func (op Operation) Name() string {
+	switch {
+	case op.Label == "":
+		return op.Kind
+	case op.Kind == "rollback":
+		return "rollback to " + op.Label
+	}
+	return op.Kind + " of " + op.Label
+}
+
+// started says who started op, or when: "started by bob@laptop".
+func (op Operation) started() string {
+	if op.By != "" {
+		return "started by " + op.By
+	}
+	return "started at " + op.StartedAt.Format(time.TimeOnly)
 }
 
 // OperationWatcher is a Progress that also hears what its operation is:
@@ -100,9 +122,9 @@ func (a *Agent) InFlightOf(app string) []Operation {
 }
 
 // register records a rollout from the moment it asks for its app's lock.
-func (a *Agent) register(ctx context.Context, app, kind string, cancel context.CancelCauseFunc, p Progress) *runningRollout {
-	r := &runningRollout{op: kind, cancel: cancel, done: make(chan struct{}),
-		info: Operation{App: app, Kind: kind, StartedAt: time.Now(), By: startedBy(ctx)}}
+func (a *Agent) register(ctx context.Context, l rolloutLock, cancel context.CancelCauseFunc, p Progress) *runningRollout {
+	r := &runningRollout{op: l.kind, cancel: cancel, done: make(chan struct{}),
+		info: Operation{App: l.app, Kind: l.kind, Label: l.label, StartedAt: time.Now(), By: startedBy(ctx)}}
 	r.watcher, _ = p.(OperationWatcher)
 	a.mu.Lock()
 	a.ops = append(a.ops, r)
@@ -170,6 +192,10 @@ func (r *runningRollout) snapshot(queued bool) Operation {
 // (kind) that ended before its rollout began while no client followed it
 // (detached, or interrupted while queued), so that `sprout events` tells
 // what the client could not. A rollout that began records its own end.
+// One that an abort cancelled is left to Abort, which records it.
 func (a *Agent) RecordUnheard(app, kind string, err error) {
+	if errors.Is(err, ErrCancelled) {
+		return
+	}
 	a.event(app, "", "refused", "the %s of %s did not start, and its client had gone: %v", kind, app, err)
 }

@@ -26,7 +26,7 @@ func (a *Agent) Rollback(ctx context.Context, app, to string, noWait bool, p Pro
 // rollback serves version to again; with env not nil, with that
 // environment (kept only if the version becomes healthy).
 func (a *Agent) rollback(ctx context.Context, app, to string, env map[string]string, noWait bool, p Progress) (*store.Version, error) {
-	ctx, unlock, err := a.lockRollout(ctx, app, "rollback", noWait, p)
+	ctx, unlock, err := a.lockRollout(ctx, rolloutLock{app: app, kind: "rollback", label: to, noWait: noWait}, p)
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +126,7 @@ func (a *Agent) reconfigure(ctx context.Context, name string, noWait bool, p Pro
 	if err := ValidateAppName(name); err != nil {
 		return err
 	}
-	ctx, unlock, err := a.lockRollout(ctx, name, "setenv", noWait, p)
+	ctx, unlock, err := a.lockRollout(ctx, rolloutLock{app: name, kind: "setenv", noWait: noWait}, p)
 	if err != nil {
 		return err
 	}

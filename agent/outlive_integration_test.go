@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -169,6 +171,107 @@ func TestAbortStopsAnOperationWithoutClient(t *testing.T) {
 	v, err := h.st.Version(app, "v2")
 	if err != nil || v.Status != store.StatusFailed || v.Error != agent.ErrAborted.Error() {
 		t.Errorf("v2 = %+v, %v; want failed, aborted", v, err)
+	}
+}
+
+// TestAbortCancelsWhatIsQueued: behind a deploy whose new version waits
+// for its health check wait a deploy of v3 and a setenv of bob's, both
+// followed, and a rollback whose client went away. `sprout abort` stops
+// the deploy and cancels the three, and says so: none of them starts, v1
+// serves on with its environment, and not one request of a load that
+// never retries fails. Each follower ends with the abort's reason;
+// versions record the deploy of v3 as cancelled, events each
+// cancellation, and no event says that a client had gone.
+func TestAbortCancelsWhatIsQueued(t *testing.T) {
+	t.Parallel()
+	h, app, port, load := servingUnderLoad(t, "abortq")
+	sock := filepath.Join(h.dataDir, "sprout.sock")
+	inFlight := func(n int) {
+		t.Helper()
+		testenv.Eventually(t, 30*time.Second, func() error {
+			if ops := h.ag.InFlightOf(app); len(ops) != n || ops[0].Step != agent.StepHealth {
+				return fmt.Errorf("in flight: %+v, want %d, the deploy of v2 at health first", ops, n)
+			}
+			return nil
+		})
+	}
+
+	ctx, leave := context.WithCancel(context.Background())
+	h.deployCtx(ctx, app, "v2", testenv.Bundle(t, "", "ENV APP_BOOT_DELAY=60s"), nil, func(m api.Message) {
+		if m.Operation != nil {
+			leave()
+		}
+	})
+	inFlight(1)
+
+	v3, fast := make(chan error, 1), testenv.Bundle(t, "")
+	go func() {
+		_, _, err := h.deploy(app, "v3", fast, nil)
+		v3 <- err
+	}()
+	inFlight(2)
+	bob := api.NewClient(sock)
+	bob.By = "bob@laptop"
+	setenv := make(chan error, 1)
+	go func() {
+		_, err := bob.SetEnv(context.Background(), app, api.EnvChange{Set: map[string]string{"GREETING": "hello"}}, nil)
+		setenv <- err
+	}()
+	inFlight(3)
+	rctx, rleave := context.WithCancel(context.Background())
+	h.client.Rollback(rctx, app, api.RollbackRequest{To: "v1"}, func(m api.Message) {
+		if m.Operation != nil {
+			rleave()
+		}
+	})
+	inFlight(4)
+
+	alice := api.NewClient(sock)
+	alice.By = "alice@ops"
+	res, err := alice.Abort(context.Background(), app)
+	if err != nil || res.Aborted != "deploy" || res.Serving != "v1" || len(res.Cancelled) != 3 {
+		t.Fatalf("abort = %+v, %v; want the deploy stopped and 3 cancelled", res, err)
+	}
+	var names []string
+	for _, op := range res.Cancelled {
+		names = append(names, op.Name()+" by "+op.By)
+	}
+	if want := []string{"deploy of v3 by ", "setenv by bob@laptop", "rollback to v1 by "}; !slices.Equal(names, want) {
+		t.Errorf("the abort cancelled %q, want %q", names, want)
+	}
+	if ops := h.ag.InFlightOf(app); len(ops) != 0 {
+		t.Errorf("in flight after the abort: %+v", ops)
+	}
+	const why = "cancelled by `sprout abort` while it was queued (by alice@ops): it never started"
+	for name, ended := range map[string]chan error{"deploy of v3": v3, "setenv": setenv} {
+		var oe *api.OpError
+		if err := <-ended; !errors.As(err, &oe) || oe.Message != why {
+			t.Errorf("the follower of the %s ended with %v, want %q", name, err, why)
+		}
+	}
+
+	testenv.Answered(t, load, "v1 ", 50)
+	stopLoad(t, load, "an abort of a deploy with three operations queued")
+	if _, body := get(t, port, "/"); body != "v1 " {
+		t.Errorf("GET / after the abort = %q, want v1 without the cancelled setenv's greeting", body)
+	}
+	if v, err := h.st.Version(app, "v2"); err != nil || v.Status != store.StatusFailed || v.Error != agent.ErrAborted.Error() {
+		t.Errorf("v2 = %+v, %v; want failed, aborted", v, err)
+	}
+	if v, err := h.st.Version(app, "v3"); err != nil || v.Status != store.StatusFailed || v.Error != why || v.FailedStep != "" {
+		t.Errorf("v3 = %+v, %v; want failed, cancelled while queued", v, err)
+	}
+	hasEvent(t, h, app, "the queued deploy of v3 (started at ")
+	hasEvent(t, h, app, "the queued setenv (started by bob@laptop) was cancelled by `sprout abort` (by alice@ops); it never started")
+	hasEvent(t, h, app, "the queued rollback to v1 (started at ")
+	evs, err := h.client.Events(context.Background(), app, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range evs {
+		if strings.Contains(e.Message, "its client had gone") {
+			t.Errorf("an event says that a cancelled operation failed unheard: %s", e.Message)
+		}
 	}
 }
 

@@ -36,12 +36,18 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, kind string, op fun
 
 // opLog is what an operation reports, kept for the client that follows
 // it. The operation writes here without waiting for anyone, so that a
-// client that reads slowly, or stopped reading, cannot hold it up.
+// client that reads slowly, or stopped reading, cannot hold it up. It
+// holds only what its follower has not sent yet, and nothing once the
+// follower has gone: no API attaches to an operation again (`sprout
+// events --follow` reads the agent's events), so a long, noisy build
+// keeps no megabytes of output nobody will read.
 type opLog struct {
 	// accepted: the client hears Operation messages (API version 2).
 	accepted bool
 
-	mu   sync.Mutex
+	mu sync.Mutex
+	// msgs are the messages the follower has yet to send; it takes them
+	// all at once.
 	msgs []Message
 	step string
 	end  *Message // the last message, once the operation ended
@@ -51,11 +57,15 @@ type opLog struct {
 	began, gone bool
 }
 
-// add appends m and wakes the follower.
+// add appends m and wakes the follower; with the follower gone, it drops
+// m.
 func (l *opLog) add(m Message) {
 	m.Time = time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.gone {
+		return
+	}
 	l.msgs = append(l.msgs, m)
 	close(l.wake)
 	l.wake = make(chan struct{})
@@ -101,22 +111,24 @@ func (l *opLog) finish(v *store.Version, err error) (unheard bool) {
 }
 
 // follow streams the log to w until the operation ends or ctx (the
-// request's) does. An operation refused before it reported anything gets
-// an error status instead.
+// request's) does, taking each message out of the log as it sends it. An
+// operation refused before it reported anything gets an error status
+// instead.
 func (l *opLog) follow(ctx context.Context, w http.ResponseWriter) {
 	st := &stream{w: w}
-	for next := 0; ; {
+	for sent := false; ; {
 		l.mu.Lock()
-		msgs, end, err, wake := l.msgs[next:], l.end, l.err, l.wake
+		msgs, end, err, wake := l.msgs, l.end, l.err, l.wake
+		l.msgs = nil // the follower owns msgs now: add starts a new slice
 		l.mu.Unlock()
-		if end != nil && err != nil && next == 0 && len(msgs) == 0 {
+		if end != nil && err != nil && !sent && len(msgs) == 0 {
 			writeError(w, err)
 			return
 		}
 		for _, m := range msgs {
 			st.send(m)
 		}
-		next += len(msgs)
+		sent = sent || len(msgs) > 0
 		if end != nil {
 			st.send(*end)
 			return
@@ -125,7 +137,7 @@ func (l *opLog) follow(ctx context.Context, w http.ResponseWriter) {
 		case <-wake:
 		case <-ctx.Done():
 			l.mu.Lock()
-			l.gone = true
+			l.gone, l.msgs = true, nil
 			l.mu.Unlock()
 			return
 		}

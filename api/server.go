@@ -483,11 +483,11 @@ func (s *Server) scale(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// abort stops the app's rollout in flight and answers once every
-// instance is back on the version that was serving.
+// abort stops the app's rollout in flight, cancels those queued, and
+// answers once every instance is back on the version that was serving.
 func (s *Server) abort(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("app")
-	op, err := s.agent.Abort(r.Context(), name)
+	res, err := s.agent.Abort(agent.WithStartedBy(r.Context(), r.Header.Get(ByHeader)), name)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -497,7 +497,7 @@ func (s *Server) abort(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, 200, AbortResult{Aborted: op, Serving: app.Serving, Instances: len(app.Instances)})
+	writeJSON(w, 200, AbortResult{Aborted: res.Running, Cancelled: res.Cancelled, Serving: app.Serving, Instances: len(app.Instances)})
 }
 
 func (s *Server) volumes(w http.ResponseWriter, r *http.Request) {
@@ -556,7 +556,7 @@ func (s *Server) domains(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, 200, DomainList{HTTPS: s.agent.HasCertificates(), Domains: ds})
+	writeJSON(w, 200, DomainList{HTTPS: s.agent.HasCertificates(), ACME: s.agent.ObtainsCertificates(), Domains: ds})
 }
 
 // changeDomains adds and removes domains of an app without a deploy.

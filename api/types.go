@@ -101,7 +101,10 @@ type AppStatus struct {
 type DomainList struct {
 	// HTTPS says whether the agent serves HTTPS (it has certificates);
 	// without, apps with domains are served on HTTP only.
-	HTTPS   bool               `json:"https"`
+	HTTPS bool `json:"https"`
+	// ACME says whether certificates are obtained from an ACME CA for
+	// the domains none of yours covers.
+	ACME    bool               `json:"acme"`
 	Domains []agent.DomainInfo `json:"domains"`
 }
 
@@ -160,6 +163,9 @@ type AbortResult struct {
 	// Aborted is the operation that was stopped (deploy, rollback, setenv
 	// or scale), or "" when none was running.
 	Aborted string `json:"aborted"`
+	// Cancelled are the operations queued on the app that it cancelled:
+	// they never started.
+	Cancelled []agent.Operation `json:"cancelled,omitempty"`
 	// Serving is the version the app's Instances run.
 	Serving   string `json:"serving,omitempty"`
 	Instances int    `json:"instances"`

@@ -438,3 +438,7 @@ func (o Options) Validate() error {
 	}
 	return nil
 }
+
+// ACME reports whether the manager obtains certificates from an ACME CA
+// (tls.acme.email is set).
+func (m *Manager) ACME() bool { return m.acme != nil }

@@ -86,19 +86,22 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) error {
 	if cfg.LogFormat != "text" {
 		cfg.Proxy.AccessLogOutput = logOut // the JSON line, built by the proxy
 	}
-	px := proxy.New(cfg.Proxy, log.With("component", "proxy"))
-	ag, err := agent.New(cfg.Agent, docker, px, st, m, tracker, log.With("component", "agent"))
-	if err != nil {
-		return err
-	}
-	ag.SetFetcher(&source.Fetcher{S3Options: cfg.S3, WorkDir: filepath.Join(cfg.Agent.DataDir, "bundles")})
-	// TLS certificates: served to `sprout certs` here; the proxy's TLS
-	// listener and the agent's Manage(domains) take cm with domains.
+	// TLS certificates, yours and ACME's: the shared HTTPS port serves
+	// them, the shared HTTP port answers the CA's HTTP-01 challenges, and
+	// the agent tells the manager which domains its apps have.
 	cm, err := certs.New(cfg.TLS, log.With("component", "certs"))
 	if err != nil {
 		return fmt.Errorf("config tls: %w", err)
 	}
 	defer cm.Close()
+	cfg.Proxy.Certificates = cm
+	px := proxy.New(cfg.Proxy, log.With("component", "proxy"))
+	ag, err := agent.New(cfg.Agent, docker, px, st, m, tracker, log.With("component", "agent"))
+	if err != nil {
+		return err
+	}
+	ag.SetCertManager(cm)
+	ag.SetFetcher(&source.Fetcher{S3Options: cfg.S3, WorkDir: filepath.Join(cfg.Agent.DataDir, "bundles")})
 	if cfg.MetricsAddress != "" {
 		mln, err := net.Listen("tcp", cfg.MetricsAddress)
 		if err != nil {

@@ -107,7 +107,7 @@ func printDomains(out io.Writer, app string, list api.DomainList) {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "APP\tDOMAIN\tHTTPS")
 	for _, d := range list.Domains {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", d.App, d.Name, httpsText(list.HTTPS, d.Name, d.Certificate, d.Redirect, d.HSTSMaxAge))
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", d.App, d.Name, httpsText(list.HTTPS, list.ACME, d.Name, d.Certificate, d.Redirect, d.HSTSMaxAge))
 	}
 	tw.Flush()
 	if !list.HTTPS {
@@ -116,14 +116,16 @@ func printDomains(out io.Writer, app string, list api.DomainList) {
 }
 
 // httpsText says how a domain is served over HTTPS, in a few words.
-func httpsText(https bool, name string, cert, redirect bool, hsts int) string {
+func httpsText(https, acme bool, name string, cert, redirect bool, hsts int) string {
 	switch {
 	case !https:
 		return "-"
 	case !cert && strings.HasPrefix(name, "*."):
 		return "no certificate (wildcards need one you bring)"
+	case !cert && !acme:
+		return "no certificate: HTTP only (set tls.acme.email, or sprout certs add)"
 	case !cert:
-		return "waiting for its certificate (HTTP until then)"
+		return "waiting for its certificate (HTTP until then; sprout certs)"
 	}
 	var parts []string
 	if redirect {

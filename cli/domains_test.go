@@ -22,13 +22,15 @@ func TestDomainsHelp(t *testing.T) {
 
 // TestDomainsTable: every app's domains, and what HTTPS does for each.
 func TestDomainsTable(t *testing.T) {
-	list := api.DomainList{HTTPS: true, Domains: []agent.DomainInfo{
+	list := api.DomainList{HTTPS: true, ACME: true, Domains: []agent.DomainInfo{
 		{App: "shop", Name: "example.com", Certificate: true, Redirect: true, HSTSMaxAge: 31536000},
 		{App: "shop", Name: "www.example.com", Certificate: false, Redirect: true},
 		{App: "api", Name: "api.example.com", Certificate: true, Redirect: false},
 		{App: "api", Name: "*.tenants.example.com"},
 	}}
 	var out bytes.Buffer
+	printDomains(&out, "", list)
+	list.ACME = false // only certificates of yours
 	printDomains(&out, "", list)
 	list.HTTPS = false
 	printDomains(&out, "", list)

@@ -272,9 +272,7 @@ func (f *following) what() string {
 
 // state says whether the accepted operation runs or waits.
 func (f *following) state() string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.op != nil && f.op.Queued {
+	if f.queued() {
 		return "is queued behind the operation in flight"
 	}
 	return "runs"
@@ -294,10 +292,23 @@ func (f *following) at() string {
 }
 
 // hints says how to watch the operation and how to stop it, as commands
-// that can be pasted.
+// that can be pasted. Abort stops what runs on the app and cancels every
+// operation queued: for a queued one, the hint says what else it stops.
 func (f *following) hints() string {
 	to := hostArgs(f.cmd)
-	return fmt.Sprintf("  watch it: sprout events --app %s --follow%s\n  stop it:  sprout abort --app %s%s", f.app, to, f.app, to)
+	h := fmt.Sprintf("  watch it: sprout events --app %s --follow%s\n  stop it:  sprout abort --app %s%s", f.app, to, f.app, to)
+	if f.queued() {
+		h += "\n            (this also stops the operation running ahead of it, and cancels every one queued)"
+	}
+	return h
+}
+
+// queued tells whether the agent said, last, that the operation waits
+// behind another.
+func (f *following) queued() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.op != nil && f.op.Queued
 }
 
 // detachFlag adds --detach to an operation's command.

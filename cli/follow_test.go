@@ -113,11 +113,53 @@ func TestDetachReturnsOnceAccepted(t *testing.T) {
 	if strings.Contains(out, "==> build") {
 		t.Errorf("--detach went on printing the deploy's progress once accepted:\n%s", out)
 	}
+	if strings.Contains(out, "running ahead") {
+		t.Errorf("the hints of a running deploy speak of one running ahead:\n%s", out)
+	}
 	select {
 	case <-gone:
 	case <-time.After(5 * time.Second):
 		t.Error("the CLI did not close the stream")
 	}
+}
+
+// TestQueuedOperationHints: a deploy queued behind another says, when
+// detached, that `sprout abort` stops the operation running ahead of it
+// too; followed, once an abort cancels it, it fails with the abort's
+// reason and what keeps serving, and exits 1.
+func TestQueuedOperationHints(t *testing.T) {
+	queued := []api.Message{
+		{Line: "another deploy of web is in progress; waiting for it to finish"},
+		{Operation: &agent.Operation{App: "web", Kind: "deploy", Label: "v9", Queued: true}},
+	}
+	gone := make(chan struct{}, 1)
+	streamingAgent(t, api.Protocol, queued, gone)
+	out, err := runUntil(t, "", "deploy", bundleFile(t, 1000), "--app", "web", "--detach")
+	if err != nil {
+		t.Fatalf("deploy --detach: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"accepted: the deploy of web v9 is queued behind the operation in flight",
+		"stop it:  sprout abort --app web\n            (this also stops the operation running ahead of it, and cancels every one queued)\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the output lacks %q:\n%s", want, out)
+		}
+	}
+	<-gone
+
+	cancelled := append(queued, api.Message{Done: true, Error: agent.ErrCancelled.Error() + " (by alice@laptop): it never started"})
+	streamingAgent(t, api.Protocol, cancelled, gone)
+	out, err = runUntil(t, "", "deploy", bundleFile(t, 1000), "--app", "web")
+	if code := exitCode(err); code != 1 || err == nil {
+		t.Fatalf("a cancelled deploy exits %d (%v), want 1\n%s", code, err, out)
+	}
+	for _, want := range []string{"deploy of web failed: cancelled by `sprout abort` while it was queued (by alice@laptop): it never started", "v8 keeps serving"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the error lacks %q: %v", want, err)
+		}
+	}
+	<-gone
 }
 
 // TestCtrlCStopsFollowing: Ctrl-C once the agent accepted the deploy

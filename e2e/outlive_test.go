@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -154,6 +155,57 @@ func TestDetachThenAbort(t *testing.T) {
 		t.Errorf("GET after the abort = %q", body)
 	}
 	if versions := a.mustSprout("versions", "--app", app); !strings.Contains(versions, "aborted") || !strings.Contains(versions, "* v1") {
+		t.Errorf("versions after the abort:\n%s", versions)
+	}
+}
+
+// TestAbortCancelsTheQueued: behind a detached deploy that waits for its
+// health check, a deploy of v3 whose CLI follows it and a rollback
+// detached while queued, whose hint says that abort stops the deploy
+// ahead too. `sprout abort` stops the first and cancels both, saying each;
+// the CLI of v3 fails with the abort's reason and exits 1, versions record
+// v3 as cancelled, v1 serves on, and a client that never retries sees no
+// failed request.
+func TestAbortCancelsTheQueued(t *testing.T) {
+	a := startAgent(t)
+	app, port := testenv.Name("abortq"), testenv.FreePort(t)
+	load := a.v1UnderLoad(app, port)
+	a.mustSprout("deploy", testenv.Bundle(t, "", "ENV APP_BOOT_DELAY=60s"), "--app", app, "--label", "v2", "--detach")
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if st := a.status(app); len(st.InFlight) != 1 || st.InFlight[0].Step != "health" {
+			return fmt.Errorf("in flight: %+v, want the deploy at health", st.InFlight)
+		}
+		return nil
+	})
+	v3, out := a.startDeploy(testenv.Bundle(t, ""), "--app", app, "--label", "v3")
+	waitFor(t, out, "waiting for it to finish")
+	go io.Copy(io.Discard, out)
+	detached := a.mustSprout("rollback", "--app", app, "--to", "v1", "--detach")
+	t.Logf("rollback --detach said:\n%s", detached)
+	if !strings.Contains(detached, "is queued behind the operation in flight") || !strings.Contains(detached, "this also stops the operation running ahead of it") {
+		t.Errorf("the queued rollback does not say that abort stops the deploy ahead:\n%s", detached)
+	}
+
+	aborted := a.mustSprout("abort", "--app", app)
+	t.Logf("abort said:\n%s", aborted)
+	for _, want := range []string{"aborted the deploy of " + app + ": v1 serves", "cancelled the queued deploy of v3 (started by ", "cancelled the queued rollback to v1 (started by "} {
+		if !strings.Contains(aborted, want) {
+			t.Errorf("abort does not say %q:\n%s", want, aborted)
+		}
+	}
+	code, stderr := waitExit(t, v3)
+	t.Logf("the CLI of v3 said:\n%s", stderr)
+	if code != 1 || !strings.Contains(stderr, "deploy of "+app+" failed: cancelled by `sprout abort` while it was queued (by ") || !strings.Contains(stderr, "v1 keeps serving") {
+		t.Errorf("the CLI of the cancelled deploy exited %d:\n%s", code, stderr)
+	}
+	if st := a.status(app); len(st.InFlight) != 0 || st.Serving != "v1" {
+		t.Errorf("after the abort: serving %s, in flight %+v", st.Serving, st.InFlight)
+	}
+	testenv.Answered(t, load, "v1 ", 50)
+	stopLoad(t, load, "an abort of a deploy with two operations queued")
+	versions := a.mustSprout("versions", "--app", app)
+	t.Logf("versions:\n%s", versions)
+	if !regexp.MustCompile(`(?m)^  v3 +failed .*cancelled by `+"`sprout abort`"+` while it was queued`).MatchString(versions) || !strings.Contains(versions, "* v1") {
 		t.Errorf("versions after the abort:\n%s", versions)
 	}
 }
