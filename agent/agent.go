@@ -74,6 +74,9 @@ type Router interface {
 	// SetHealthy takes app's instance at addr out of the rotation (ok
 	// false) or brings it back (ok true), after the monitor's checks.
 	SetHealthy(app, addr string, ok bool)
+	// SetDomains serves app on the shared ports by d's names (none: by
+	// none), opening or closing those ports (within grace) as needed.
+	SetDomains(app string, d proxy.Domains, grace time.Duration) error
 }
 
 // Metrics hears how deploys go; the agent's Prometheus metrics implement
@@ -264,8 +267,20 @@ type Agent struct {
 	locks  map[string]chan struct{}
 	health map[string]*appHealth
 	busy   map[string]int
-	// rollouts are the rollouts in flight that abort may stop, by app.
+	// rollouts are the rollouts in flight that abort may stop, by app;
+	// ops are those and the ones queued behind them (see InFlight).
 	rollouts map[string]*runningRollout
+	ops      []*runningRollout
+	// certs, when set, gets certificates for the domains served; served
+	// are those domains, by app, and managed the set it was last told.
+	// certsMu serialises telling it (manageCerts).
+	certs   CertManager
+	served  map[string][]string
+	managed []string
+	certsMu sync.Mutex
+	// claims serialises the checks that a domain is no other app's with
+	// the writes that claim it.
+	claims sync.Mutex
 	// quiesced is set while an upgrade hands the agent over (Quiesce):
 	// no operation starts. quiet is closed then, to wake the operations
 	// waiting for an app's lock.
@@ -294,7 +309,7 @@ func New(cfg Config, rt Runtime, router Router, st *store.Store, m Metrics, trac
 	}
 	return &Agent{cfg: cfg, rt: rt, router: router, store: st, metrics: m, tracker: tracker, log: logger, id: id,
 		locks: map[string]chan struct{}{}, health: map[string]*appHealth{}, busy: map[string]int{},
-		rollouts: map[string]*runningRollout{}}, nil
+		rollouts: map[string]*runningRollout{}, served: map[string][]string{}}, nil
 }
 
 // SetFetcher gives the agent its remote bundle sources; call it before
@@ -327,7 +342,12 @@ func randomID(n int) string {
 // lock serialises operations on one app. With noWait, a busy app is
 // refused with ErrBusy; otherwise the caller hears that it waits.
 func (a *Agent) lock(ctx context.Context, app string, noWait bool, p Progress) (func(), error) {
-	unlock, err := a.waitLock(ctx, app, noWait, p)
+	return a.lockOr(ctx, app, noWait, p, nil)
+}
+
+// lockOr is lock that calls waiting, when not nil, before it waits.
+func (a *Agent) lockOr(ctx context.Context, app string, noWait bool, p Progress, waiting func()) (func(), error) {
+	unlock, err := a.waitLock(ctx, app, noWait, p, waiting)
 	if err != nil {
 		return nil, err
 	}
@@ -349,41 +369,74 @@ func (a *Agent) lock(ctx context.Context, app string, noWait bool, p Progress) (
 	}, nil
 }
 
+// rolloutLock says which rollout asks for its app's lock (see
+// lockRollout).
+type rolloutLock struct {
+	app, kind string // kind: deploy, rollback, setenv or scale
+	// label is the version it rolls out, when known before its turn: the
+	// label a deploy was given, the target of a rollback.
+	label  string
+	noWait bool
+	// cancelled, when not nil, records the end of a rollout that `sprout
+	// abort` cancelled while it was queued (cause wraps ErrCancelled),
+	// before Abort returns.
+	cancelled func(cause error)
+}
+
 // lockRollout is lock for a rollout (deploy, rollback, setenv, scale)
 // that `sprout abort` may stop: the context it returns is cancelled with
-// ErrAborted by Abort until the rollout stands (see stand).
-func (a *Agent) lockRollout(ctx context.Context, app, op string, noWait bool, p Progress) (context.Context, func(), error) {
-	unlock, err := a.lock(ctx, app, noWait, p)
+// ErrAborted by Abort until the rollout stands (see stand). The rollout
+// is in InFlight from now on, queued while it waits for the lock; an
+// abort meanwhile cancels it with ErrCancelled, and it never starts.
+func (a *Agent) lockRollout(ctx context.Context, l rolloutLock, p Progress) (context.Context, func(), error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	r := a.register(ctx, l, cancel, p)
+	unlock, err := a.lockOr(ctx, l.app, l.noWait, p, r.queued)
+	if err == nil {
+		err = a.hold(ctx, r)
+		if err != nil {
+			unlock()
+		}
+	}
 	if err != nil {
+		a.unregister(r)
+		if errors.Is(err, ErrCancelled) && l.cancelled != nil {
+			l.cancelled(err)
+		}
+		cancel(nil)
+		close(r.done)
 		return nil, nil, err
 	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	r := &runningRollout{op: op, cancel: cancel, done: make(chan struct{})}
-	a.mu.Lock()
-	a.rollouts[app] = r
-	a.mu.Unlock()
 	return ctx, func() {
-		a.mu.Lock()
-		delete(a.rollouts, app)
-		a.mu.Unlock()
+		a.unregister(r)
 		cancel(nil)
 		close(r.done)
 		unlock()
 	}, nil
 }
 
-// Wait returns once no operation (deploy, rollback, setenv, recover)
-// runs, or with ctx's error.
+// hold makes r the rollout in flight of its app, now that it has the
+// app's lock, unless its context ended while it waited (an abort
+// cancelled it just as its turn came).
+func (a *Agent) hold(ctx context.Context, r *runningRollout) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	a.rollouts[r.info.App] = r
+	return nil
+}
+
+// Wait returns once no operation runs or waits to (a deploy, rollback,
+// setenv or scale, queued or not, a recovery, a removal), or with ctx's
+// error. A stopping agent waits here for its operations in flight, and so
+// may an upgrade; InFlight says what they are.
 func (a *Agent) Wait(ctx context.Context) error {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for {
-		a.mu.Lock()
-		running := 0
-		for _, n := range a.busy {
-			running += n
-		}
-		a.mu.Unlock()
+		running := a.pending()
 		if running == 0 {
 			return nil
 		}
@@ -395,6 +448,22 @@ func (a *Agent) Wait(ctx context.Context) error {
 	}
 }
 
+// pending counts the operations that hold an app's lock or wait for one.
+func (a *Agent) pending() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := 0
+	for _, busy := range a.busy {
+		n += busy
+	}
+	for _, r := range a.ops {
+		if a.rollouts[r.info.App] != r {
+			n++ // queued: not counted in busy yet
+		}
+	}
+	return n
+}
+
 // deploying tells whether an operation (deploy, rollback, setenv,
 // recover) of app is running.
 func (a *Agent) deploying(app string) bool {
@@ -403,7 +472,7 @@ func (a *Agent) deploying(app string) bool {
 	return a.busy[app] > 0
 }
 
-func (a *Agent) waitLock(ctx context.Context, app string, noWait bool, p Progress) (func(), error) {
+func (a *Agent) waitLock(ctx context.Context, app string, noWait bool, p Progress, waiting func()) (func(), error) {
 	a.mu.Lock()
 	quiesced, quiet := a.quiesced, a.quietLocked()
 	a.mu.Unlock()
@@ -417,6 +486,9 @@ func (a *Agent) waitLock(ctx context.Context, app string, noWait bool, p Progres
 		return nil, fmt.Errorf("%w: %s (wait for it, or drop --no-wait to queue behind it)", ErrBusy, app)
 	}
 	p.Line(fmt.Sprintf("another deploy of %s is in progress; waiting for it to finish", app))
+	if waiting != nil {
+		waiting()
+	}
 	a.mu.Lock()
 	ch := a.locks[app]
 	a.mu.Unlock()

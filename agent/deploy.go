@@ -58,6 +58,11 @@ type Settings struct {
 	// CanaryPercent and EvaluationTime are TrafficSplitting's.
 	CanaryPercent  *int
 	EvaluationTime *time.Duration
+	// Domains, when set, replace the app's domains (see ValidateDomains);
+	// HTTPSRedirect and HSTSMaxAge say how the shared ports serve them.
+	Domains       *[]string
+	HTTPSRedirect *bool
+	HSTSMaxAge    *int
 }
 
 // apply returns app with the settings changed, validated.
@@ -121,6 +126,20 @@ func (s Settings) apply(app store.App) (store.App, error) {
 	if err := app.Health.Validate(); err != nil {
 		return app, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
+	if s.Domains != nil {
+		names, err := ValidateDomains(*s.Domains)
+		if err != nil {
+			return app, err
+		}
+		app.Domains = names
+	}
+	if s.HTTPSRedirect != nil {
+		app.HTTPS.NoRedirect = !*s.HTTPSRedirect
+	}
+	set(&app.HTTPS.HSTSMaxAge, s.HSTSMaxAge)
+	if app.HTTPS.HSTSMaxAge < 0 {
+		return app, fmt.Errorf("%w: --hsts %d: give the max-age in seconds (31536000 is a year), or 0 for none", ErrInvalid, app.HTTPS.HSTSMaxAge)
+	}
 	return app, nil
 }
 
@@ -180,7 +199,7 @@ func (a *Agent) Deploy(ctx context.Context, req DeployRequest, p Progress) (*sto
 			return nil, err
 		}
 	}
-	ctx, unlock, err := a.lockRollout(ctx, req.App, "deploy", req.NoWait, p)
+	ctx, unlock, err := a.lockRollout(ctx, rolloutLock{app: req.App, kind: "deploy", label: req.Label, noWait: req.NoWait, cancelled: a.recordCancelled(req)}, p)
 	if err != nil {
 		return nil, err
 	}
@@ -205,12 +224,16 @@ func (a *Agent) Deploy(ctx context.Context, req DeployRequest, p Progress) (*sto
 		return nil, fmt.Errorf("%w: %s already has a version %s (%s); choose another --label, or `sprout rollback --app %s --to %s` to serve it again", ErrConflict, req.App, label, old.Status, req.App, label)
 	}
 
-	if app.Serving == "" {
+	a.claims.Lock()
+	err = a.checkDomainsFree(req.App, next.Domains)
+	if err == nil && app.Serving == "" {
 		// A new app exists from its first deploy on, so that a failed one
 		// can be looked at with `sprout versions`.
-		if err := a.store.PutApp(&next); err != nil {
-			return nil, err
-		}
+		err = a.store.PutApp(&next)
+	}
+	a.claims.Unlock()
+	if err != nil {
+		return nil, err
 	}
 	v := &store.Version{App: req.App, Label: label, Status: store.StatusPending, Source: req.Source, Commit: req.Commit, CreatedAt: time.Now(), Steps: map[string]int64{}}
 	if err := a.store.PutVersion(v); err != nil {
@@ -251,8 +274,16 @@ func (a *Agent) Deploy(ctx context.Context, req DeployRequest, p Progress) (*sto
 		return v, err
 	}
 	tr.close("serving")
-	a.event(req.App, label, "deploy", "%s is serving on port %d (deploy took %s)", label, next.Port, time.Since(d.start).Round(time.Millisecond))
+	a.event(req.App, label, "deploy", "%s is serving %s (deploy took %s)", label, servedAt(&next), time.Since(d.start).Round(time.Millisecond))
 	return v, nil
+}
+
+// servedAt says where an app is served, in words.
+func servedAt(app *store.App) string {
+	if len(app.Domains) > 0 {
+		return "at " + strings.Join(app.Domains, ", ")
+	}
+	return fmt.Sprintf("on port %d", app.Port)
 }
 
 func (a *Agent) appOrNew(name string) (*store.App, error) {
@@ -282,15 +313,25 @@ type deployment struct {
 	j *journal
 	// routing is how the rollout's instances get their requests.
 	routing routing
+	// run is the operation's record in InFlight; nil for a recovery.
+	run     *runningRollout
 	spec    *platform.Spec // what the bundle says, on a deploy
 	workDir string         // the unpacked bundle, removed by cleanup
 	root    string         // the bundle's root: in workDir, or kept
 }
 
 // newDeployment starts a rollout of v on app (prev is the app as it is),
-// with its journal.
+// with its journal. The operation's record in InFlight (none for a
+// recovery) follows it from here on, and its client hears that it began.
 func (a *Agent) newDeployment(op string, app, prev *store.App, v *store.Version, p Progress) *deployment {
-	return &deployment{a: a, op: op, app: app, prev: prev, v: v, p: p, start: time.Now(), j: a.newJournal(app.Name, op, v.Label)}
+	d := &deployment{a: a, op: op, app: app, prev: prev, v: v, p: p, start: time.Now(), j: a.newJournal(app.Name, op, v.Label)}
+	if op != "recover" {
+		d.run = a.running(app.Name)
+	}
+	if d.run != nil {
+		d.run.begins(v.Label)
+	}
+	return d
 }
 
 // listen opens the app's public port for this rollout; undoing it closes
@@ -312,6 +353,9 @@ func (d *deployment) cleanup() {
 func (d *deployment) begin(step string) {
 	d.end()
 	d.step, d.stepAt = step, time.Now()
+	if d.run != nil {
+		d.run.at(step)
+	}
 	d.p.Step(step)
 	d.a.event(d.app.Name, d.v.Label, "step", "%s of %s: %s", d.op, d.v.Label, step)
 }
@@ -544,6 +588,11 @@ func (d *deployment) rollout(ctx context.Context) error {
 			return err
 		}
 	}
+	if _, direct := d.routing.(*directRouting); direct {
+		if err := d.directRefused(); err != nil {
+			return err
+		}
+	}
 	if most := d.routing.most(); most > 0 && d.app.InstanceCount() > most {
 		return fmt.Errorf("%w: ProxyServer none publishes one container on port %d, so the app can run only %d instance (it has %d): use the proxy, or `sprout scale --app %s %d`", ErrInvalid, d.app.Port, most, d.app.InstanceCount(), d.app.Name, most)
 	}
@@ -687,7 +736,7 @@ func (d *deployment) waitHealthy(ctx context.Context, c *runtime.Container, who 
 
 // fail undoes what this deploy created and records why it failed. The
 // version that was serving is never touched. ctx is the rollout's: it
-// tells an abort from a client that went away.
+// tells an abort from a cancellation by the agent.
 func (d *deployment) fail(ctx context.Context, err error) error {
 	a := d.a
 	cause := context.Cause(ctx)
@@ -716,7 +765,9 @@ func (d *deployment) fail(ctx context.Context, err error) error {
 	case errors.Is(cause, ErrAborted):
 		err = ErrAborted
 	case errors.Is(err, context.Canceled):
-		err = errors.New("the deploy was cancelled (the client went away)")
+		// No client cancels an operation (see operations.go): only the
+		// agent, stopping, or an environment's rollout that moved on.
+		err = fmt.Errorf("the %s was cancelled on the agent (it stopped, or its environment's rollout moved on)", d.op)
 	}
 	if t := d.v.Options.Deploy.Timeout; errors.Is(err, context.DeadlineExceeded) && t > 0 {
 		err = fmt.Errorf("the deploy ran past its Timeout of %s (aws:elasticbeanstalk:command in .ebextensions): %w", t, err)

@@ -270,6 +270,7 @@ func (a *Agent) envAct(ctx context.Context, act fleet.Action) {
 func (a *Agent) envDo(ctx context.Context, w *envWork) error {
 	rel := w.act.Release
 	p := &logProgress{log: a.log.With("app", rel.App, "op", "fleet "+string(w.act.Kind))}
+	ctx = WithStartedBy(ctx, "environment rollout ("+string(w.act.Kind)+")")
 	if w.act.Kind == fleet.ActPrepare {
 		ctx = withGate(ctx, func(ctx context.Context) error {
 			a.env.mu.Lock()

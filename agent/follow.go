@@ -256,6 +256,7 @@ func (a *Agent) converge(ctx context.Context, app, ref string, m *source.Manifes
 		return err
 	}
 	p := &logProgress{log: a.log.With("app", app, "op", "manifest")}
+	ctx = WithStartedBy(ctx, "manifest "+source.RedactRef(ref))
 	a.event(app, m.Label, "watch", "manifest %s names %s", ref, m.Label)
 	if cur.Serving == m.Label {
 		if maps.Equal(cur.Env, env) {

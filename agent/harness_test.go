@@ -49,6 +49,10 @@ type harness struct {
 	// routes hears every route the agent installs, right after it takes
 	// effect and before the agent goes on.
 	routes routeHook
+	// proxyOpts changes the proxy's options; certs, when set, is the
+	// agent's certificate manager (and the proxy's Certificates).
+	proxyOpts func(*proxy.Options)
+	certs     agent.CertManager
 }
 
 // routeHook hands each route the agent installs to a test, in the
@@ -104,7 +108,14 @@ func newHarness(t *testing.T) *harness {
 // and the health monitor running.
 func newHarnessWith(t *testing.T, tune func(*agent.Config)) *harness {
 	t.Helper()
-	h := &harness{t: t, dataDir: t.TempDir(), docker: testenv.Docker(t), logs: &testenv.SyncBuffer{}, tune: tune}
+	return startHarness(t, &harness{tune: tune})
+}
+
+// startHarness starts h's agent, h's settings (tune, proxyOpts, certs)
+// applied.
+func startHarness(t *testing.T, h *harness) *harness {
+	t.Helper()
+	h.t, h.dataDir, h.docker, h.logs = t, t.TempDir(), testenv.Docker(t), &testenv.SyncBuffer{}
 	testenv.CleanupAgent(t, func() string { return h.ag.ID() })
 	h.start()
 	t.Cleanup(func() {
@@ -127,7 +138,11 @@ func (h *harness) start() {
 	log := slog.New(slog.NewTextHandler(h.logs, nil))
 	tracker := health.NewTracker() // the proxy feeds it, the agent reads it, as in `sprout agent`
 	h.flying = &inFlight{n: map[string]int{}}
-	h.px = proxy.New(proxy.Options{BindAddress: "127.0.0.1", UpstreamTimeout: 30 * time.Second, Observer: proxy.Observers(tracker, h.flying)}, log)
+	opts := proxy.Options{BindAddress: "127.0.0.1", UpstreamTimeout: 30 * time.Second, Observer: proxy.Observers(tracker, h.flying)}
+	if h.proxyOpts != nil {
+		h.proxyOpts(&opts)
+	}
+	h.px = proxy.New(opts, log)
 	cfg := testConfig(h.dataDir)
 	if h.tune != nil {
 		h.tune(&cfg)
@@ -135,6 +150,9 @@ func (h *harness) start() {
 	h.ag, err = agent.New(cfg, h.docker, hookedRouter{h.px, &h.routes}, st, nil, tracker, log)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if h.certs != nil {
+		h.ag.SetCertManager(h.certs)
 	}
 	if err := h.ag.Start(context.Background()); err != nil {
 		t.Fatal(err)
@@ -159,6 +177,11 @@ func (h *harness) start() {
 		defer cancel()
 		stopWatch()
 		srv.Shutdown(ctx)
+		// Operations outlive their client: let them end, as a stopping
+		// agent does, before the store closes.
+		if err := h.ag.Wait(ctx); err != nil {
+			t.Logf("stopping the agent: %v", err)
+		}
 		h.px.Shutdown(ctx)
 		st.Close()
 	}
@@ -180,6 +203,12 @@ func (h *harness) deploy(app, label, dir string, params map[string]string) (*api
 // deployWatching is deploy that also hands each message to watch.
 func (h *harness) deployWatching(app, label, dir string, params map[string]string, watch func(api.Message)) (*api.Message, []string, error) {
 	h.t.Helper()
+	return h.deployCtx(context.Background(), app, label, dir, params, watch)
+}
+
+// deployCtx is deployWatching whose client goes away when ctx ends.
+func (h *harness) deployCtx(ctx context.Context, app, label, dir string, params map[string]string, watch func(api.Message)) (*api.Message, []string, error) {
+	h.t.Helper()
 	packedMu.Lock()
 	packed, ok := packedBundles[dir]
 	if !ok {
@@ -198,7 +227,7 @@ func (h *harness) deployWatching(app, label, dir string, params map[string]strin
 	}
 	var lines []string
 	var mu sync.Mutex
-	last, err := h.client.Deploy(context.Background(), app, q, buf, func(m api.Message) {
+	last, err := h.client.Deploy(ctx, app, q, buf, func(m api.Message) {
 		mu.Lock()
 		defer mu.Unlock()
 		lines = append(lines, m.Step+": "+m.Line)

@@ -118,6 +118,11 @@ func (a *Agent) replay(ctx context.Context, rec *store.Journal, live bool, p Pro
 			if err := a.router.Listen(rec.App, u.Port); err != nil {
 				a.event(rec.App, u.Label, "deploy-failed", "could not listen on port %d again: %v", u.Port, err)
 			}
+		case store.UndoDomains:
+			d := proxy.Domains{Names: u.Domains, NoRedirect: u.HTTPS.NoRedirect, HSTSMaxAge: u.HTTPS.HSTSMaxAge}
+			if err := a.serveDomains(rec.App, d); err != nil {
+				a.event(rec.App, u.Label, "deploy-failed", "could not serve the app by its domains (%s) again: %v", orNone(u.Domains), err)
+			}
 		}
 	}
 	if err := a.store.DeleteJournal(rec.App); err != nil {

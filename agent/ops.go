@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/sprout-paas/sprout/health"
@@ -25,7 +26,7 @@ func (a *Agent) Rollback(ctx context.Context, app, to string, noWait bool, p Pro
 // rollback serves version to again; with env not nil, with that
 // environment (kept only if the version becomes healthy).
 func (a *Agent) rollback(ctx context.Context, app, to string, env map[string]string, noWait bool, p Progress) (*store.Version, error) {
-	ctx, unlock, err := a.lockRollout(ctx, app, "rollback", noWait, p)
+	ctx, unlock, err := a.lockRollout(ctx, rolloutLock{app: app, kind: "rollback", label: to, noWait: noWait}, p)
 	if err != nil {
 		return nil, err
 	}
@@ -125,7 +126,7 @@ func (a *Agent) reconfigure(ctx context.Context, name string, noWait bool, p Pro
 	if err := ValidateAppName(name); err != nil {
 		return err
 	}
-	ctx, unlock, err := a.lockRollout(ctx, name, "setenv", noWait, p)
+	ctx, unlock, err := a.lockRollout(ctx, rolloutLock{app: name, kind: "setenv", noWait: noWait}, p)
 	if err != nil {
 		return err
 	}
@@ -348,7 +349,12 @@ func (a *Agent) RemoveApp(ctx context.Context, name string, purge bool, p Progre
 	// The app's routing state goes with it, so that nothing of it can
 	// send a later request to a container that reused an address.
 	a.router.Remove(name, a.cfg.DrainTimeout)
-	p.Line(fmt.Sprintf("closed port %d", app.Port))
+	a.forgetDomains(name)
+	if len(app.Domains) > 0 {
+		p.Line(fmt.Sprintf("no longer served at %s", strings.Join(app.Domains, ", ")))
+	} else {
+		p.Line(fmt.Sprintf("closed port %d", app.Port))
+	}
 	cs, err := a.rt.List(ctx, map[string]string{runtime.LabelAgent: a.id, runtime.LabelApp: name})
 	if err != nil {
 		return err

@@ -55,7 +55,7 @@ func (a *Agent) Quiesce(ctx context.Context, wait bool, p Progress) (resume func
 		default:
 		}
 		if op != "" {
-			p.Line(fmt.Sprintf("waiting for the %s of %s to finish", op, app))
+			p.Line(fmt.Sprintf("waiting for %s to finish", op))
 		}
 		select {
 		case ch <- struct{}{}:
@@ -68,25 +68,25 @@ func (a *Agent) Quiesce(ctx context.Context, wait bool, p Progress) (resume func
 	return resume, nil
 }
 
-// runningLocked names the operations running, as "the deploy of web";
-// a.mu is held.
+// runningLocked names the operations running, as "the deploy of web
+// v2"; a.mu is held.
 func (a *Agent) runningLocked() []string {
 	var out []string
 	for _, app := range slices.Sorted(maps.Keys(a.busy)) {
-		out = append(out, fmt.Sprintf("the %s of %s", a.opOfLocked(app), app))
+		out = append(out, a.opOfLocked(app))
 	}
 	return out
 }
 
-// opOfLocked names app's running operation: the rollout's (deploy,
-// rollback, setenv, scale), "operation" for another one, "" for none;
-// a.mu is held.
+// opOfLocked names app's running operation: its rollout's ("the deploy of
+// web v2"), "an operation on web" for another one, "" for none; a.mu is
+// held.
 func (a *Agent) opOfLocked(app string) string {
 	if r, ok := a.rollouts[app]; ok {
-		return r.op
+		return strings.TrimSpace(fmt.Sprintf("the %s of %s %s", r.op, app, r.info.Label))
 	}
 	if a.busy[app] > 0 {
-		return "operation"
+		return "an operation on " + app
 	}
 	return ""
 }

@@ -38,11 +38,11 @@ func newLockingAgent() *Agent {
 func TestQuiesceWaitsForOperations(t *testing.T) {
 	a := newLockingAgent()
 	ctx := context.Background()
-	_, unlockDeploy, err := a.lockRollout(ctx, "web", "deploy", false, nopProgress{})
+	_, unlockDeploy, err := a.lockRollout(ctx, rolloutLock{app: "web", kind: "deploy", label: "v2"}, nopProgress{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.Quiesce(ctx, false, nopProgress{}); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "the deploy of web is in progress") {
+	if _, err := a.Quiesce(ctx, false, nopProgress{}); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "the deploy of web v2 is in progress") {
 		t.Fatalf("Quiesce without waiting during a deploy: %v", err)
 	}
 	// The refusal changed nothing.
@@ -73,7 +73,7 @@ func TestQuiesceWaitsForOperations(t *testing.T) {
 		resume, err := a.Quiesce(ctx, true, p)
 		done <- result{resume, err}
 	}()
-	waitUntil(t, func() bool { return strings.Contains(p.String(), "waiting for the deploy of web to finish") })
+	waitUntil(t, func() bool { return strings.Contains(p.String(), "waiting for the deploy of web v2 to finish") })
 	if err := <-queued; !errors.Is(err, ErrUpgrading) {
 		t.Errorf("the queued deploy: %v, want ErrUpgrading", err)
 	}
@@ -113,7 +113,7 @@ func TestQuiesceWaitsForOperations(t *testing.T) {
 // waits lets operations run again.
 func TestQuiesceGivesUpWithItsContext(t *testing.T) {
 	a := newLockingAgent()
-	_, unlock, _ := a.lockRollout(context.Background(), "web", "scale", false, nopProgress{})
+	_, unlock, _ := a.lockRollout(context.Background(), rolloutLock{app: "web", kind: "scale"}, nopProgress{})
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	if _, err := a.Quiesce(ctx, true, nopProgress{}); !errors.Is(err, context.DeadlineExceeded) {

@@ -66,6 +66,7 @@ func (a *Agent) Start(ctx context.Context) error {
 			go a.recover(context.WithoutCancel(ctx), app.Name)
 		}
 	}
+	a.manageCerts() // the domains served now, even none
 	for _, c := range owned {
 		if serving[c.ID] {
 			continue

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/sprout-paas/sprout/proxy"
@@ -73,9 +74,11 @@ func (d *deployment) routingFor() routing {
 	}
 	_, wasDirect := was.(*directRouting)
 	// The serving version holds the app's public port through the
-	// other strategy: the new one takes it over.
-	samePort := d.prev.Serving != "" && d.prev.Port == d.app.Port
-	closeOld := d.prev.Serving != "" && d.prev.Port != d.app.Port && !wasDirect
+	// other strategy: the new one takes it over. An app with domains has
+	// no port of its own (OwnPort 0).
+	oldPort, newPort := d.prev.OwnPort(), d.app.OwnPort()
+	samePort := d.prev.Serving != "" && oldPort != 0 && oldPort == newPort
+	closeOld := d.prev.Serving != "" && oldPort != 0 && oldPort != newPort && !wasDirect
 	if d.v.Options.ProxyNone {
 		return &directRouting{proxyHeld: samePort && !wasDirect, closeOld: closeOld}
 	}
@@ -98,7 +101,10 @@ func (r *proxyRouting) most() int    { return 0 }
 func (r *proxyRouting) splits() bool { return true }
 
 func (r *proxyRouting) open(d *deployment) error {
-	if d.prev.Serving != "" && d.prev.Port == d.app.Port {
+	if len(d.app.Domains) > 0 {
+		return d.serveDomains()
+	}
+	if d.prev.Serving != "" && d.prev.OwnPort() == d.app.Port {
 		return nil // open already, or held by the container until the first route
 	}
 	return d.listen()
@@ -127,10 +133,13 @@ func (r *proxyRouting) route(ctx context.Context, x *executor, backends []proxy.
 	return retired, err == nil, err
 }
 
-func (r *proxyRouting) leave(d *deployment) { closeOldPort(d, r.closeOld) }
+func (r *proxyRouting) leave(d *deployment) {
+	closeOldPort(d, r.closeOld)
+	d.settleDomains()
+}
 
 // closeOldPort closes the port the proxy served the app on before, when
-// the app moved to another.
+// the app moved to another (or to domains).
 func closeOldPort(d *deployment, closeOld bool) {
 	if closeOld {
 		d.a.router.Close(d.prev.Port, d.a.cfg.DrainTimeout)
@@ -139,7 +148,11 @@ func closeOldPort(d *deployment, closeOld bool) {
 }
 
 func (r *proxyRouting) adopt(a *Agent, app *store.App, backends []proxy.Backend) (bool, error) {
-	if err := a.router.Listen(app.Name, app.Port); err != nil {
+	if len(app.Domains) > 0 {
+		if err := a.serveDomains(app.Name, domainsOf(app)); err != nil {
+			return false, fmt.Errorf("cannot serve its domains: %w", err)
+		}
+	} else if err := a.router.Listen(app.Name, app.Port); err != nil {
 		return false, fmt.Errorf("cannot listen on port %d: %w", app.Port, err)
 	}
 	var addrs []string
@@ -182,8 +195,18 @@ type directRouting struct {
 
 func (r *directRouting) most() int                              { return 1 }
 func (r *directRouting) splits() bool                           { return false }
-func (r *directRouting) open(*deployment) error                 { return nil }
 func (r *directRouting) hold(*Agent, string, string, bool) bool { return false }
+
+func (r *directRouting) open(d *deployment) error { return d.directRefused() }
+
+// directRefused refuses ProxyServer none for an app with domains: only
+// the proxy serves by domain.
+func (d *deployment) directRefused() error {
+	if len(d.app.Domains) > 0 {
+		return fmt.Errorf("%w: ProxyServer none publishes the container's port %d itself, so %s cannot be served by domain (%s): remove its domains (`sprout domains rm`), or drop ProxyServer none from .ebextensions", ErrInvalid, d.app.Port, d.app.Name, strings.Join(d.app.Domains, ", "))
+	}
+	return nil
+}
 
 func (r *directRouting) adopt(*Agent, *store.App, []proxy.Backend) (bool, error) { return false, nil }
 
@@ -224,7 +247,54 @@ func (r *directRouting) route(context.Context, *executor, []proxy.Backend, map[s
 
 func (r *directRouting) leave(d *deployment) {
 	closeOldPort(d, r.closeOld)
+	d.settleDomains()
 	if r.proxyHeld {
 		d.linef("the proxy no longer serves port %d", d.app.Port)
+	}
+}
+
+// serveDomains serves the app by its domains for a rollout, before
+// anything is built, so that a clash or a shared port that cannot open
+// fails the deploy first. While the rollout runs, the domains of the
+// serving version are served too (its requests go to the same app);
+// undoing it serves the app as before.
+func (d *deployment) serveDomains() error {
+	var before store.App
+	if d.prev.Serving != "" {
+		before = *d.prev
+	}
+	names := d.app.Domains
+	for _, n := range before.Domains {
+		if !slices.Contains(names, n) {
+			names = append(slices.Clone(names), n)
+		}
+	}
+	during := domainsOf(d.app)
+	during.Names = names
+	if err := d.a.serveDomains(d.app.Name, during); err != nil {
+		return err
+	}
+	if slices.Equal(before.Domains, d.app.Domains) && before.HTTPS == d.app.HTTPS {
+		return nil // nothing to undo
+	}
+	return d.j.record(store.Undo{Kind: store.UndoDomains, Domains: before.Domains, HTTPS: before.HTTPS, Label: d.v.Label})
+}
+
+// settleDomains serves the app by exactly its domains once its rollout
+// stands: those only the old version had go (and with the last one, its
+// place on the shared ports).
+func (d *deployment) settleDomains() {
+	if len(d.app.Domains) == 0 && (d.prev.Serving == "" || len(d.prev.Domains) == 0) {
+		return
+	}
+	if err := d.a.serveDomains(d.app.Name, domainsOf(d.app)); err != nil {
+		d.a.log.Error("serve the app by its domains", "app", d.app.Name, "error", err)
+		return
+	}
+	if len(d.app.Domains) > 0 && !slices.Equal(d.app.Domains, d.prev.Domains) {
+		d.linef("served at %s", strings.Join(d.app.Domains, ", "))
+	}
+	if len(d.app.Domains) == 0 {
+		d.linef("no longer served by domain (%s)", strings.Join(d.prev.Domains, ", "))
 	}
 }

@@ -22,7 +22,7 @@ func (a *Agent) Scale(ctx context.Context, name string, n int, noWait bool, p Pr
 	if n < 1 || n > rollout.MaxInstances {
 		return fmt.Errorf("%w: an app runs from 1 to %d instances on one host, not %d: give a count in that range", ErrInvalid, rollout.MaxInstances, n)
 	}
-	ctx, unlock, err := a.lockRollout(ctx, name, "scale", noWait, p)
+	ctx, unlock, err := a.lockRollout(ctx, rolloutLock{app: name, kind: "scale", noWait: noWait}, p)
 	if err != nil {
 		return err
 	}

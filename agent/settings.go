@@ -63,6 +63,27 @@ func ParseSettings(q map[string][]string) (Settings, error) {
 	if v, ok := get("batch_size_type"); ok {
 		s.BatchSizeType = &v
 	}
+	if vs, ok := q["domain"]; ok {
+		// Repeated, or comma-separated (a fleet release keeps one
+		// value per setting).
+		var names []string
+		for _, v := range vs {
+			for n := range strings.SplitSeq(v, ",") {
+				if n = strings.TrimSpace(n); n != "" {
+					names = append(names, n)
+				}
+			}
+		}
+		s.Domains = &names
+	}
+	if v, ok := get("https_redirect"); ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("https_redirect=%q is not true or false", v))
+		}
+		s.HTTPSRedirect = &b
+	}
+	s.HSTSMaxAge = intp("hsts")
 	if len(errs) > 0 {
 		return s, fmt.Errorf("%w: %s", ErrInvalid, strings.Join(errs, "; "))
 	}

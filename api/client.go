@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/sprout-paas/sprout/agent"
@@ -30,6 +31,11 @@ var ErrIncompatible = errors.New("the CLI and the agent speak different API vers
 // transport.Dialer (ssh).
 type Client struct {
 	http *http.Client
+	// By says who runs the client (user@host); the agent records it with
+	// the operations the client starts.
+	By string
+	// agentProtocol is the API version the agent last answered with.
+	agentProtocol atomic.Int64
 }
 
 // NewClient returns a client of the agent listening on socket.
@@ -82,6 +88,9 @@ func (c *Client) do(req *http.Request) (*http.Response, error) {
 
 func (c *Client) doOnce(req *http.Request) (*http.Response, error) {
 	req.Header.Set(ProtocolHeader, strconv.Itoa(Protocol))
+	if c.By != "" {
+		req.Header.Set(ByHeader, c.By)
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		// The transport's sentence says what failed; the request's URL
@@ -94,6 +103,9 @@ func (c *Client) doOnce(req *http.Request) (*http.Response, error) {
 	if err := checkAgentProtocol(resp.Header.Get(ProtocolHeader)); err != nil {
 		resp.Body.Close()
 		return nil, err
+	}
+	if v, err := parseProtocol(resp.Header.Get(ProtocolHeader)); err == nil {
+		c.agentProtocol.Store(int64(v))
 	}
 	if resp.StatusCode >= 400 {
 		defer resp.Body.Close()
@@ -136,6 +148,10 @@ func parseProtocol(h string) (int, error) {
 	}
 	return v, nil
 }
+
+// AgentProtocol is the API version the agent answered the last request
+// with, 0 before any answer.
+func (c *Client) AgentProtocol() int { return int(c.agentProtocol.Load()) }
 
 // StatusError is an error the agent answered with.
 type StatusError struct {
@@ -267,6 +283,12 @@ func (c *Client) Health(ctx context.Context, app string) ([]agent.Report, error)
 	return out, c.get(ctx, "/health", q, &out)
 }
 
+// Operations lists the agent's operations in flight, on every app.
+func (c *Client) Operations(ctx context.Context) ([]agent.Operation, error) {
+	var out []agent.Operation
+	return out, c.get(ctx, "/operations", nil, &out)
+}
+
 // Events lists recent events.
 func (c *Client) Events(ctx context.Context, app string, limit int) ([]store.Event, error) {
 	q := url.Values{"limit": {fmt.Sprint(limit)}}
@@ -360,6 +382,22 @@ func (c *Client) Upgrade(ctx context.Context, noWait bool, timeout time.Duration
 		q.Set("timeout", timeout.String())
 	}
 	return c.stream(ctx, "/agent/upgrade", q, nil, on)
+}
+
+// Domains lists the domains of app, or of every app when app is "".
+func (c *Client) Domains(ctx context.Context, app string) (DomainList, error) {
+	var out DomainList
+	q := url.Values{}
+	if app != "" {
+		q.Set("app", app)
+	}
+	return out, c.get(ctx, "/domains", q, &out)
+}
+
+// ChangeDomains adds and removes domains of an app, without a deploy.
+func (c *Client) ChangeDomains(ctx context.Context, app string, req DomainChange, on func(Message)) (*Message, error) {
+	b, _ := json.Marshal(req)
+	return c.stream(ctx, "/apps/"+url.PathEscape(app)+"/domains", nil, bytes.NewReader(b), on)
 }
 
 // RemoveApp removes an app (and its volumes with purge), streaming what

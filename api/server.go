@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sprout-paas/sprout/agent"
+	"github.com/sprout-paas/sprout/certs"
 	"github.com/sprout-paas/sprout/platform"
 	"github.com/sprout-paas/sprout/store"
 )
@@ -27,8 +28,9 @@ type Server struct {
 	log      *slog.Logger
 	version  string
 	mux      *http.ServeMux
+	certs    Certificates // nil until SetCertificates
 	started  time.Time
-	upgrader Upgrader
+	upgrader Upgrader // nil until SetUpgrader
 }
 
 // Upgrader replaces the agent's process with the binary now at its path
@@ -61,8 +63,12 @@ func NewServer(ag *agent.Agent, version string, logger *slog.Logger) *Server {
 	s.mux.HandleFunc("POST "+p+"/apps/{app}/volumes", s.changeVolumes)
 	s.mux.HandleFunc("DELETE "+p+"/apps/{app}", s.removeApp)
 	s.mux.HandleFunc("POST "+p+"/apps/{app}/watch", s.watch)
+	s.mux.HandleFunc("GET "+p+"/domains", s.domains)
+	s.mux.HandleFunc("POST "+p+"/apps/{app}/domains", s.changeDomains)
 	s.mux.HandleFunc("GET "+p+"/events", s.events)
+	s.mux.HandleFunc("GET "+p+"/operations", s.operations)
 	s.mux.HandleFunc("GET "+p+"/health", s.health)
+	s.routeCerts(p)
 	return s
 }
 
@@ -103,14 +109,16 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // statusOf maps agent errors to HTTP statuses, in one place.
 func statusOf(err error) int {
 	switch {
-	case errors.Is(err, agent.ErrInvalid), errors.Is(err, platform.ErrInvalidEnv):
+	case errors.Is(err, agent.ErrInvalid), errors.Is(err, platform.ErrInvalidEnv), errors.Is(err, certs.ErrInvalid):
 		return http.StatusBadRequest
-	case errors.Is(err, store.ErrNotFound):
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, certs.ErrNotFound):
 		return http.StatusNotFound
 	case errors.Is(err, agent.ErrBusy), errors.Is(err, agent.ErrConflict):
 		return http.StatusConflict
 	case errors.Is(err, agent.ErrUpgrading), errors.Is(err, store.ErrSuspended):
 		return http.StatusServiceUnavailable
+	case errors.As(err, new(tooLargeError)):
+		return http.StatusRequestEntityTooLarge
 	}
 	return http.StatusInternalServerError
 }
@@ -166,7 +174,8 @@ func (s *Server) appStatus(ctx context.Context, app *store.App) AppStatus {
 		ContainerID: cs.ID, Container: cs.State, HostPort: cs.HostPort, Restarts: cs.RestartCount,
 		StartedAt: cs.StartedAt, Targets: s.agent.Targets(app.Name), HealthConfig: s.agent.HealthSettings(app),
 		EnvCount: len(app.Env), Health: "unknown",
-		Capacity: app.InstanceCount(), Instances: s.agent.Instances(ctx, app),
+		Capacity: app.InstanceCount(), Instances: s.agent.Instances(ctx, app), Domains: app.Domains,
+		InFlight: s.agent.InFlightOf(app.Name),
 	}
 	if r := app.Rollout; r.Policy != "" || r.BatchSize > 0 {
 		st.Policy = strings.TrimSpace(fmt.Sprintf("%s %s", r.Policy, batchText(r)))
@@ -391,7 +400,9 @@ func (st *stream) send(m Message) {
 		st.w.WriteHeader(http.StatusOK)
 		st.started = true
 	}
-	m.Time = time.Now()
+	if m.Time.IsZero() {
+		m.Time = time.Now()
+	}
 	b, _ := json.Marshal(m)
 	st.w.Write(append(b, '\n'))
 	http.NewResponseController(st.w).Flush()
@@ -411,6 +422,11 @@ func (st *stream) finish(v *store.Version, err error) {
 		writeError(st.w, err)
 		return
 	}
+	st.send(doneMessage(v, err))
+}
+
+// doneMessage is the last message of an operation that returned v, err.
+func doneMessage(v *store.Version, err error) Message {
 	m := Message{Done: true}
 	if err != nil {
 		m.Error = err.Error()
@@ -425,7 +441,7 @@ func (st *stream) finish(v *store.Version, err error) {
 	} else {
 		m.Result = v
 	}
-	st.send(m)
+	return m
 }
 
 func (s *Server) deploy(w http.ResponseWriter, r *http.Request) {
@@ -442,16 +458,18 @@ func (s *Server) deploy(w http.ResponseWriter, r *http.Request) {
 		path, err = s.receive(w, r)
 		if err != nil {
 			os.Remove(path)
-			writeJSON(w, http.StatusRequestEntityTooLarge, ErrorBody{Error: err.Error()})
+			s.log.Warn("deploy refused: its bundle did not arrive whole", "app", r.PathValue("app"), "error", err)
+			writeError(w, err)
 			return
 		}
 	}
-	st := &stream{w: w}
-	v, err := s.agent.Deploy(r.Context(), agent.DeployRequest{
+	req := agent.DeployRequest{
 		App: r.PathValue("app"), Label: q.Get("label"), BundlePath: path, From: from,
 		Source: cmp.Or(q.Get("source"), "upload"), Commit: q.Get("commit"), Settings: settings, NoWait: q.Get("no_wait") == "1",
-	}, st)
-	st.finish(v, err)
+	}
+	s.run(w, r, "deploy", func(ctx context.Context, p agent.Progress) (*store.Version, error) {
+		return s.agent.Deploy(ctx, req, p)
+	})
 }
 
 // receive stores the request body, a bundle archive, in the data dir.
@@ -462,15 +480,24 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request) (string, error)
 	}
 	defer f.Close()
 	max := s.agent.MaxUploadBytes()
-	_, err = io.Copy(f, http.MaxBytesReader(w, r.Body, max))
+	n, err := io.Copy(f, http.MaxBytesReader(w, r.Body, max))
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
-		return f.Name(), fmt.Errorf("the bundle is larger than %d bytes (limit bundle.max_upload_bytes)", max)
+		return f.Name(), tooLargeError(max)
 	}
 	if err != nil {
-		return f.Name(), fmt.Errorf("receiving the bundle: %w", err)
+		// A client that goes away during the upload: no deploy starts
+		// from part of a bundle.
+		return f.Name(), fmt.Errorf("%w: the upload of the bundle broke off after %d bytes (%v); nothing was deployed: deploy it again", agent.ErrInvalid, n, err)
 	}
 	return f.Name(), f.Close()
+}
+
+// tooLargeError is a bundle over bundle.max_upload_bytes (the value).
+type tooLargeError int64
+
+func (e tooLargeError) Error() string {
+	return fmt.Sprintf("the bundle is larger than %d bytes (limit bundle.max_upload_bytes)", int64(e))
 }
 
 func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
@@ -479,9 +506,9 @@ func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("%w: %v", agent.ErrInvalid, err))
 		return
 	}
-	st := &stream{w: w}
-	v, err := s.agent.Rollback(r.Context(), r.PathValue("app"), req.To, req.NoWait, st)
-	st.finish(v, err)
+	s.run(w, r, "rollback", func(ctx context.Context, p agent.Progress) (*store.Version, error) {
+		return s.agent.Rollback(ctx, r.PathValue("app"), req.To, req.NoWait, p)
+	})
 }
 
 func (s *Server) setenv(w http.ResponseWriter, r *http.Request) {
@@ -490,9 +517,9 @@ func (s *Server) setenv(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("%w: %v", agent.ErrInvalid, err))
 		return
 	}
-	st := &stream{w: w}
-	err := s.agent.SetEnv(r.Context(), r.PathValue("app"), req.Set, req.Unset, req.NoWait, st)
-	st.finish(nil, err)
+	s.run(w, r, "setenv", func(ctx context.Context, p agent.Progress) (*store.Version, error) {
+		return nil, s.agent.SetEnv(ctx, r.PathValue("app"), req.Set, req.Unset, req.NoWait, p)
+	})
 }
 
 func (s *Server) scale(w http.ResponseWriter, r *http.Request) {
@@ -501,15 +528,16 @@ func (s *Server) scale(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("%w: %v", agent.ErrInvalid, err))
 		return
 	}
-	st := &stream{w: w}
-	st.finish(nil, s.agent.Scale(r.Context(), r.PathValue("app"), req.Instances, req.NoWait, st))
+	s.run(w, r, "scale", func(ctx context.Context, p agent.Progress) (*store.Version, error) {
+		return nil, s.agent.Scale(ctx, r.PathValue("app"), req.Instances, req.NoWait, p)
+	})
 }
 
-// abort stops the app's rollout in flight and answers once every
-// instance is back on the version that was serving.
+// abort stops the app's rollout in flight, cancels those queued, and
+// answers once every instance is back on the version that was serving.
 func (s *Server) abort(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("app")
-	op, err := s.agent.Abort(r.Context(), name)
+	res, err := s.agent.Abort(agent.WithStartedBy(r.Context(), r.Header.Get(ByHeader)), name)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -519,7 +547,7 @@ func (s *Server) abort(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, 200, AbortResult{Aborted: op, Serving: app.Serving, Instances: len(app.Instances)})
+	writeJSON(w, 200, AbortResult{Aborted: res.Running, Cancelled: res.Cancelled, Serving: app.Serving, Instances: len(app.Instances)})
 }
 
 func (s *Server) volumes(w http.ResponseWriter, r *http.Request) {
@@ -540,17 +568,17 @@ func (s *Server) changeVolumes(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("%w: %v", agent.ErrInvalid, err))
 		return
 	}
-	st := &stream{w: w}
-	var err error
-	switch {
-	case req.Add != nil:
-		err = s.agent.AddVolume(r.Context(), r.PathValue("app"), *req.Add, req.NoWait, st)
-	case req.Remove != "":
-		err = s.agent.RemoveVolume(r.Context(), r.PathValue("app"), req.Remove, req.NoWait, st)
-	default:
-		err = fmt.Errorf("%w: name a volume to add or remove", agent.ErrInvalid)
-	}
-	st.finish(nil, err)
+	// A volume change is a configuration rollout: it too outlives its
+	// client.
+	s.run(w, r, "volume change", func(ctx context.Context, p agent.Progress) (*store.Version, error) {
+		switch {
+		case req.Add != nil:
+			return nil, s.agent.AddVolume(ctx, r.PathValue("app"), *req.Add, req.NoWait, p)
+		case req.Remove != "":
+			return nil, s.agent.RemoveVolume(ctx, r.PathValue("app"), req.Remove, req.NoWait, p)
+		}
+		return nil, fmt.Errorf("%w: name a volume to add or remove", agent.ErrInvalid)
+	})
 }
 
 func (s *Server) removeApp(w http.ResponseWriter, r *http.Request) {
@@ -569,4 +597,26 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, 200, map[string]string{"manifest": req.Manifest})
+}
+
+// domains lists the domains of one app (?app=) or of every app.
+func (s *Server) domains(w http.ResponseWriter, r *http.Request) {
+	ds, err := s.agent.Domains(r.URL.Query().Get("app"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, 200, DomainList{HTTPS: s.agent.HasCertificates(), ACME: s.agent.ObtainsCertificates(), Domains: ds})
+}
+
+// changeDomains adds and removes domains of an app without a deploy.
+func (s *Server) changeDomains(w http.ResponseWriter, r *http.Request) {
+	var req DomainChange
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		writeError(w, fmt.Errorf("%w: %v", agent.ErrInvalid, err))
+		return
+	}
+	st := &stream{w: w}
+	_, err := s.agent.ChangeDomains(r.Context(), r.PathValue("app"), req.Add, req.Remove, req.NoWait, st)
+	st.finish(nil, err)
 }

@@ -22,11 +22,22 @@ const Version = "v1"
 // each side refuses the other's when it is outside its range, saying
 // which side to upgrade. A side that sends none predates the header and
 // speaks 1.
+//
+// Version 2: a deploy, rollback, setenv or scale runs to its end whatever
+// happens to its client, and its stream says what the agent accepted
+// (Message.Operation), so that a client may stop following it.
 const (
-	Protocol       = 1
+	Protocol       = 2
 	MinProtocol    = 1
 	ProtocolHeader = "Sprout-Api-Version"
+	// ProtocolOutlives is the first version whose agents run operations
+	// without their client.
+	ProtocolOutlives = 2
 )
+
+// ByHeader says who runs the CLI (user@host), for the record of the
+// operations it starts.
+const ByHeader = "Sprout-By"
 
 // Message is one line of a streamed operation. The last line of a stream
 // has Done set, and Error when the operation failed.
@@ -44,6 +55,11 @@ type Message struct {
 	Result *store.Version `json:"result,omitempty"`
 	// Agent is the agent process that serves after a successful upgrade.
 	Agent *AgentInfo `json:"agent,omitempty"`
+	// Operation, alone in its message, says that the agent accepted the
+	// operation and carries it to its end without the client: sent when
+	// it queues behind another and when its rollout begins (API version
+	// 2 on).
+	Operation *agent.Operation `json:"operation,omitempty"`
 }
 
 // AppStatus is what `sprout status` and `sprout apps` show of one app.
@@ -75,6 +91,30 @@ type AppStatus struct {
 	Instances []agent.InstanceStatus `json:"instances"`
 	// Policy is the app's deployment policy and batch size, when set.
 	Policy string `json:"policy,omitempty"`
+	// InFlight lists the app's operations in flight, the running one
+	// first, then those queued behind it.
+	InFlight []agent.Operation `json:"in_flight,omitempty"`
+	// Domains are the host names the app is served by on the shared
+	// ports (Port is not used then).
+	Domains []string `json:"domains,omitempty"`
+}
+
+// DomainList is what `sprout domains` shows.
+type DomainList struct {
+	// HTTPS says whether the agent serves HTTPS (it has certificates);
+	// without, apps with domains are served on HTTP only.
+	HTTPS bool `json:"https"`
+	// ACME says whether certificates are obtained from an ACME CA for
+	// the domains none of yours covers.
+	ACME    bool               `json:"acme"`
+	Domains []agent.DomainInfo `json:"domains"`
+}
+
+// DomainChange adds and removes domains of an app, without a deploy.
+type DomainChange struct {
+	Add    []string `json:"add,omitempty"`
+	Remove []string `json:"remove,omitempty"`
+	NoWait bool     `json:"no_wait,omitempty"`
 }
 
 // WatchRequest makes an app follow a manifest ("" stops).
@@ -125,6 +165,9 @@ type AbortResult struct {
 	// Aborted is the operation that was stopped (deploy, rollback, setenv
 	// or scale), or "" when none was running.
 	Aborted string `json:"aborted"`
+	// Cancelled are the operations queued on the app that it cancelled:
+	// they never started.
+	Cancelled []agent.Operation `json:"cancelled,omitempty"`
 	// Serving is the version the app's Instances run.
 	Serving   string `json:"serving,omitempty"`
 	Instances int    `json:"instances"`

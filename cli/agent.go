@@ -14,10 +14,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/sprout-paas/sprout/agent"
 	"github.com/sprout-paas/sprout/api"
+	"github.com/sprout-paas/sprout/certs"
 	"github.com/sprout-paas/sprout/gitpush"
 	"github.com/sprout-paas/sprout/handover"
 	"github.com/sprout-paas/sprout/health"
@@ -94,13 +96,29 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) (err error) {
 	docker.PullTimeout = cfg.PullTimeout
 	m := metrics.New(func() float64 { return float64(st.Size()) })
 	tracker := health.NewTracker()
+	m.Registry().MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "sprout_log_lines_dropped_total", Help: "Log lines (mostly access-log lines) dropped because the log output did not keep up.",
+	}, func() float64 { return float64(logOut.Dropped()) }))
 	cfg.Proxy.Observer = proxy.Observers(m, tracker)
 	cfg.Proxy.Listen = hs.Listen
+	if cfg.LogFormat != "text" {
+		cfg.Proxy.AccessLogOutput = logOut // the JSON line, built by the proxy
+	}
+	// TLS certificates, yours and ACME's: the shared HTTPS port serves
+	// them, the shared HTTP port answers the CA's HTTP-01 challenges, and
+	// the agent tells the manager which domains its apps have.
+	cm, err := certs.New(cfg.TLS, log.With("component", "certs"))
+	if err != nil {
+		return fmt.Errorf("config tls: %w", err)
+	}
+	defer cm.Close()
+	cfg.Proxy.Certificates = cm
 	px := proxy.New(cfg.Proxy, log.With("component", "proxy"))
 	ag, err := agent.New(cfg.Agent, docker, px, st, m, tracker, log.With("component", "agent"))
 	if err != nil {
 		return err
 	}
+	ag.SetCertManager(cm)
 	ag.SetFetcher(&source.Fetcher{S3Options: cfg.S3, WorkDir: filepath.Join(cfg.Agent.DataDir, "bundles")})
 	// servers are the agent's own HTTP servers besides the API's.
 	var servers []*httpdrain.Server
@@ -154,9 +172,10 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) (err error) {
 	}
 	loops.start()
 	up := &upgrader{ag: ag, st: st, hs: hs, loops: loops, log: log.With("component", "upgrade"), handedOver: make(chan struct{})}
-	apiHandler := api.NewServer(ag, Version, log.With("component", "api"))
-	apiHandler.SetUpgrader(up)
-	srv := httpdrain.New(&http.Server{Handler: apiHandler, ReadHeaderTimeout: 10 * time.Second})
+	apiServer := api.NewServer(ag, Version, log.With("component", "api"))
+	apiServer.SetCertificates(cm)
+	apiServer.SetUpgrader(up)
+	srv := httpdrain.New(&http.Server{Handler: apiServer, ReadHeaderTimeout: 10 * time.Second})
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	if err := writePIDFile(cfg.PIDFile); err != nil {

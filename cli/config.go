@@ -18,6 +18,7 @@ import (
 
 	"github.com/sprout-paas/sprout/agent"
 	"github.com/sprout-paas/sprout/bundle"
+	"github.com/sprout-paas/sprout/certs"
 	"github.com/sprout-paas/sprout/fleet"
 	"github.com/sprout-paas/sprout/health"
 	"github.com/sprout-paas/sprout/proxy"
@@ -46,6 +47,9 @@ var defaults = map[string]any{
 	"proxy.max_header_bytes":            "32KiB",
 	"proxy.start_wait":                  "10s",
 	"proxy.access_log":                  true,
+	"proxy.http_port":                   proxy.DefaultHTTPPort,
+	"proxy.https_port":                  proxy.DefaultHTTPSPort,
+	"proxy.default_app":                 "",
 	"deploy.keep_versions":              agent.DefaultKeepVersions,
 	"deploy.drain_timeout":              "30s",
 	"deploy.stream_grace":               "5s",
@@ -91,6 +95,10 @@ var defaults = map[string]any{
 	"hooks.enabled":                     true,
 	"hooks.timeout":                     "5m",
 	"volumes.host_dirs":                 agent.DefaultHostDirs,
+	"tls.acme.email":                    "",
+	"tls.acme.directory":                certs.DefaultDirectory,
+	"tls.acme.ca_root":                  "",
+	"tls.storage":                       "",
 }
 
 // DeclaredApp is an app the config declares: it follows a manifest in S3
@@ -137,6 +145,8 @@ type AgentConfig struct {
 	LogFormat      string
 	Agent          agent.Config
 	Proxy          proxy.Options
+	// TLS says where the proxy's certificates come from (package certs).
+	TLS certs.Options
 }
 
 // newViper reads the configuration: defaults, then the file, then SPROUT_*
@@ -338,6 +348,17 @@ func LoadAgentConfig(flags *pflag.FlagSet) (*AgentConfig, error) {
 		MaxHeaderBytes:  int(r.size("proxy.max_header_bytes")),
 		AccessLog:       r.boolean("proxy.access_log"),
 		StartWait:       r.duration("proxy.start_wait"),
+		HTTPPort:        r.integer("proxy.http_port", 1, 65535),
+		HTTPSPort:       r.integer("proxy.https_port", 1, 65535),
+		DefaultApp:      r.str("proxy.default_app"),
+	}
+	if c.Proxy.HTTPPort == c.Proxy.HTTPSPort {
+		r.fail("proxy.https_port", "%d is proxy.http_port too: the shared HTTP and HTTPS ports must differ", c.Proxy.HTTPSPort)
+	}
+	if a := c.Proxy.DefaultApp; a != "" {
+		if err := agent.ValidateAppName(a); err != nil {
+			r.fail("proxy.default_app", "%v", err)
+		}
 	}
 	if c.Proxy.HeaderTimeout == 0 {
 		r.fail("proxy.header_timeout", "must be more than 0s: it bounds how long a client may take to send a request's headers (the default is %s)", proxy.DefaultHeaderTimeout)
@@ -412,6 +433,10 @@ func LoadAgentConfig(flags *pflag.FlagSet) (*AgentConfig, error) {
 		r.fail("git.token", "is empty while git.address is set: set the token git pushers use as their password (or git.token_file)")
 	}
 	c.S3 = r.s3()
+	c.TLS = r.tls(c.Agent.DataDir, c.S3, c.Proxy)
+	if c.TLS.Email == "" && (c.TLS.Storage != "" || c.TLS.CARoot != "" || c.TLS.Directory != certs.DefaultDirectory) {
+		c.Warnings = append(c.Warnings, "tls.acme.email is empty, so ACME is off and the other tls.* keys do nothing: set it for the agent to obtain certificates")
+	}
 	c.Environment, c.HostID = r.str("environment"), r.str("host_id")
 	if c.Environment != "" {
 		if _, err := source.ParseS3URL(c.Environment); err != nil {
@@ -463,6 +488,21 @@ func s3Options(flags *pflag.FlagSet) (source.S3Options, error) {
 
 func (r *configReader) s3() source.S3Options {
 	return source.S3Options{Region: r.str("s3.region"), Endpoint: r.str("s3.endpoint"), PathStyle: r.boolean("s3.path_style")}
+}
+
+// tls reads where certificates come from; certs.Options checks itself.
+func (r *configReader) tls(dataDir string, s3 source.S3Options, px proxy.Options) certs.Options {
+	o := certs.Options{
+		DataDir: dataDir, S3: s3,
+		Email: r.str("tls.acme.email"), Directory: r.str("tls.acme.directory"),
+		CARoot: r.str("tls.acme.ca_root"), Storage: r.str("tls.storage"),
+		// Where the proxy answers the CA's challenges: its shared ports.
+		ListenHost: px.BindAddress, HTTPPort: px.HTTPPort, TLSPort: px.HTTPSPort,
+	}
+	if err := o.Validate(); err != nil && r.err == nil {
+		r.err = fmt.Errorf("config %w", err)
+	}
+	return o
 }
 
 // agentDialer is how the CLI reaches the agent: through ssh (or another

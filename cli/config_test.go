@@ -61,10 +61,18 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"proxy:\n  header_timeout: 0s\n", "", "proxy.header_timeout: must be more than 0s"},
 		{"proxy:\n  max_header_bytes: 1KiB\n", "", `proxy.max_header_bytes: "1KiB" must be between 8KiB and 1MiB`},
 		{"", "SPROUT_PROXY_MAX_HEADER_BYTES=2GiB", "proxy.max_header_bytes"},
+		{"tls:\n  acme:\n    email: ops at example\n", "", "tls.acme.email: \"ops at example\" is not an email address"},
+		{"tls:\n  acme:\n    email: ops@example.com\n    directory: http://ca.example/dir\n", "", "tls.acme.directory: \"http://ca.example/dir\" is not the https:// URL"},
+		{"tls:\n  acme:\n    email: ops@example.com\n    ca_root: /nonexistent/root.pem\n", "", "tls.acme.ca_root: open /nonexistent/root.pem"},
+		{"tls:\n  acme:\n    ca_root: agent.yaml\n", "", "tls.acme.ca_root: agent.yaml holds no PEM certificate"},
+		{"tls:\n  storage: /var/lib/certs\n", "", "tls.storage: \"/var/lib/certs\" is not an S3 prefix"},
+		{"tls:\n  acmee:\n    email: ops@example.com\n", "", `unknown key "tls.acmee.email"`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.want, func(t *testing.T) {
-			file := filepath.Join(t.TempDir(), "agent.yaml")
+			dir := t.TempDir()
+			t.Chdir(dir)
+			file := filepath.Join(dir, "agent.yaml")
 			os.WriteFile(file, []byte(tc.file), 0o644)
 			if tc.env != "" {
 				k, v, _ := strings.Cut(tc.env, "=")
@@ -113,6 +121,30 @@ func TestConfigNewKeys(t *testing.T) {
 	if cfg, _ := LoadAgentConfig(flagsFor(t, "--config", file)); len(cfg.Warnings) != 0 {
 		t.Errorf("warnings for a 0600 file: %v", cfg.Warnings)
 	}
+	t.Setenv("SPROUT_TLS_ACME_EMAIL", "ops@example.com")
+	t.Setenv("SPROUT_TLS_STORAGE", "s3://fleet/envs/prod/tls/")
+	if cfg, err := LoadAgentConfig(flagsFor(t, "--config", file)); err != nil || cfg.TLS.Email != "ops@example.com" || cfg.TLS.Storage != "s3://fleet/envs/prod/tls/" ||
+		cfg.TLS.Directory != "https://acme-v02.api.letsencrypt.org/directory" || !cfg.TLS.S3.PathStyle || cfg.TLS.DataDir != cfg.Agent.DataDir {
+		t.Errorf("tls: %+v, %v", cfg.TLS, err)
+	}
+	// The CA's challenges are answered on the proxy's shared ports.
+	t.Setenv("SPROUT_PROXY_HTTP_PORT", "8080")
+	t.Setenv("SPROUT_PROXY_HTTPS_PORT", "8443")
+	t.Setenv("SPROUT_PROXY_BIND_ADDRESS", "127.0.0.1")
+	if cfg, err := LoadAgentConfig(flagsFor(t, "--config", file)); err != nil || cfg.TLS.HTTPPort != 8080 || cfg.TLS.TLSPort != 8443 || cfg.TLS.ListenHost != "127.0.0.1" {
+		t.Errorf("tls with the proxy on 127.0.0.1:8080 and :8443: %+v, %v", cfg.TLS, err)
+	}
+	t.Setenv("SPROUT_PROXY_HTTP_PORT", "")
+	t.Setenv("SPROUT_PROXY_HTTPS_PORT", "")
+	t.Setenv("SPROUT_PROXY_BIND_ADDRESS", "")
+	if cfg, err := LoadAgentConfig(flagsFor(t, "--config", file)); err != nil || cfg.TLS.HTTPPort != 80 || cfg.TLS.TLSPort != 443 || cfg.TLS.ListenHost != "" {
+		t.Errorf("tls with the proxy's default ports: %+v, %v", cfg.TLS, err)
+	}
+	t.Setenv("SPROUT_TLS_ACME_EMAIL", "")
+	if cfg, _ := LoadAgentConfig(flagsFor(t, "--config", file)); len(cfg.Warnings) != 1 || !strings.Contains(cfg.Warnings[0], "tls.acme.email is empty, so ACME is off") {
+		t.Errorf("tls.storage without an email: warnings %v", cfg.Warnings)
+	}
+	t.Setenv("SPROUT_TLS_STORAGE", "")
 	t.Setenv("SPROUT_VOLUMES_HOST_DIRS", "/a,/b")
 	if cfg, _ := LoadAgentConfig(flagsFor(t, "--config", file)); strings.Join(cfg.Agent.HostDirs, ",") != "/a,/b" {
 		t.Errorf("host dirs from the environment: %v", cfg.Agent.HostDirs)

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sprout-paas/sprout/api"
 	"github.com/sprout-paas/sprout/bundle"
 	"github.com/sprout-paas/sprout/source"
 )
@@ -22,6 +24,8 @@ type deployOptions struct {
 	app    string
 	label  string
 	noWait bool
+	// detach returns once the agent accepted the deploy.
+	detach bool
 	// git and ref name a repository commit instead of a bundle;
 	// s3Prefix uploads the bundle as an application version first.
 	git, ref, s3Prefix string
@@ -31,6 +35,8 @@ type deployOptions struct {
 	env                  string
 	wait                 bool
 	stableFor, lostAfter time.Duration
+	// domains, when given, replace the app's domains.
+	domains []string
 }
 
 // settingFlags maps deploy flags to the API's query parameters.
@@ -49,6 +55,8 @@ var settingFlags = []struct{ flag, param, usage string }{
 	{"batch-size-type", "batch_size_type", "Percentage or Fixed (default Percentage)"},
 	{"canary-percent", "canary_percent", "TrafficSplitting: share of requests the new version takes while it is evaluated (default 10)"},
 	{"evaluation-time", "evaluation_time", "TrafficSplitting: how long the new version is compared with the old before it takes all traffic (default 5m)"},
+	{"https-redirect", "https_redirect", "with domains: redirect plain HTTP to HTTPS (308) once a certificate covers the host (default true; --https-redirect=false serves HTTP too)"},
+	{"hsts", "hsts", "with domains: send Strict-Transport-Security with this max-age in seconds on HTTPS (default 0: none; 31536000 is a year)"},
 }
 
 func newDeployCommand(c *cli) *cobra.Command {
@@ -67,7 +75,15 @@ An s3://bucket/key or a git URL (https://host/repo.git#ref, or --git URL
 version that is never overwritten, then deploys it from there.
 
 Settings given as flags (--port, --health-path, ...) are kept for the app's
-later deploys.
+later deploys. --domain (repeated, or comma-separated) serves the app by those
+host names on the agent's shared HTTP and HTTPS ports instead of a port of its
+own, and replaces its domains (see 'sprout domains').
+
+Once the agent has the bundle, the deploy is the agent's: it runs to its end
+whatever happens to this command. Ctrl-C (or a lost connection) stops
+following it and says how to watch it (sprout events --app APP --follow) and
+how to stop it (sprout abort --app APP); Ctrl-C during the upload changes
+nothing. --detach returns as soon as the agent has accepted the deploy.
 
 With --env s3://bucket/prefix/, the bundle goes to every host of that
 environment instead (no access to the hosts needed): it is uploaded as an
@@ -78,6 +94,9 @@ host, and exits 0 once every host serves the version, or 1 once a failed
 batch was rolled back everywhere, naming the host and the reason.
 Interrupting it leaves the rollout running. See docs/fleet.md.`,
 		Example: `  sprout deploy app.zip --app web --label v2 --port 8080
+  sprout deploy app.zip --app web --detach  # returns once the agent accepted it
+  sprout deploy app.zip --app web --domain www.example.com --domain example.com
+                                         # served by domain on the shared ports 80 and 443
   sprout deploy ./myapp --health-path /healthz
   sprout deploy app.zip --app web --instances 4 --policy Rolling --batch-size 25
                                          # 4 instances, replaced one at a time
@@ -112,6 +131,9 @@ Interrupting it leaves the rollout running. See docs/fleet.md.`,
 					q.Set(s.param, f.Value.String())
 				}
 			}
+			if cmd.Flags().Changed("domain") {
+				q.Set("domain", strings.Join(o.domains, ","))
+			}
 			if o.env != "" {
 				return runFleetDeploy(cmd, c, o, q)
 			}
@@ -125,12 +147,15 @@ Interrupting it leaves the rollout running. See docs/fleet.md.`,
 	f.StringVar(&o.app, "app", "", "app name (default: the bundle's base name)")
 	f.StringVar(&o.label, "label", "", "version label (default: v<N>)")
 	f.BoolVar(&o.noWait, "no-wait", false, "fail instead of waiting when another deploy of the app is running")
+	detachFlag(cmd, &o.detach)
 	f.StringVar(&o.git, "git", "", "deploy a commit of this git repository (the agent clones it shallowly)")
 	f.StringVar(&o.ref, "ref", "", "with --git: the branch, tag or commit (default: the remote's HEAD)")
 	f.StringVar(&o.s3Prefix, "s3", "", "upload the bundle to s3://bucket/prefix/<app>/<label>.<ext> first (never overwriting), then deploy it from there")
 	for _, s := range settingFlags {
 		f.String(s.flag, "", s.usage)
 	}
+	f.Lookup("https-redirect").NoOptDefVal = "true"
+	f.StringArrayVar(&o.domains, "domain", nil, "serve the app by this host name on the shared HTTP/HTTPS ports instead of its own port (repeat it, or separate with commas; replaces the app's domains, kept for later deploys)")
 	envFlag(cmd, &o.env)
 	f.BoolVar(&o.wait, "wait", false, "with --env: wait for a rollout in flight to end instead of being refused")
 	f.DurationVar(&o.stableFor, "stable-for", 0, "with --env: how long each host serves the version healthy before the next batch starts (default 2s)")
@@ -188,11 +213,22 @@ func runDeploy(cmd *cobra.Command, c *cli, o *deployOptions, q url.Values) error
 	}
 	p := newPrinter(c.out)
 	fmt.Fprintf(c.out, "%s deploying %s to app %s\n", p.elapsed(), o.bundle, app)
-	last, err := client.Deploy(cmd.Context(), app, q, p.upload(body, size), p.on)
-	if err != nil {
-		return fmt.Errorf("deploy of %s failed: %w%s", app, err, stillServing(cmd, client, app))
+	f := c.following(cmd, client, p, "deploy", app, o.detach)
+	body = f.upload(p.upload(body, size))
+	last, err := f.run(func(ctx context.Context, on func(api.Message)) (*api.Message, error) {
+		return client.Deploy(ctx, app, q, body, on)
+	}, deployFailed(cmd, client, app))
+	if last == nil || err != nil {
+		return err
 	}
 	return p.done(cmd, client, last)
+}
+
+// deployFailed says that a deploy of app failed, and what serves.
+func deployFailed(cmd *cobra.Command, client *api.Client, app string) func(error) error {
+	return func(err error) error {
+		return fmt.Errorf("deploy of %s failed: %w%s", app, err, stillServing(cmd, client, app))
+	}
 }
 
 var notName = regexp.MustCompile(`[^a-z0-9]+`)
@@ -226,9 +262,12 @@ func deployRemote(cmd *cobra.Command, c *cli, o *deployOptions, q url.Values, re
 	}
 	p := newPrinter(c.out)
 	fmt.Fprintf(c.out, "%s deploying %s to app %s\n", p.elapsed(), source.RedactRef(ref), o.app)
-	last, err := client.Deploy(cmd.Context(), o.app, q, nil, p.on)
-	if err != nil {
-		return fmt.Errorf("deploy of %s failed: %w%s", o.app, err, stillServing(cmd, client, o.app))
+	f := c.following(cmd, client, p, "deploy", o.app, o.detach)
+	last, err := f.run(func(ctx context.Context, on func(api.Message)) (*api.Message, error) {
+		return client.Deploy(ctx, o.app, q, nil, on)
+	}, deployFailed(cmd, client, o.app))
+	if last == nil || err != nil {
+		return err
 	}
 	return p.done(cmd, client, last)
 }

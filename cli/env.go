@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -15,7 +16,7 @@ import (
 
 func newSetenvCommand(c *cli) *cobra.Command {
 	var app, rds string
-	var noWait bool
+	var noWait, detach bool
 	cmd := &cobra.Command{
 		Use:   "setenv KEY=value [KEY= ...]",
 		Short: "Set or delete environment properties, rolled out with the same zero-downtime swap",
@@ -51,8 +52,14 @@ unless DATABASE_URL is set.`,
 				return err
 			}
 			p := newPrinter(c.out)
-			if _, err := client.SetEnv(cmd.Context(), app, api.EnvChange{Set: set, Unset: unset, NoWait: noWait}, p.on); err != nil {
+			f := c.following(cmd, client, p, "setenv", app, detach)
+			last, err := f.run(func(ctx context.Context, on func(api.Message)) (*api.Message, error) {
+				return client.SetEnv(ctx, app, api.EnvChange{Set: set, Unset: unset, NoWait: noWait}, on)
+			}, func(err error) error {
 				return fmt.Errorf("environment change of %s failed: %w%s", app, err, stillServing(cmd, client, app))
+			})
+			if last == nil || err != nil {
+				return err
 			}
 			fmt.Fprintf(c.out, "%s environment of %s updated (%d set, %d deleted)\n", p.elapsed(), app, len(set), len(unset))
 			return nil
@@ -61,6 +68,7 @@ unless DATABASE_URL is set.`,
 	cmd.Flags().StringVar(&app, "app", "", "the app (required)")
 	cmd.MarkFlagRequired("app")
 	cmd.Flags().BoolVar(&noWait, "no-wait", false, "fail instead of waiting when a deploy of the app is running")
+	detachFlag(cmd, &detach)
 	cmd.Flags().StringVar(&rds, "rds", "", "a database URL (postgres://user:password@host:5432/db) to set as the RDS_* properties")
 	return cmd
 }

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -239,18 +240,32 @@ func runFleetDeploy(cmd *cobra.Command, c *cli, o *deployOptions, q url.Values) 
 	}
 	p := newPrinter(c.out)
 	fmt.Fprintf(c.out, "%s published rollout %s to %s: %s, %d batch(es) of hosts\n", p.elapsed(), r.ID, st.URL(), r.Settings.Policy, len(r.Batches))
+	if o.detach {
+		fmt.Fprintf(c.out, "the hosts carry it out by themselves\n%s\n", rolloutHints(st, o.app))
+		return nil
+	}
 	return followRollout(ctx, c, st, r.ID, p)
 }
 
-// followRollout prints the rollout id as it changes until it ends.
+// rolloutHints says how to watch an environment's rollout of app and how
+// to stop it.
+func rolloutHints(st *fleet.Store, app string) string {
+	return fmt.Sprintf("  watch it: sprout status --env %s\n  stop it:  sprout abort --app %s --env %s", st.URL(), app, st.URL())
+}
+
+// followRollout prints the rollout id as it changes until it ends. Ctrl-C
+// stops the following, not the rollout, as with one host's operations.
 func followRollout(ctx context.Context, c *cli, st *fleet.Store, id string, p *printer) error {
-	last, canary := "", ""
+	last, canary, app := "", "", ""
 	for {
 		r, _, err := st.Rollout(ctx)
+		if err == nil && r != nil && r.ID == id {
+			app = r.Release.App
+		}
 		switch {
 		case ctx.Err() != nil:
-			fmt.Fprintf(c.out, "stopped watching; the rollout goes on: `sprout status --env %s`\n", st.URL())
-			return ctx.Err()
+			fmt.Fprintf(c.err, "\nstopped following: rollout %s goes on across %s\n%s\n", id, st.URL(), rolloutHints(st, cmp.Or(app, "APP")))
+			return &exitError{exitInterrupted}
 		case err != nil:
 			fmt.Fprintf(c.err, "%s cannot read the rollout (%v); retrying\n", p.elapsed(), err)
 		case r == nil || r.ID != id:
@@ -415,7 +430,7 @@ func abortEnvironment(cmd *cobra.Command, c *cli, url, app string, follow bool) 
 // rollbackEnvironment rolls app back across the environment to label (by
 // default the good version before the current one), as a new rollout of
 // that release.
-func rollbackEnvironment(cmd *cobra.Command, c *cli, url, app, label string) error {
+func rollbackEnvironment(cmd *cobra.Command, c *cli, url, app, label string, detach bool) error {
 	ctx := cmd.Context()
 	st, err := cliEnvironment(cmd, url)
 	if err != nil {
@@ -458,5 +473,9 @@ func rollbackEnvironment(cmd *cobra.Command, c *cli, url, app, label string) err
 	}
 	p := newPrinter(c.out)
 	fmt.Fprintf(c.out, "%s rolling %s back to %s on every host (rollout %s)\n", p.elapsed(), app, rel.Label, r.ID)
+	if detach {
+		fmt.Fprintf(c.out, "the hosts carry it out by themselves\n%s\n", rolloutHints(st, app))
+		return nil
+	}
 	return followRollout(ctx, c, st, r.ID, p)
 }

@@ -23,7 +23,9 @@ func newHealthCommand(c *cli) *cobra.Command {
 Pending, NoData) with its causes in words, computed from the proxy's requests
 over the last minutes, the serving container's health checks and its state
 (see the README for the rules), with request rate, status-class shares,
-latency percentiles, container uptime, restarts, CPU and memory.`,
+latency percentiles, container uptime, restarts, CPU and memory. Below the
+table: certificates whose issuance or renewal failed, with the CA's error
+(sprout certs has them all).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if env != "" {
@@ -49,6 +51,9 @@ latency percentiles, container uptime, restarts, CPU and memory.`,
 					fmt.Fprintf(c.out, "sprout health, every 2s (Ctrl-C to stop)   %s\n\n", time.Now().Format("15:04:05"))
 				}
 				printHealth(c.out, reports)
+				if list, err := client.Certs(cmd.Context()); err == nil && app == "" {
+					printCertProblems(c.out, list, time.Now())
+				}
 				if !watch {
 					return nil
 				}

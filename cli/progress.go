@@ -31,6 +31,9 @@ func (p *printer) elapsed() string {
 }
 
 func (p *printer) on(m api.Message) {
+	if m.Operation != nil {
+		return // what the agent accepted: see following
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if m.Line == "" {
@@ -115,7 +118,7 @@ func (p *printer) done(cmd *cobra.Command, client *api.Client, last *api.Message
 		return err
 	}
 	took := time.Since(p.start).Round(100 * time.Millisecond)
-	fmt.Fprintf(p.out, "%s %s %s is serving on port %d (%s", p.elapsed(), v.App, v.Label, st.Port, took)
+	fmt.Fprintf(p.out, "%s %s %s is serving %s (%s", p.elapsed(), v.App, v.Label, servedAt(st), took)
 	if len(v.Steps) > 0 {
 		fmt.Fprintf(p.out, ": %s", summary(v.Steps))
 	}
@@ -133,7 +136,15 @@ func stillServing(cmd *cobra.Command, client *api.Client, app string) string {
 	case st.Serving == "":
 		return "\nnothing was serving before; nothing changed"
 	}
-	return fmt.Sprintf("\n%s keeps serving on port %d, untouched", st.Serving, st.Port)
+	return fmt.Sprintf("\n%s keeps serving %s, untouched", st.Serving, servedAt(st))
+}
+
+// servedAt says where an app is served: its domains, or its port.
+func servedAt(st api.AppStatus) string {
+	if len(st.Domains) > 0 {
+		return "at " + strings.Join(st.Domains, ", ")
+	}
+	return fmt.Sprintf("on port %d", st.Port)
 }
 
 // ago says how long ago t was, briefly.

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -10,6 +11,7 @@ import (
 
 func newRollbackCommand(c *cli) *cobra.Command {
 	var app, env string
+	var detach bool
 	req := api.RollbackRequest{}
 	cmd := &cobra.Command{
 		Use:   "rollback",
@@ -19,16 +21,21 @@ func newRollbackCommand(c *cli) *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if env != "" {
-				return rollbackEnvironment(cmd, c, env, app, req.To)
+				return rollbackEnvironment(cmd, c, env, app, req.To, detach)
 			}
 			client, err := c.client(cmd)
 			if err != nil {
 				return err
 			}
 			p := newPrinter(c.out)
-			last, err := client.Rollback(cmd.Context(), app, req, p.on)
-			if err != nil {
+			f := c.following(cmd, client, p, "rollback", app, detach)
+			last, err := f.run(func(ctx context.Context, on func(api.Message)) (*api.Message, error) {
+				return client.Rollback(ctx, app, req, on)
+			}, func(err error) error {
 				return fmt.Errorf("rollback of %s failed: %w%s", app, err, stillServing(cmd, client, app))
+			})
+			if last == nil || err != nil {
+				return err
 			}
 			return p.done(cmd, client, last)
 		},
@@ -37,6 +44,7 @@ func newRollbackCommand(c *cli) *cobra.Command {
 	cmd.MarkFlagRequired("app")
 	cmd.Flags().StringVar(&req.To, "to", "", "label to serve (default: the version that served before the current one)")
 	cmd.Flags().BoolVar(&req.NoWait, "no-wait", false, "fail instead of waiting when a deploy of the app is running")
+	detachFlag(cmd, &detach)
 	envFlag(cmd, &env)
 	return cmd
 }

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 
@@ -14,6 +15,7 @@ type scaleOptions struct {
 	app       string
 	instances int
 	noWait    bool
+	detach    bool
 }
 
 func newScaleCommand(c *cli) *cobra.Command {
@@ -44,6 +46,7 @@ no hooks. An app with ProxyServer: none runs 1 instance only.`,
 	cmd.Flags().StringVar(&o.app, "app", "", "the app (required)")
 	cmd.MarkFlagRequired("app")
 	cmd.Flags().BoolVar(&o.noWait, "no-wait", false, "fail instead of waiting when a deploy of the app is running")
+	detachFlag(cmd, &o.detach)
 	return cmd
 }
 
@@ -55,8 +58,15 @@ func runScale(cmd *cobra.Command, c *cli, o *scaleOptions) error {
 	p := newPrinter(c.out)
 	fmt.Fprintf(c.out, "%s scaling %s to %d instance(s)\n", p.elapsed(), o.app, o.instances)
 	req := api.ScaleRequest{Instances: o.instances, NoWait: o.noWait}
-	if _, err := client.Scale(cmd.Context(), o.app, req, p.on); err != nil {
+	f := c.following(cmd, client, p, "scale", o.app, o.detach)
+	f.detail = fmt.Sprintf(" to %d instance(s)", o.instances)
+	last, err := f.run(func(ctx context.Context, on func(api.Message)) (*api.Message, error) {
+		return client.Scale(ctx, o.app, req, on)
+	}, func(err error) error {
 		return fmt.Errorf("scale of %s failed: %w%s", o.app, err, runsNow(cmd, client, o.app))
+	})
+	if last == nil || err != nil {
+		return err
 	}
 	st, err := client.Status(cmd.Context(), o.app)
 	if err != nil {

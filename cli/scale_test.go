@@ -9,7 +9,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/sprout-paas/sprout/agent"
 	"github.com/sprout-paas/sprout/api"
 )
 
@@ -73,20 +75,30 @@ func fakeAgent(t *testing.T, handler http.HandlerFunc) {
 	t.Setenv("SPROUT_SOCKET", sock)
 }
 
-// TestAbortSaysWhatItDid: abort prints what it stopped and what serves,
-// and exits 0 when nothing was running, saying so.
+// TestAbortSaysWhatItDid: abort prints what it stopped, each queued
+// operation it cancelled and what serves, and exits 0 when nothing was
+// running or queued, saying so. It tells the agent who asks.
 func TestAbortSaysWhatItDid(t *testing.T) {
+	rollback := agent.Operation{App: "web", Kind: "rollback", Label: "v7", Queued: true, By: "bob@laptop", StartedAt: time.Now()}
+	scale := agent.Operation{App: "web", Kind: "scale", Queued: true, StartedAt: time.Now().Add(-3 * time.Minute)}
 	for _, tc := range []struct {
 		answer api.AbortResult
 		want   string
 	}{
 		{api.AbortResult{Aborted: "deploy", Serving: "v1", Instances: 4}, "aborted the deploy of web: v1 serves on 4 instance(s)\n"},
-		{api.AbortResult{Serving: "v1", Instances: 4}, "nothing to abort: no deploy, rollback, setenv or scale of web is running\n"},
+		{api.AbortResult{Serving: "v1", Instances: 4}, "nothing to abort: no deploy, rollback, setenv or scale of web is running or queued\n"},
+		{api.AbortResult{Aborted: "deploy", Cancelled: []agent.Operation{rollback, scale}, Serving: "v1", Instances: 2},
+			"aborted the deploy of web: v1 serves on 2 instance(s)\ncancelled the queued rollback to v7 (started by bob@laptop)\ncancelled the queued scale (started 3m ago)\n"},
+		{api.AbortResult{Cancelled: []agent.Operation{rollback}, Serving: "v1", Instances: 1},
+			"nothing of web was running: v1 serves on 1 instance(s)\ncancelled the queued rollback to v7 (started by bob@laptop)\n"},
 	} {
 		fakeAgent(t, func(w http.ResponseWriter, r *http.Request) {
 			if r.Method != http.MethodPost || r.URL.Path != "/v1/apps/web/abort" {
 				http.NotFound(w, r)
 				return
+			}
+			if by := r.Header.Get(api.ByHeader); !strings.Contains(by, "@") {
+				t.Errorf("abort says it is asked by %q, want user@host", by)
 			}
 			json.NewEncoder(w).Encode(tc.answer)
 		})

@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
+	"github.com/sprout-paas/sprout/agent"
 	"github.com/sprout-paas/sprout/api"
 )
 
@@ -74,7 +76,18 @@ func printStatus(out io.Writer, st api.AppStatus) {
 	}
 	fmt.Fprintf(tw, "app:\t%s\n", st.Name)
 	fmt.Fprintf(tw, "serving:\t%s (since %s)\n", serving, ago(st.ServingSince))
-	fmt.Fprintf(tw, "port:\t%d\n", st.Port)
+	for i, op := range st.InFlight {
+		key := "in flight:"
+		if i > 0 {
+			key = ""
+		}
+		fmt.Fprintf(tw, "%s\t%s\n", key, inFlightText(op))
+	}
+	if len(st.Domains) > 0 {
+		fmt.Fprintf(tw, "domains:\t%s (on the shared ports: sprout domains --app %s)\n", strings.Join(st.Domains, ", "), st.Name)
+	} else {
+		fmt.Fprintf(tw, "port:\t%d\n", st.Port)
+	}
 	status := st.Status
 	if len(st.Causes) > 0 {
 		status += ": " + strings.Join(st.Causes, "; ")
@@ -122,6 +135,34 @@ func printStatus(out io.Writer, st api.AppStatus) {
 	tw.Flush()
 }
 
+// inFlightText says what an operation in flight is, where it is and
+// since when: "deploy of v9, at health since 3s ago (started 12s ago by
+// alice@laptop; `sprout abort --app web` stops it)".
+func inFlightText(op agent.Operation) string {
+	var b strings.Builder
+	b.WriteString(op.Kind)
+	if op.Label != "" {
+		b.WriteString(" of " + op.Label)
+	}
+	switch {
+	case op.Queued:
+		b.WriteString(", queued behind the operation above")
+	case op.Step != "":
+		fmt.Fprintf(&b, ", at %s since %s", op.Step, ago(op.StepSince))
+	default:
+		b.WriteString(", starting")
+	}
+	fmt.Fprintf(&b, " (started %s", ago(op.StartedAt))
+	if op.By != "" {
+		b.WriteString(" by " + op.By)
+	}
+	if !op.Queued {
+		fmt.Fprintf(&b, "; `sprout abort --app %s` stops it", op.App)
+	}
+	b.WriteString(")")
+	return b.String()
+}
+
 func shortID(id string) string {
 	if len(id) > 12 {
 		return id[:12]
@@ -156,7 +197,11 @@ func newAppsCommand(c *cli) *cobra.Command {
 			tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "APP\tPORT\tSERVING\tHEALTH\tCONTAINER\tSINCE")
 			for _, a := range apps {
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", a.Name, a.Port, orDash(a.Serving), a.Status, a.Container, ago(a.ServingSince))
+				port := strconv.Itoa(a.Port)
+				if len(a.Domains) > 0 {
+					port = "shared" // served by domain
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Name, port, orDash(a.Serving), a.Status, a.Container, ago(a.ServingSince))
 			}
 			return tw.Flush()
 		},

@@ -43,6 +43,8 @@ func newVersionsCommand(c *cli) *cobra.Command {
 				image := shortID(trimSha(v.ImageID))
 				note := ""
 				switch {
+				case v.Status == "failed" && v.FailedStep == "":
+					note = firstLine(v.Error) // never started: cancelled while queued
 				case v.Status == "failed":
 					note = fmt.Sprintf("failed at %s: %s", v.FailedStep, firstLine(v.Error))
 				case v.ImagePruned:

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -62,8 +63,14 @@ listed too. The agent deletes a volume's data only on 'sprout apps rm --purge'.`
 		}
 		req.NoWait = noWait
 		p := newPrinter(c.out)
-		if _, err := client.ChangeVolumes(cmd.Context(), app, req, p.on); err != nil {
+		f := c.following(cmd, client, p, "volume change", app, false)
+		last, err := f.run(func(ctx context.Context, on func(api.Message)) (*api.Message, error) {
+			return client.ChangeVolumes(ctx, app, req, on)
+		}, func(err error) error {
 			return fmt.Errorf("volume change of %s failed: %w%s", app, err, stillServing(cmd, client, app))
+		})
+		if last == nil || err != nil {
+			return err
 		}
 		fmt.Fprintf(c.out, "%s %s\n", p.elapsed(), done)
 		return nil

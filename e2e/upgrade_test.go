@@ -263,7 +263,7 @@ func TestUpgradeWithoutAGap(t *testing.T) {
 	version = map[string]string{"e2e-a": "e2e-b", "e2e-b": "e2e-a"}[version]
 	install(t, bins[version], h.installed)
 	out := h.mustSprout("agent", "upgrade")
-	if !strings.Contains(out, "waiting for the deploy of "+app("api")+" to finish") || !strings.Contains(out, "agent upgraded: sprout "+version) {
+	if !strings.Contains(out, "waiting for the deploy of "+app("api")+" v2 to finish") || !strings.Contains(out, "agent upgraded: sprout "+version) {
 		t.Errorf("upgrade during a deploy:\n%s", out)
 	}
 	if err := lines.await(app("api")+" v2 is serving", time.Minute); err != nil {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sprout-paas/sprout/internal/testenv"
 )
@@ -52,25 +53,35 @@ func BenchmarkDirect(b *testing.B) {
 // BenchmarkProxy sends the same requests through the proxy; the difference
 // with BenchmarkDirect is what the proxy costs per request (client, proxy
 // and backend share the CPUs, so it is an upper bound). The 4-backends case
-// balances over four backends (of one version) without an access log.
+// balances over four backends (of one version) without an access log; the
+// by-domain case is served on the shared HTTP port, chosen by Host.
 func BenchmarkProxy(b *testing.B) {
 	for _, c := range []struct {
 		name      string
 		accessLog bool
 		backends  int
+		byDomain  bool
 	}{
-		{"no-access-log", false, 1},
-		{"access-log", true, 1},
-		{"4-backends", false, 4},
+		{"no-access-log", false, 1, false},
+		{"access-log", true, 1, false},
+		{"4-backends", false, 4, false},
+		{"by-domain", false, 1, true},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			var addrs []string
 			for range c.backends {
 				addrs = append(addrs, strings.TrimPrefix(benchBackend(b).URL, "http://"))
 			}
-			p := New(Options{BindAddress: "127.0.0.1", AccessLog: c.accessLog}, slog.New(slog.NewJSONHandler(io.Discard, nil)))
 			ln := testenv.FreePort(b)
-			if err := p.Listen("bench", ln); err != nil {
+			p := New(Options{BindAddress: "127.0.0.1", AccessLog: c.accessLog, HTTPPort: ln}, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+			var err error
+			if c.byDomain {
+				// The client's Host is the URL's: 127.0.0.1.
+				err = p.SetDomains("bench", Domains{Names: []string{"127.0.0.1"}}, time.Second)
+			} else {
+				err = p.Listen("bench", ln)
+			}
+			if err != nil {
 				b.Fatal(err)
 			}
 			b.Cleanup(func() { p.Shutdown(b.Context()) })
@@ -104,6 +115,27 @@ func BenchmarkPick(b *testing.B) {
 					p.t.releaseStream(false)
 				}
 			})
+		})
+	}
+}
+
+// BenchmarkHostLookup is the shared ports' choice of an app by Host, among
+// 1000 domains and 100 wildcards: an exact name, a wildcard one, and
+// none.
+func BenchmarkHostLookup(b *testing.B) {
+	t := &siteTable{exact: map[string]*site{}, wild: map[string]*site{}}
+	for i := range 1000 {
+		t.exact["shop-"+strconv.Itoa(i)+".example.com"] = &site{}
+	}
+	for i := range 100 {
+		t.wild["tenants-"+strconv.Itoa(i)+".example.com"] = &site{}
+	}
+	for _, host := range []string{"shop-512.example.com", "acme.tenants-42.example.com:443", "nobody.example.org"} {
+		b.Run(host, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				t.lookup(host)
+			}
 		})
 	}
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -15,12 +16,17 @@ import (
 // chunked or Expect uploads, upgrades, odd or oversized heads) are read by
 // Go's HTTP server and forwarded by the same Service.serve.
 
-// ServeHTTP forwards one request read by net/http.
-func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if s.opts.MaxBodyBytes > 0 && r.ContentLength <= s.opts.MaxBodyBytes {
-		r.Body = http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes)
+// serveHTTP turns a request net/http read into the proxy's and hands it
+// to dispatch, which answers through w; bodies are capped at maxBody
+// bytes (0 for no cap).
+func serveHTTP(w http.ResponseWriter, r *http.Request, maxBody int64, dispatch func(context.Context, *request, client) bool) {
+	if maxBody > 0 && r.ContentLength <= maxBody {
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 	}
 	req := &request{method: r.Method, uri: r.RequestURI, host: r.Host, remote: r.RemoteAddr, https: r.TLS != nil, length: r.ContentLength, body: r.Body}
+	if r.TLS != nil {
+		req.sni = r.TLS.ServerName
+	}
 	if req.uri == "" || req.uri[0] != '/' {
 		req.uri = r.URL.RequestURI()
 	}
@@ -46,7 +52,7 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")
 	}
 	c := &httpClient{w: w}
-	s.serve(r.Context(), req, c)
+	dispatch(r.Context(), req, c)
 	if c.cut {
 		// A response cut mid-body must not look complete to the client.
 		panic(http.ErrAbortHandler)
@@ -64,9 +70,10 @@ type httpClient struct {
 	cut bool
 }
 
-func (c *httpClient) reply(status int, body string) {
+func (c *httpClient) reply(status int, fields, body string) {
 	h := c.w.Header()
 	setFields(h, replyFields(status))
+	setFields(h, fields)
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	c.w.WriteHeader(status)
 	io.WriteString(c.w, body)

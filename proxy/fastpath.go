@@ -167,7 +167,7 @@ func lingerClose(c net.Conn) {
 // lateHead answers a request whose head did not come within the header
 // timeout with 408, on either client side, and closes the connection.
 func lateHead(c net.Conn, bw *bufio.Writer, app string) {
-	writeReply(bw, http.StatusRequestTimeout, errorBody(app, http.StatusRequestTimeout, "the request's headers took too long to arrive"), true)
+	writeReply(bw, http.StatusRequestTimeout, "", errorBody(app, http.StatusRequestTimeout, "the request's headers took too long to arrive"), true)
 	lingerClose(c)
 }
 
@@ -307,7 +307,6 @@ type fastConn struct {
 // serveConn runs the fast path on c until the client closes it, it must
 // close, or a request must go to the fallback server.
 func (l *listener) serveConn(c net.Conn, st *connState) {
-	s := l.service
 	fc := &fastConn{conn: c, closing: &l.closing}
 	fc.head.remote = c.RemoteAddr().String()
 	fc.head.clientIP, _, _ = net.SplitHostPort(fc.head.remote)
@@ -327,12 +326,15 @@ func (l *listener) serveConn(c net.Conn, st *connState) {
 		bufioWriters.Put(fc.bw)
 	}()
 	for first := true; ; first = false {
-		n, err := fc.readHead(&s.opts, first)
+		n, err := fc.readHead(&l.p.opts, first)
+		if err == nil && l.challenge(fc.head.uri) {
+			err = errFallback // Options.Certificates answers it, through net/http
+		}
 		switch {
 		case errors.Is(err, errFallback):
 			// Hand the connection, unread bytes first, to net/http.
 			buffered, _ := fc.br.Peek(fc.br.Buffered())
-			hc := newHandedConn(c, buffered, l.app, fc.headBy)
+			hc := newHandedConn(c, buffered, l.app(), fc.headBy)
 			c.SetReadDeadline(time.Time{})
 			handedOff = true
 			l.handoff.give(hc)
@@ -340,7 +342,7 @@ func (l *listener) serveConn(c net.Conn, st *connState) {
 		case errors.Is(err, os.ErrDeadlineExceeded) && fc.br.Buffered() > 0:
 			// A request began and its head did not come in time. (A
 			// connection that sent nothing is closed without a word.)
-			lateHead(c, fc.bw, l.app)
+			lateHead(c, fc.bw, l.app())
 			return
 		case err != nil:
 			return
@@ -350,7 +352,7 @@ func (l *listener) serveConn(c net.Conn, st *connState) {
 		fc.br.Discard(n)
 		fc.body = io.LimitedReader{R: fc.br, N: fc.head.length}
 		fc.head.body = &fc.body
-		keep := s.serve(context.Background(), &fc.head.request, fc)
+		keep := l.dispatch(context.Background(), &fc.head.request, fc)
 		st.idle()
 		if fc.body.N > 0 {
 			// A body not read to its end leaves the connection
@@ -414,20 +416,22 @@ func (fc *fastConn) readHead(opts *Options, first bool) (int, error) {
 }
 
 // reply writes an answer of the proxy's own.
-func (fc *fastConn) reply(status int, body string) {
+func (fc *fastConn) reply(status int, fields, body string) {
 	fc.head.closeAfter = fc.head.closeAfter || fc.closing.Load()
-	writeReply(fc.bw, status, body, status == http.StatusRequestEntityTooLarge || fc.head.closeAfter || fc.body.N > 0)
+	writeReply(fc.bw, status, fields, body, status == http.StatusRequestEntityTooLarge || fc.head.closeAfter || fc.body.N > 0)
 }
 
-// writeReply writes an answer of the proxy's own to bw and flushes it;
-// closing says the connection closes after it.
-func writeReply(bw *bufio.Writer, status int, body string, closing bool) {
+// writeReply writes an answer of the proxy's own to bw, with fields
+// (header lines) besides the usual ones, and flushes it; closing says the
+// connection closes after it.
+func writeReply(bw *bufio.Writer, status int, fields, body string, closing bool) {
 	bw.WriteString("HTTP/1.1 ")
 	bw.WriteString(strconv.Itoa(status))
 	bw.WriteByte(' ')
 	bw.WriteString(http.StatusText(status))
 	bw.WriteString("\r\n")
 	bw.WriteString(replyFields(status))
+	bw.WriteString(fields)
 	bw.WriteString("Content-Length: ")
 	bw.WriteString(strconv.Itoa(len(body)))
 	if closing {

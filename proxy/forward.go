@@ -37,6 +37,11 @@ type request struct {
 	clientIP string
 	remote   string
 	https    bool
+	// sni is the TLS connection's server name, "" on plain HTTP.
+	sni string
+	// hsts is the Strict-Transport-Security value to add to the
+	// response, when the app's own response has none.
+	hsts string
 	// length is the body's length; -1 means unknown (sent chunked).
 	length int64
 	body   io.Reader
@@ -70,8 +75,9 @@ type response struct {
 
 // client is one of the two client sides. It only moves bytes.
 type client interface {
-	// reply writes an answer of the proxy's own (an error).
-	reply(status int, body string)
+	// reply writes an answer of the proxy's own (an error or a
+	// redirect), with fields (header lines) besides the usual ones.
+	reply(status int, fields, body string)
 	// respond writes the app's response to the client and returns the
 	// body bytes written. An error means the response was cut: the
 	// client's connection must not carry another request.
@@ -640,7 +646,7 @@ func (s *Service) serve(ctx context.Context, req *request, c client) (keep bool)
 	}()
 	if s.opts.MaxBodyBytes > 0 && req.length > s.opts.MaxBodyBytes {
 		status = http.StatusRequestEntityTooLarge
-		c.reply(status, errorBody(s.app, status, "request body too large"))
+		c.reply(status, "", errorBody(s.app, status, "request body too large"))
 		return false
 	}
 	p = s.pick(ctx)
@@ -649,7 +655,7 @@ func (s *Service) serve(ctx context.Context, req *request, c client) (keep bool)
 		// app never saw this request, so it counts apart from its own.
 		s.obs.UpstreamError("", "no_target")
 		status = http.StatusServiceUnavailable
-		c.reply(status, errorBody(s.app, status, "no version of this app is serving yet"))
+		c.reply(status, "", errorBody(s.app, status, "no version of this app is serving yet"))
 		return req.length == 0
 	}
 	s.obs.Start()
@@ -663,7 +669,7 @@ func (s *Service) serve(ctx context.Context, req *request, c client) (keep bool)
 			return false
 		}
 		s.upstreamError(p.version, status, err)
-		c.reply(status, errorBody(s.app, status, msg))
+		c.reply(status, "", errorBody(s.app, status, msg))
 		return req.length == 0 && status != http.StatusRequestEntityTooLarge
 	}
 	if resp.stream || resp.status == http.StatusSwitchingProtocols {
@@ -671,6 +677,11 @@ func (s *Service) serve(ctx context.Context, req *request, c client) (keep bool)
 		p.t.streams.Add(1)
 	}
 	status = resp.status
+	if req.hsts != "" && !hasField(resp.fields, "strict-transport-security") {
+		resp.fields = append(resp.fields, "Strict-Transport-Security: "...)
+		resp.fields = append(resp.fields, req.hsts...)
+		resp.fields = append(resp.fields, "\r\n"...)
+	}
 	written, err = c.respond(req, resp, uc)
 	if resp.raw != nil {
 		resp.raw.Body.Close()
@@ -721,9 +732,26 @@ func (s *Service) upstreamError(version string, status int, err error) {
 	s.log.LogAttrs(context.Background(), slog.LevelWarn, "upstream error", slog.Int("status", status), slog.String("version", version), slog.String("error", err.Error()))
 }
 
-// errorBody is the text of the proxy's own replies.
+// errorBody is the text of the proxy's own replies; app is "" for a
+// request no app took.
 func errorBody(app string, status int, msg string) string {
+	if app == "" {
+		return fmt.Sprintf("%d %s: %s (sprout)\n", status, http.StatusText(status), msg)
+	}
 	return fmt.Sprintf("%d %s: %s (sprout, app %s)\n", status, http.StatusText(status), msg, app)
+}
+
+// hasField tells whether header lines ("Name: value\r\n") have a field
+// named name (in lower case).
+func hasField(lines []byte, name string) bool {
+	for len(lines) > 0 {
+		line, rest, _ := bytes.Cut(lines, []byte("\r\n"))
+		lines = rest
+		if n, _, ok := bytes.Cut(line, []byte(":")); ok && bytes.EqualFold(bytes.TrimSpace(n), []byte(name)) {
+			return true
+		}
+	}
+	return false
 }
 
 // replyFields are the header lines of the proxy's own replies, besides
@@ -737,11 +765,28 @@ func replyFields(status int) string {
 
 // logRequest writes one access-log line.
 func (s *Service) logRequest(req *request, status int, bytes int64, target string, took time.Duration) {
+	accessLog(s.opts.AccessLogOutput, s.log, s.app, req, status, bytes, target, took)
+}
+
+// accessLog writes one access-log line: built by hand and written to out
+// in one call when that is set (the agent's JSON log), through log at
+// Info otherwise (its text format).
+func accessLog(out io.Writer, log *slog.Logger, app string, req *request, status int, bytes int64, target string, took time.Duration) {
 	path := req.uri
 	if i := strings.IndexByte(path, '?'); i >= 0 {
 		path = path[:i] // queries may carry secrets and unbounded values
 	}
-	s.log.LogAttrs(context.Background(), slog.LevelInfo, "request",
+	if out != nil {
+		l := accessLine{app: app, method: req.method, path: path, host: req.host, remote: req.remote, upstream: target, status: status, bytes: bytes, took: took}
+		bp := linePool.Get().(*[]byte)
+		*bp = l.appendTo((*bp)[:0], time.Now())
+		out.Write(*bp)
+		if cap(*bp) <= 4<<10 {
+			linePool.Put(bp)
+		}
+		return
+	}
+	log.LogAttrs(context.Background(), slog.LevelInfo, "request",
 		slog.String("method", req.method),
 		slog.String("path", path),
 		slog.String("host", req.host),

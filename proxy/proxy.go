@@ -1,15 +1,18 @@
-// Package proxy is the agent's port-mapped reverse proxy. It listens on each
-// app's public port and forwards to the app's current set of targets
-// (containers, each running a version), balancing over those that take
-// requests and splitting traffic between versions. A deploy swaps that set
-// atomically and then drains the old one: requests in flight finish, new
-// ones go to the new set, and none is dropped.
+// Package proxy is the agent's reverse proxy. It listens on each app's
+// public port, and on the shared HTTP and HTTPS ports for the apps that
+// have domains (chosen by each request's Host), and forwards to the app's
+// current set of targets (containers, each running a version), balancing
+// over those that take requests and splitting traffic between versions. A
+// deploy swaps that set atomically and then drains the old one: requests
+// in flight finish, new ones go to the new set, and none is dropped.
 package proxy
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -49,12 +52,29 @@ type Options struct {
 	StartWait time.Duration
 	// AccessLog writes one structured line per request.
 	AccessLog bool
+	// AccessLogOutput, when set, takes the access log's lines as JSON,
+	// one whole line per Write, whatever the logger's level; it must not
+	// block. When nil, the lines go through the proxy's logger at Info.
+	AccessLogOutput io.Writer
 	// Observer, when set, hears about every request (metrics).
 	Observer Observer
 	// Listen opens the public ports' listeners; nil means net.Listen.
 	// The agent passes its handover set's, so that an upgrade hands the
 	// ports, open, to the new agent process.
 	Listen func(network, addr string) (net.Listener, error)
+	// HTTPPort and HTTPSPort are the shared ports of the apps that have
+	// domains (see SetDomains); 0 means DefaultHTTPPort and
+	// DefaultHTTPSPort. They open only while an app has domains or
+	// DefaultApp is served.
+	HTTPPort, HTTPSPort int
+	// DefaultApp answers the requests of the shared ports whose host no
+	// app claims; "" means a plain 404.
+	DefaultApp string
+	// Certificates, when set, gives the shared HTTPS port its
+	// certificates and answers ACME HTTP-01 challenges on the shared
+	// HTTP port. Without it the HTTPS port stays closed and apps with
+	// domains are served on HTTP only.
+	Certificates Certificates
 }
 
 // Observer hears about the requests of every app; the agent's metrics
@@ -109,6 +129,9 @@ const (
 	MinMaxHeaderBytes = maxHead
 	// MaxMaxHeaderBytes is the most MaxHeaderBytes, net/http's default.
 	MaxMaxHeaderBytes = 1 << 20
+	// DefaultHTTPPort and DefaultHTTPSPort are the shared ports.
+	DefaultHTTPPort  = 80
+	DefaultHTTPSPort = 443
 )
 
 // ErrPortInUse means a public port is taken by another app or program.
@@ -122,17 +145,34 @@ type Proxy struct {
 	mu       sync.Mutex // guards the maps; never held on the request path
 	services map[string]*Service
 	ports    map[int]*listener
+	// domains are the apps served on the shared ports, by app.
+	domains map[string]Domains
+	// sites is what the shared ports route by, rebuilt (under mu) at
+	// every change and read without a lock on the request path.
+	sites    atomic.Pointer[siteTable]
+	errorLog *log.Logger
 }
 
 // listener is one public port: the fast path accepts its connections and
-// hands the unusual ones to server.
+// hands the unusual ones to server (on the HTTPS port, every connection
+// goes to server once its TLS handshake is done).
 type listener struct {
-	app     string
-	service *Service
+	p    *Proxy
+	port int
+	// owner is the app whose own port this is; nil on a shared port no
+	// app has as its own. Requests of an own port all go to it.
+	owner atomic.Pointer[Service]
+	// shared is set on the shared ports: a request goes to the app one
+	// of whose domains its Host names, else to the owner, else to
+	// Options.DefaultApp, else gets 404.
+	shared atomic.Bool
+	// tls marks the shared HTTPS port.
+	tls     bool
 	ln      net.Listener
 	handoff *handoff
 	server  *httpdrain.Server
-	// conns maps each fast-path connection to its *connState.
+	// conns maps each fast-path connection (and each TLS connection
+	// still in its handshake) to its *connState.
 	conns   sync.Map
 	closing atomic.Bool
 }
@@ -154,19 +194,32 @@ func (st *connState) idleFor(now time.Time) time.Duration {
 	return now.Sub(time.Unix(0, since))
 }
 
+// app names the listener's owner, for the log and the proxy's own
+// replies; "" on a shared port with none.
+func (l *listener) app() string {
+	if s := l.owner.Load(); s != nil {
+		return s.app
+	}
+	return ""
+}
+
 func (l *listener) acceptLoop(log *slog.Logger) {
+	serve := l.serveConn
+	if l.tls {
+		serve = l.handshake
+	}
 	for {
 		c, err := l.ln.Accept()
 		if err != nil {
 			if !errors.Is(err, net.ErrClosed) {
-				log.Error("proxy listener stopped", "app", l.app, "error", err)
+				log.Error("proxy listener stopped", "app", l.app(), "port", l.port, "error", err)
 			}
 			return
 		}
 		st := &connState{}
 		st.idle()
 		l.conns.Store(c, st)
-		go l.serveConn(c, st)
+		go serve(c, st)
 	}
 }
 
@@ -238,36 +291,88 @@ func New(opts Options, logger *slog.Logger) *Proxy {
 		opts.MaxHeaderBytes = DefaultMaxHeaderBytes
 	}
 	opts.MaxHeaderBytes = min(max(opts.MaxHeaderBytes, MinMaxHeaderBytes), MaxMaxHeaderBytes)
-	return &Proxy{opts: opts, log: logger, services: map[string]*Service{}, ports: map[int]*listener{}}
-}
-
-// listen opens a listener through Options.Listen.
-func (p *Proxy) listen(network, addr string) (net.Listener, error) {
-	if p.opts.Listen != nil {
-		return p.opts.Listen(network, addr)
+	if opts.HTTPPort <= 0 {
+		opts.HTTPPort = DefaultHTTPPort
 	}
-	return net.Listen(network, addr)
+	if opts.HTTPSPort <= 0 {
+		opts.HTTPSPort = DefaultHTTPSPort
+	}
+	p := &Proxy{opts: opts, log: logger, services: map[string]*Service{}, ports: map[int]*listener{}, domains: map[string]Domains{},
+		errorLog: slog.NewLogLogger(logger.Handler(), slog.LevelDebug)}
+	p.sites.Store(&siteTable{})
+	return p
 }
 
+// service returns app's service, made when it has none. p.mu is held.
 func (p *Proxy) service(app string) *Service {
 	s, ok := p.services[app]
 	if !ok {
 		s = newService(app, p.opts, p.log)
 		p.services[app] = s
+		p.buildSites() // the default app may have come
 	}
 	return s
 }
 
+// dropService forgets app's service once nothing serves the app any
+// more, neither a port nor a domain, and returns it to retire; nil when
+// the app is still served. p.mu is held.
+func (p *Proxy) dropService(app string) *Service {
+	if p.listening(app) || len(p.domains[app].Names) > 0 {
+		return nil
+	}
+	s := p.services[app]
+	delete(p.services, app)
+	p.buildSites()
+	return s
+}
+
+// newListener serves ln: an app's own port (owner), or a shared port
+// (shared), the HTTPS one when tls is set. p.mu is held.
+func (p *Proxy) newListener(port int, ln net.Listener, owner *Service, shared, tls bool) *listener {
+	l := &listener{p: p, port: port, tls: tls, ln: ln, handoff: newHandoff(ln.Addr())}
+	l.shared.Store(shared)
+	errorLog := p.errorLog
+	if owner != nil {
+		l.owner.Store(owner)
+		errorLog = owner.errorLog
+	}
+	l.server = httpdrain.New(&http.Server{
+		Handler:           l,
+		ReadHeaderTimeout: p.opts.HeaderTimeout,
+		IdleTimeout:       p.opts.IdleTimeout,
+		// net/http reads 4 KiB past MaxHeaderBytes (bufio's slop)
+		// before it answers 431: this makes MaxHeaderBytes the bound of
+		// a head on a new connection, as on the fast path. (A head that
+		// follows another in one read may overrun it by what net/http
+		// had read ahead, at most 4 KiB.)
+		MaxHeaderBytes: p.opts.MaxHeaderBytes - 4096,
+		ErrorLog:       errorLog,
+	})
+	p.ports[port] = l
+	go l.server.Serve(l.handoff)
+	go l.acceptLoop(p.log)
+	return l
+}
+
 // Listen opens port for app. Until the app has targets, requests get 503.
-// Listening again on a port the app already has is a no-op.
+// Listening again on a port the app already has is a no-op. The shared
+// HTTP port may also be an app's own port: that app then answers the
+// hosts no domain claims there.
 func (p *Proxy) Listen(app string, port int) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if l, ok := p.ports[port]; ok {
-		if l.app == app {
-			return nil
+	l, open := p.ports[port]
+	if open {
+		had := l.owner.Load() != nil
+		if err := p.own(l, app); err != nil {
+			return err
 		}
-		return fmt.Errorf("%w: port %d already serves app %s (choose another with --port)", ErrPortInUse, port, l.app)
+		return p.shareForDefault(app, func() {
+			if !had {
+				l.owner.Store(nil)
+			}
+		})
 	}
 	addr := net.JoinHostPort(p.opts.BindAddress, strconv.Itoa(port))
 	ln, err := p.listen("tcp", addr)
@@ -280,62 +385,101 @@ func (p *Proxy) Listen(app string, port int) error {
 		}
 		return fmt.Errorf("listen on %s: %w", addr, err)
 	}
-	s := p.service(app)
-	l := &listener{app: app, service: s, ln: ln, handoff: newHandoff(ln.Addr())}
-	l.server = httpdrain.New(&http.Server{
-		Handler:           s,
-		ReadHeaderTimeout: p.opts.HeaderTimeout,
-		IdleTimeout:       p.opts.IdleTimeout,
-		// net/http reads 4 KiB past MaxHeaderBytes (bufio's slop)
-		// before it answers 431: this makes MaxHeaderBytes the bound of
-		// a head on a new connection, as on the fast path. (A head that
-		// follows another in one read may overrun it by what net/http
-		// had read ahead, at most 4 KiB.)
-		MaxHeaderBytes: p.opts.MaxHeaderBytes - 4096,
-		ErrorLog:       s.errorLog,
-	})
-	p.ports[port] = l
-	go l.server.Serve(l.handoff)
-	go l.acceptLoop(p.log)
+	l = p.newListener(port, ln, p.service(app), false, false)
 	p.log.Info("proxy listening", "app", app, "addr", ln.Addr().String())
+	return p.shareForDefault(app, func() {
+		delete(p.ports, port)
+		l.close(0)
+	})
+}
+
+// shareForDefault opens the shared ports when app is the default app,
+// which answers there for the hosts no domain claims; when they cannot
+// open, undo takes back what Listen did, and the error says why. p.mu is
+// held.
+func (p *Proxy) shareForDefault(app string, undo func()) error {
+	if app != p.opts.DefaultApp {
+		return nil
+	}
+	if err := p.share(false); err != nil {
+		undo()
+		p.dropService(app).retire(0)
+		return err
+	}
+	return nil
+}
+
+// own makes the open port l app's own, when it may be. p.mu is held.
+func (p *Proxy) own(l *listener, app string) error {
+	owner := l.owner.Load()
+	switch {
+	case owner != nil && owner.app == app:
+		return nil
+	case owner != nil:
+		return fmt.Errorf("%w: port %d already serves app %s (choose another with --port)", ErrPortInUse, l.port, owner.app)
+	case l.tls:
+		return fmt.Errorf("%w: port %d is the agent's shared HTTPS port (proxy.https_port): choose another --port, or serve %s by domain (--domain)", ErrPortInUse, l.port, app)
+	case p.opts.DefaultApp != "" && p.opts.DefaultApp != app:
+		return fmt.Errorf("%w: port %d is the agent's shared HTTP port (proxy.http_port), whose unclaimed hosts go to proxy.default_app %s: choose another --port, or serve %s by domain (--domain)", ErrPortInUse, l.port, p.opts.DefaultApp, app)
+	}
+	l.owner.Store(p.service(app))
+	p.log.Info("proxy listening", "app", app, "addr", l.ln.Addr().String(), "shared", true)
 	return nil
 }
 
 // Close stops listening on port, letting requests in flight finish within
 // grace. It does not wait. When it was the app's last port, the app's
-// routing state goes with it: a later Listen starts with no targets.
+// routing state goes with it: a later Listen starts with no targets. A
+// shared port stays open, without its owner.
 func (p *Proxy) Close(port int, grace time.Duration) {
 	p.mu.Lock()
 	l, ok := p.ports[port]
 	var gone *Service
 	if ok {
-		delete(p.ports, port)
-		if !p.listening(l.app) {
-			gone = p.services[l.app]
-			delete(p.services, l.app)
+		app := l.app()
+		if l.shared.Load() {
+			l.owner.Store(nil)
+			ok = false // nothing to close
+		} else {
+			delete(p.ports, port)
+		}
+		if app != "" {
+			gone = p.dropService(app)
 		}
 	}
+	ls := p.unshare()
 	p.mu.Unlock()
-	if !ok {
-		return
+	if ok {
+		ls = append(ls, l)
 	}
-	l.close(grace)
+	for _, l := range ls {
+		l.close(grace)
+	}
 	gone.retire(grace)
 }
 
-// Remove forgets app: it closes all of its ports, letting requests in
-// flight finish within grace, and drops its targets. It does not wait.
+// Remove forgets app: it closes all of its ports and takes its domains
+// off the shared ones, letting requests in flight finish within grace,
+// and drops its targets. It does not wait.
 func (p *Proxy) Remove(app string, grace time.Duration) {
 	p.mu.Lock()
 	var ls []*listener
 	for port, l := range p.ports {
-		if l.app == app {
-			ls = append(ls, l)
-			delete(p.ports, port)
+		if l.app() != app {
+			continue
 		}
+		if l.shared.Load() {
+			l.owner.Store(nil)
+			continue
+		}
+		ls = append(ls, l)
+		delete(p.ports, port)
 	}
+	delete(p.domains, app)
 	s := p.services[app]
 	delete(p.services, app)
+	p.buildSites()
+	ls = append(ls, p.unshare()...)
 	p.mu.Unlock()
 	for _, l := range ls {
 		l.close(grace)
@@ -343,10 +487,10 @@ func (p *Proxy) Remove(app string, grace time.Duration) {
 	s.retire(grace)
 }
 
-// listening tells whether app still has a port. p.mu is held.
+// listening tells whether app still has a port of its own. p.mu is held.
 func (p *Proxy) listening(app string) bool {
 	for _, l := range p.ports {
-		if l.app == app {
+		if l.app() == app {
 			return true
 		}
 	}

@@ -321,6 +321,18 @@ func TestWebsocketUpgradePassesThrough(t *testing.T) {
 func TestSwapUnderLoadDropsNothing(t *testing.T) {
 	const swaps = 100
 	p, url := startProxy(t, Options{}, nil)
+	r := swapUnderLoad(t, p, swaps, loadgen.Options{URL: url, Workers: 16})
+	t.Logf("%d swaps: %s", swaps, r)
+	if r.Failed != 0 || r.OK < 1000 {
+		t.Fatalf("%d swaps: %s", swaps, r)
+	}
+}
+
+// swapUnderLoad routes app web of p to a new backend swaps times while
+// load hammers it, each version taking traffic before it is replaced and
+// its server closed once drained, and returns what the load saw.
+func swapUnderLoad(t *testing.T, p *Proxy, swaps int, load loadgen.Options) loadgen.Result {
+	t.Helper()
 	var servers []*httptest.Server
 	served := make([]atomic.Int64, swaps+1)
 	mk := func(i int) *httptest.Server {
@@ -343,25 +355,19 @@ func TestSwapUnderLoadDropsNothing(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	res := make(chan loadgen.Result, 1)
-	go func() { res <- loadgen.Run(ctx, loadgen.Options{URL: url, Workers: 16, Duration: time.Minute}) }()
-
-	var sent atomic.Int64
+	load.Duration = time.Minute
+	go func() { res <- loadgen.Run(ctx, load) }()
 	for i := 1; i <= swaps; i++ {
 		next := mk(i)
 		retired := p.Swap("web", []string{addrOf(next)})
 		retired.Drain(context.Background(), 5*time.Second, time.Second)
 		cur.Close() // the old container stops
 		cur = next
-		sent.Add(1)
 		// Each version takes traffic before it is replaced.
 		waitFor(t, func() bool { return served[i].Load() > 0 }, fmt.Sprintf("v%d to serve a request", i))
 	}
 	cancel()
-	r := <-res
-	t.Logf("%d swaps: %s", sent.Load(), r)
-	if r.Failed != 0 || r.OK < 1000 {
-		t.Fatalf("%d swaps: %s", swaps, r)
-	}
+	return <-res
 }
 
 // TestHTTPSemantics checks what the fast path must get right beyond a

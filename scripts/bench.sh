@@ -46,17 +46,20 @@ mkdir -p "$work/benchd"
 CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$work/benchd/benchd" ./tools/benchd
 printf 'FROM scratch\nCOPY benchd /benchd\nEXPOSE 8080\nENTRYPOINT ["/benchd"]\n' >"$work/benchd/Dockerfile"
 
-"$sprout" agent --log-level warn >"$work/agent.log" 2>&1 &
+# The shared ports serve the TLS rounds' app by domain (localhost).
+https_port=18443
+SPROUT_PROXY_HTTP_PORT=18090 SPROUT_PROXY_HTTPS_PORT=$https_port "$sprout" agent --log-level warn >"$work/agent.log" 2>&1 &
 agent_pid=$!
 cleanup() {
   [ -n "${load_pid:-}" ] && kill "$load_pid" 2>/dev/null || true
   [ -n "${base_pid:-}" ] && kill "$base_pid" 2>/dev/null || true
   [ -n "${nginx_pid:-}" ] && kill "$nginx_pid" 2>/dev/null || true
+  [ -n "${nginx_tls_pid:-}" ] && kill "$nginx_tls_pid" 2>/dev/null || true
   kill "$agent_pid" 2>/dev/null || true
   wait "$agent_pid" 2>/dev/null || true
   ids=$(docker ps -aq --filter label=io.sprout.app=bench)
   # shellcheck disable=SC2046,SC2086 # lists of container ids, split on purpose
-  ids=$(echo $ids $(docker ps -aq --filter label=io.sprout.app=bench-base) $(docker ps -aq --filter label=io.sprout.app=bench4))
+  ids=$(echo $ids $(docker ps -aq --filter label=io.sprout.app=bench-base) $(docker ps -aq --filter label=io.sprout.app=bench4) $(docker ps -aq --filter label=io.sprout.app=benchtls))
   [ -n "$ids" ] && docker rm -f $ids >/dev/null
   true
 }
@@ -123,7 +126,8 @@ hz=$(getconf CLK_TCK)
 run() {
   local name=$1 url=$2 pids=$3 before after out rps p99 reqs cpu
   before=$(cpu_ticks $pids)
-  out=$(wrk -t2 -c64 -d"${secs}s" --latency "$url")
+  # shellcheck disable=SC2086 # WRK_ARGS are words
+  out=$(wrk -t2 -c64 -d"${secs}s" --latency ${WRK_ARGS:-} "$url")
   after=$(cpu_ticks $pids)
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -170,6 +174,69 @@ if [ "$have_nginx" = 1 ]; then
   awk -v s="$s" -v n="$n" 'BEGIN { printf "sprout / nginx throughput:  %.2f (target: >= 1.00)\n", s/n }'
 fi
 
+
+if [ "$have_nginx" = 1 ]; then
+  echo
+  echo "== TLS: the same certificate (ECDSA P-256, for localhost) in Sprout and nginx, one backend container"
+  mkdir -p "$work/tls"
+  (
+    cd "$work/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=bench CA" -keyout ca.key -out ca.pem 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" -keyout key.pem -out req.csr 2>/dev/null
+    printf 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n' >ext.cnf
+    openssl x509 -req -in req.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out cert.pem 2>/dev/null
+    chmod 600 key.pem
+  )
+  "$sprout" certs add --domain localhost --cert "$work/tls/cert.pem" --key "$work/tls/key.pem" >/dev/null
+  "$sprout" deploy "$work/benchd" --app benchtls --label r0 --domain localhost --health-path / >"$work/deploy-tls.txt"
+  tls_backend=$("$sprout" status --app benchtls --json | grep -A1 '"targets"' | grep -oE '[0-9.]+:[0-9]+' | head -1)
+  nginx_tls_port=18444
+  mkdir -p "$work/nginx-tls/logs"
+  cat >"$work/nginx-tls/nginx.conf" <<EOF
+worker_processes auto;
+pid $work/nginx-tls/nginx.pid;
+error_log $work/nginx-tls/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log $work/nginx-tls/logs/access.log;
+  upstream app { server $tls_backend; keepalive 64; }
+  server {
+    listen 127.0.0.1:$nginx_tls_port ssl;
+    ssl_certificate $work/tls/cert.pem;
+    ssl_certificate_key $work/tls/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto https;
+    }
+  }
+}
+EOF
+  nginx -p "$work/nginx-tls" -c "$work/nginx-tls/nginx.conf" -g 'daemon off;' &
+  nginx_tls_pid=$!
+  sleep 0.5
+  # Keep-alive requests over TLS, and full handshakes (a new connection
+  # per request: wrk keeps no TLS session between connections).
+  for r in $(seq 1 "$rounds"); do
+    run sprout-tls "https://localhost:$https_port/" "$agent_pid"
+    run nginx-tls "https://localhost:$nginx_tls_port/" "$nginx_tls_pid"
+    WRK_ARGS="-H Connection:close" run sprout-hs "https://localhost:$https_port/" "$agent_pid"
+    WRK_ARGS="-H Connection:close" run nginx-hs "https://localhost:$nginx_tls_port/" "$nginx_tls_pid"
+    echo "  round $r done"
+  done
+  printf '\n%-10s %12s %12s %18s\n' target "req/s" "p99 ms" "proxy CPU µs/req"
+  for t in sprout-tls nginx-tls sprout-hs nginx-hs; do
+    printf '%-10s %12.0f %12.2f %18s\n' "$t" "$(col $t 1)" "$(col $t 2)" "$(awk '{print $3}' "$work/$t.txt" | sort -n | sed -n "$(( (rounds+1)/2 ))p")"
+  done
+  awk -v s="$(col sprout-tls 1)" -v n="$(col nginx-tls 1)" 'BEGIN { printf "sprout / nginx keep-alive req/s over TLS: %.2f (target: >= 1.00)\n", s/n }'
+  awk -v s="$(col sprout-hs 1)" -v n="$(col nginx-hs 1)" 'BEGIN { printf "sprout / nginx full TLS handshakes/s:     %.2f (target: >= 1.00)\n", s/n }'
+  kill "$nginx_tls_pid" 2>/dev/null || true
+  nginx_tls_pid=
+fi
 
 echo
 echo "== redeploys of the already-built image (CLI start -> serving)"

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awsmiddleware "github.com/aws/aws-sdk-go-v2/aws/middleware"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
@@ -173,6 +174,35 @@ func (s *S3) put(ctx context.Context, obj Object, in *s3.PutObjectInput) (string
 	return strings.Trim(aws.ToString(out.ETag), `"`), nil
 }
 
+// Delete removes an object; one that does not exist is no error, as in
+// S3 itself.
+func (s *S3) Delete(ctx context.Context, obj Object) error {
+	if err := s.ready(obj); err != nil {
+		return err
+	}
+	if _, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &obj.Bucket, Key: &obj.Key}); err != nil && !isNotFound(err) {
+		return s.explain(obj, err)
+	}
+	return nil
+}
+
+// DeleteIfMatch removes an object only if its ETag is still etag
+// (If-Match): a delete that cannot undo someone else's write. One written
+// since returns ErrPreconditionFailed, one already gone ErrNotFound, and a
+// store that does not do conditional deletes ErrNotImplemented (nothing
+// was deleted in each case). Some stores ignore If-Match on a delete and
+// delete anyway; read the ETag first to narrow what they can undo.
+func (s *S3) DeleteIfMatch(ctx context.Context, obj Object, etag string) error {
+	if err := s.ready(obj); err != nil {
+		return err
+	}
+	in := &s3.DeleteObjectInput{Bucket: &obj.Bucket, Key: &obj.Key, IfMatch: aws.String(`"` + etag + `"`)}
+	if _, err := s.client.DeleteObject(ctx, in); err != nil {
+		return s.explain(obj, err)
+	}
+	return nil
+}
+
 // UpdateAttempts bounds how often Update reads, changes and writes an
 // object that others keep writing.
 const UpdateAttempts = 5
@@ -309,6 +339,39 @@ func (s *S3) GetIfChanged(ctx context.Context, obj Object, etag string) (body []
 	return body, strings.Trim(aws.ToString(out.ETag), `"`), true, nil
 }
 
+// GetWithAge reads a small object with its ETag and its age: how long
+// ago it was last written, by the store's own clock (its Date header
+// against the object's Last-Modified), so that hosts whose clocks
+// disagree judge it alike. Both times have a resolution of one second;
+// a store that sends no Last-Modified gives an age of 0.
+func (s *S3) GetWithAge(ctx context.Context, obj Object) (body []byte, etag string, age time.Duration, err error) {
+	if err := s.ready(obj); err != nil {
+		return nil, "", 0, err
+	}
+	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &obj.Bucket, Key: &obj.Key}, func(o *s3.Options) {
+		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
+	})
+	if err != nil {
+		return nil, "", 0, s.explain(obj, err)
+	}
+	defer out.Body.Close()
+	body, err = io.ReadAll(io.LimitReader(out.Body, maxSmall+1))
+	if err != nil {
+		return nil, "", 0, fmt.Errorf("%s: reading the object: %w", obj, err)
+	}
+	if len(body) > maxSmall {
+		return nil, "", 0, fmt.Errorf("%w: %s is larger than %d bytes", ErrTooLarge, obj, maxSmall)
+	}
+	now, ok := awsmiddleware.GetServerTime(out.ResultMetadata)
+	if !ok {
+		now = time.Now() // a store that sends no Date: this host's clock
+	}
+	if out.LastModified != nil {
+		age = max(now.Sub(*out.LastModified), 0)
+	}
+	return body, strings.Trim(aws.ToString(out.ETag), `"`), age, nil
+}
+
 func (s *S3) ready(obj Object) error {
 	if s.region == "" {
 		return fmt.Errorf("%s: no AWS region is set: set s3.region in the agent's config, or AWS_REGION (on EC2 it comes from the instance's metadata)", obj)
@@ -353,6 +416,8 @@ func (s *S3) explain(obj Object, err error) error {
 		// 409 ConditionalRequestConflict: another conditional write to
 		// the key was under way; it is lost the same way.
 		return fmt.Errorf("%w: %s changed since it was read (someone else wrote it); nothing was written", ErrPreconditionFailed, obj)
+	case code == "NotImplemented" || status == http.StatusNotImplemented:
+		return fmt.Errorf("%w: %s: the store does not support this request (%s)", ErrNotImplemented, obj, cmp.Or(code, "501"))
 	case code != "":
 		return fmt.Errorf("%s: %s: %s", obj, code, api.ErrorMessage())
 	}

@@ -23,6 +23,9 @@ var (
 	// ErrPreconditionFailed says a conditional write lost: the object
 	// changed (or appeared) since it was read, so nothing was written.
 	ErrPreconditionFailed = errors.New("precondition failed")
+	// ErrNotImplemented says the store (an S3-compatible one) does not
+	// support a request, such as a conditional delete.
+	ErrNotImplemented = errors.New("not implemented by the store")
 )
 
 // IsRemote tells whether a deploy argument names a remote source rather

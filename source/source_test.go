@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sprout-paas/sprout/bundle"
 	"github.com/sprout-paas/sprout/internal/testenv"
@@ -123,6 +124,63 @@ func TestPutIfMatch(t *testing.T) {
 	lost("write over a stale ETag", err)
 	if b, tag, _, err := s.GetIfChanged(ctx, obj, ""); err != nil || string(b) != `{"n":2}` || tag != second {
 		t.Errorf("after the lost writes: %q %s %v, want {\"n\":2} %s", b, tag, err, second)
+	}
+}
+
+// TestDeleteIfMatch: a delete conditional on the ETag read removes the
+// object only if nobody wrote it since; a stale ETag, an object gone and a
+// store that refuses conditional deletes each delete nothing and say so.
+func TestDeleteIfMatch(t *testing.T) {
+	fake, s := newS3(t)
+	ctx := context.Background()
+	obj := source.Object{Bucket: "bundles", Key: "locks/a.lock"}
+	first, err := s.Put(ctx, obj, []byte("one"), "text/plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := s.Put(ctx, obj, []byte("two"), "text/plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteIfMatch(ctx, obj, first); !errors.Is(err, source.ErrPreconditionFailed) {
+		t.Errorf("delete over a stale ETag: %v, want ErrPreconditionFailed", err)
+	}
+	fake.RefuseConditionalDelete.Store(true)
+	if err := s.DeleteIfMatch(ctx, obj, second); !errors.Is(err, source.ErrNotImplemented) || !strings.Contains(err.Error(), "does not support") {
+		t.Errorf("a store without conditional deletes: %v, want ErrNotImplemented", err)
+	}
+	fake.RefuseConditionalDelete.Store(false)
+	if _, ok := fake.Get(t, "bundles", obj.Key); !ok {
+		t.Fatal("a refused delete deleted")
+	}
+	if err := s.DeleteIfMatch(ctx, obj, second); err != nil {
+		t.Fatalf("delete over the ETag read: %v", err)
+	}
+	if _, ok := fake.Get(t, "bundles", obj.Key); ok {
+		t.Error("not deleted")
+	}
+	if err := s.DeleteIfMatch(ctx, obj, second); !errors.Is(err, source.ErrNotFound) {
+		t.Errorf("delete of an object gone: %v, want ErrNotFound", err)
+	}
+}
+
+// TestGetWithAge: an object's age is S3's time since it was written,
+// whole seconds.
+func TestGetWithAge(t *testing.T) {
+	_, s := newS3(t)
+	ctx := context.Background()
+	obj := source.Object{Bucket: "bundles", Key: "locks/b.lock"}
+	etag, err := s.Put(ctx, obj, []byte("held"), "text/plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, tag, age, err := s.GetWithAge(ctx, obj)
+	if err != nil || string(body) != "held" || tag != etag || age < 0 || age > 2*time.Second {
+		t.Fatalf("fresh: %q %s %s %v", body, tag, age, err)
+	}
+	time.Sleep(2100 * time.Millisecond) // Last-Modified and Date count whole seconds
+	if _, _, age, err := s.GetWithAge(ctx, obj); err != nil || age < time.Second {
+		t.Errorf("2 s later: %s %v, want at least 1 s", age, err)
 	}
 }
 

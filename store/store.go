@@ -63,6 +63,30 @@ type App struct {
 	Volumes []Volume `json:"volumes,omitempty"`
 	// Watch is the manifest (s3://bucket/key) the app follows, if any.
 	Watch string `json:"watch,omitempty"`
+	// Domains are the host names the app is served by on the agent's
+	// shared HTTP and HTTPS ports, instead of Port; kept across deploys.
+	Domains []string `json:"domains,omitempty"`
+	// HTTPS says how the shared ports serve the app.
+	HTTPS HTTPSSettings `json:"https,omitzero"`
+}
+
+// HTTPSSettings say how the shared ports serve an app with domains.
+type HTTPSSettings struct {
+	// NoRedirect keeps plain HTTP requests on HTTP; by default they are
+	// redirected (308) to HTTPS once a certificate covers their host.
+	NoRedirect bool `json:"no_redirect,omitempty"`
+	// HSTSMaxAge, when positive, is the max-age (seconds) of the
+	// Strict-Transport-Security header of HTTPS responses.
+	HSTSMaxAge int `json:"hsts_max_age,omitempty"`
+}
+
+// OwnPort is the port the proxy serves the app on as its own: Port, or 0
+// when the app has domains (it is served on the shared ports then).
+func (a *App) OwnPort() int {
+	if len(a.Domains) > 0 {
+		return 0
+	}
+	return a.Port
 }
 
 // Instance is one container serving an app.
@@ -178,6 +202,9 @@ const (
 	UndoClose = "close"
 	// UndoListen opens a public port the rollout closed again.
 	UndoListen = "listen"
+	// UndoDomains serves the app by Domains again (none: by no domain),
+	// as it was before the rollout.
+	UndoDomains = "domains"
 )
 
 // Undo is one journal entry: how to undo one step of a rollout.
@@ -190,6 +217,9 @@ type Undo struct {
 	Containers []string `json:"containers,omitempty"`
 	Port       int      `json:"port,omitempty"`
 	Routed     bool     `json:"routed,omitempty"`
+	// Domains and HTTPS, on UndoDomains, are the app's domains before.
+	Domains []string      `json:"domains,omitempty"`
+	HTTPS   HTTPSSettings `json:"https,omitzero"`
 	// Label is the version the step concerned, for messages.
 	Label string `json:"label,omitempty"`
 }

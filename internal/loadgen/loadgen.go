@@ -7,6 +7,7 @@ package loadgen
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"maps"
@@ -24,6 +25,9 @@ type Options struct {
 	Duration time.Duration
 	// Host, when set, is sent as the Host header.
 	Host string
+	// TLS, when set, is the client's TLS configuration for an https://
+	// URL; HTTP/2 is then used when the server offers it.
+	TLS *tls.Config
 }
 
 // Result counts what happened.
@@ -148,11 +152,18 @@ func (l *Load) run(ctx context.Context, opts Options) {
 	for range opts.Workers {
 		wg.Go(func() {
 			tr := &http.Transport{MaxIdleConnsPerHost: 1, DisableCompression: true, Proxy: nil}
+			if opts.TLS != nil {
+				// Each its own: the transport adds HTTP/2 to it.
+				tr.TLSClientConfig, tr.ForceAttemptHTTP2 = opts.TLS.Clone(), true
+			}
 			defer tr.CloseIdleConnections()
 			client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
 			payload := []byte("ping")
 			for ctx.Err() == nil {
 				req, _ := http.NewRequest(http.MethodPost, opts.URL, bytes.NewReader(payload))
+				// Without GetBody no transport sends a request twice,
+				// not even HTTP/2's after a GOAWAY.
+				req.GetBody = nil
 				if opts.Host != "" {
 					req.Host = opts.Host
 				}

@@ -2,12 +2,16 @@ package testenv
 
 import (
 	"bytes"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
@@ -18,10 +22,18 @@ import (
 // answers 403 AccessDenied, "elsewhere" 301 PermanentRedirect (a bucket
 // in another region). It honours S3's conditional writes: a PutObject
 // with If-Match or If-None-Match: * that finds the object changed answers
-// 412 PreconditionFailed and writes nothing.
+// 412 PreconditionFailed and writes nothing; so does a DeleteObject with
+// If-Match, as S3 does (gofakes3 itself ignores that header), unless
+// RefuseConditionalDelete makes it answer 501 NotImplemented as some
+// S3-compatible stores do.
 type FakeS3 struct {
 	URL     string
 	backend *s3mem.Backend
+	// RefuseConditionalDelete: a DeleteObject with If-Match answers 501.
+	RefuseConditionalDelete atomic.Bool
+	// writes makes a conditional delete's check and delete one step
+	// against other deletes and writes If-Match.
+	writes sync.Mutex
 }
 
 // S3 starts a FakeS3 for one test, with the buckets named in buckets.
@@ -37,8 +49,16 @@ func S3(t testing.TB, buckets ...string) *FakeS3 {
 	}
 	faker := gofakes3.New(be, gofakes3.WithIntegrityCheck(true))
 	inner := faker.Server()
+	f := &FakeS3{backend: be}
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		bucket, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
+		bucket, key, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
+		if r.Method == http.MethodDelete || r.Header.Get("If-Match") != "" {
+			f.writes.Lock()
+			defer f.writes.Unlock()
+		}
+		if r.Method == http.MethodDelete && r.Header.Get("If-Match") != "" && !f.deleteIfMatch(w, bucket, key, r.Header.Get("If-Match")) {
+			return
+		}
 		switch bucket {
 		case "denied":
 			s3Error(w, http.StatusForbidden, "AccessDenied", "Access Denied")
@@ -62,14 +82,37 @@ func S3(t testing.TB, buckets ...string) *FakeS3 {
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "sprout-test-secret")
 	t.Setenv("AWS_REGION", "us-east-1")
 	port := ln.Addr().(*net.TCPAddr).Port
-	return &FakeS3{URL: fmt.Sprintf("http://127.0.0.1:%d", port), backend: be}
+	f.URL = fmt.Sprintf("http://127.0.0.1:%d", port)
+	return f
 }
 
-// Put stores an object through the backend, with no checksum: an object
-// the SDK wrote (which keeps its checksum) is replaced with the SDK.
+// deleteIfMatch answers a DeleteObject with If-Match as S3 does when the
+// object is gone (404) or was written since (412), and reports whether
+// the delete goes ahead. f.writes is held.
+func (f *FakeS3) deleteIfMatch(w http.ResponseWriter, bucket, key, ifMatch string) bool {
+	if f.RefuseConditionalDelete.Load() {
+		s3Error(w, http.StatusNotImplemented, "NotImplemented", "A header you provided implies functionality that is not implemented")
+		return false
+	}
+	obj, err := f.backend.HeadObject(bucket, key)
+	if err != nil {
+		s3Error(w, http.StatusNotFound, "NoSuchKey", "The specified key does not exist.")
+		return false
+	}
+	if ifMatch != "*" && strings.Trim(ifMatch, `"`) != hex.EncodeToString(obj.Hash) {
+		s3Error(w, http.StatusPreconditionFailed, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
+		return false
+	}
+	return true
+}
+
+// Put stores an object through the backend, written now, with no
+// checksum: an object the SDK wrote (which keeps its checksum) is
+// replaced with the SDK.
 func (f *FakeS3) Put(t testing.TB, bucket, key string, body []byte) {
 	t.Helper()
-	if _, err := f.backend.PutObject(bucket, key, map[string]string{"Content-Type": "application/octet-stream"}, bytes.NewReader(body), int64(len(body)), nil); err != nil {
+	meta := map[string]string{"Content-Type": "application/octet-stream", "Last-Modified": time.Now().UTC().Format(http.TimeFormat)}
+	if _, err := f.backend.PutObject(bucket, key, meta, bytes.NewReader(body), int64(len(body)), nil); err != nil {
 		t.Fatal(err)
 	}
 }
