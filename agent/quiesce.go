@@ -22,11 +22,11 @@ func (a *Agent) Quiesce(ctx context.Context, wait bool, p Progress) (resume func
 	a.mu.Lock()
 	if a.quiesced {
 		a.mu.Unlock()
-		return nil, fmt.Errorf("%w: another upgrade of this agent is under way", ErrBusy)
+		return nil, busyError("another upgrade of this agent is under way")
 	}
 	if running := a.runningLocked(); !wait && len(running) > 0 {
 		a.mu.Unlock()
-		return nil, fmt.Errorf("%w: %s is in progress (without --no-wait, the upgrade waits for it)", ErrBusy, strings.Join(running, ", "))
+		return nil, busyError(fmt.Sprintf("%s is in progress (without --no-wait, the upgrade waits for it)", strings.Join(running, ", ")))
 	}
 	a.quiesced = true
 	close(a.quietLocked()) // wakes the operations waiting for a lock
@@ -105,3 +105,10 @@ func (a *Agent) quietLocked() chan struct{} {
 	}
 	return a.quiet
 }
+
+// busyError is an ErrBusy with a sentence of its own (ErrBusy's speaks
+// of a deploy of one app).
+type busyError string
+
+func (e busyError) Error() string        { return string(e) }
+func (e busyError) Is(target error) bool { return target == ErrBusy }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -117,14 +118,16 @@ type connProbe struct {
 	failed  []string
 }
 
-func startConnProbe(port int) *connProbe {
+// startConnProbe probes 127.0.0.1:port; with tc, over TLS (the shared
+// HTTPS port), asking for tc.ServerName.
+func startConnProbe(port int, tc *tls.Config) *connProbe {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &connProbe{cancel: cancel, done: make(chan struct{})}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	go func() {
 		defer close(p.done)
 		for ctx.Err() == nil {
-			took, err := probeOnce(addr)
+			took, err := probeOnce(addr, tc)
 			p.mu.Lock()
 			p.n++
 			p.longest = max(p.longest, took)
@@ -138,16 +141,26 @@ func startConnProbe(port int) *connProbe {
 	return p
 }
 
-// probeOnce dials addr and times a GET until its status line.
-func probeOnce(addr string) (time.Duration, error) {
+// probeOnce dials addr (with TLS when tc is set) and times a GET until
+// its status line.
+func probeOnce(addr string, tc *tls.Config) (time.Duration, error) {
 	start := time.Now()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	var c net.Conn
+	var err error
+	host := "probe"
+	if tc != nil {
+		c, err = tls.DialWithDialer(d, "tcp", addr, tc)
+		host = tc.ServerName
+	} else {
+		c, err = d.Dial("tcp", addr)
+	}
 	if err != nil {
 		return time.Since(start), err
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n"); err != nil {
+	if _, err := fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", host); err != nil {
 		return time.Since(start), err
 	}
 	line, err := bufio.NewReader(c).ReadString('\n')
@@ -171,29 +184,49 @@ func (p *connProbe) stop() (n int, longest time.Duration, failed []string) {
 
 // TestUpgradeWithoutAGap upgrades the agent 10 times between two builds
 // that report different versions (two of them by SIGHUP, as `systemctl
-// reload` does), under continuous non-retrying load on two apps, new
-// connections opened all the time, and a slow request in flight: no
-// request fails, the slow one completes, and each time a new process
-// serves the other version and writes its pid. Then: an upgrade to a
-// binary that exits at start leaves the old agent serving and says why;
-// an upgrade asked for during a deploy is refused with --no-wait and
-// otherwise waits for it; and the port of an app removed after all these
-// upgrades refuses connections.
+// reload` does), under continuous non-retrying load on two apps (one also
+// by its domain on the shared HTTP port), new connections opened all the
+// time on an app's port and on the shared HTTPS port, and a slow request
+// in flight: no request fails, the slow one completes, and each time a
+// new process serves the other version and writes its pid. Then: an
+// upgrade to a binary that exits at start leaves the old agent serving
+// and says why; an upgrade asked for during a deploy is refused with
+// --no-wait and otherwise waits for it; and the port of an app removed
+// after all these upgrades refuses connections.
 func TestUpgradeWithoutAGap(t *testing.T) {
 	bins := map[string]string{"e2e-a": testenv.SproutVersion(t, "e2e-a"), "e2e-b": testenv.SproutVersion(t, "e2e-b")}
-	h := startUpgradeHost(t, bins["e2e-a"], "SPROUT_DEPLOY_DRAIN_TIMEOUT=20s", "SPROUT_PROXY_ACCESS_LOG=false")
+	httpPort, httpsPort := testenv.FreePort(t), testenv.FreePort(t)
+	h := startUpgradeHost(t, bins["e2e-a"], "SPROUT_DEPLOY_DRAIN_TIMEOUT=20s", "SPROUT_PROXY_ACCESS_LOG=false",
+		fmt.Sprintf("SPROUT_PROXY_HTTP_PORT=%d", httpPort), fmt.Sprintf("SPROUT_PROXY_HTTPS_PORT=%d", httpsPort))
 	ports, apps := map[string]int{}, map[string]string{}
-	for _, name := range []string{"web", "api", "gone"} {
+	for _, name := range []string{"web", "api", "gone", "dom"} {
 		apps[name], ports[name] = testenv.Name("up"+name), testenv.FreePort(t)
-		h.mustSprout("deploy", testenv.Bundle(t, ""), "--app", apps[name], "--label", "v1", "--port", fmt.Sprint(ports[name]), "--health-path", "/healthz")
 	}
 	app := func(name string) string { return apps[name] }
+	// dom is served by domain, on the shared ports, with a certificate of
+	// our own.
+	domain := app("dom") + ".example.com"
+	ca := testenv.NewCA(t, "Upgrade Root")
+	certPEM, keyPEM := ca.Issue(t, time.Now().Add(24*time.Hour), domain)
+	certFile, keyFile := filepath.Join(t.TempDir(), "cert.pem"), filepath.Join(t.TempDir(), "key.pem")
+	os.WriteFile(certFile, certPEM, 0o600)
+	os.WriteFile(keyFile, keyPEM, 0o600)
+	h.mustSprout("certs", "add", "--domain", domain, "--cert", certFile, "--key", keyFile)
+	for _, name := range []string{"web", "api", "gone", "dom"} {
+		args := []string{"deploy", testenv.Bundle(t, ""), "--app", apps[name], "--label", "v1", "--port", fmt.Sprint(ports[name]), "--health-path", "/healthz"}
+		if name == "dom" {
+			args = append(args, "--domain", domain, "--https-redirect=false")
+		}
+		h.mustSprout(args...)
+	}
 
 	loads := map[string]*loadgen.Load{}
 	for _, name := range []string{"web", "api"} {
-		loads[name] = loadgen.Start(loadgen.Options{URL: fmt.Sprintf("http://127.0.0.1:%d/", ports[name]), Workers: 4, Duration: 5 * time.Minute})
+		loads[name] = loadgen.Start(loadgen.Options{URL: fmt.Sprintf("http://127.0.0.1:%d/", ports[name]), Workers: 3, Duration: 5 * time.Minute})
 	}
-	probe := startConnProbe(ports["api"])
+	loads["dom by domain"] = loadgen.Start(loadgen.Options{URL: fmt.Sprintf("http://127.0.0.1:%d/", httpPort), Host: domain, Workers: 2, Duration: 5 * time.Minute})
+	probe := startConnProbe(ports["api"], nil)
+	tlsProbe := startConnProbe(httpsPort, &tls.Config{ServerName: domain, RootCAs: ca.Pool})
 	// The slow request, on its own connection, in flight across the
 	// upgrades: the agent that accepted it finishes it after it handed
 	// over (deploy.drain_timeout is 20s).
@@ -257,7 +290,7 @@ func TestUpgradeWithoutAGap(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, stderr, code = h.sprout("agent", "upgrade", "--no-wait")
-	if code == 0 || !strings.Contains(stderr, "the deploy of "+app("api")+" is in progress") || !strings.Contains(stderr, "--no-wait") {
+	if code == 0 || !strings.Contains(stderr, "the deploy of "+app("api")+" v2 is in progress") || !strings.Contains(stderr, "--no-wait") {
 		t.Errorf("upgrade --no-wait during a deploy: exit %d\n%s", code, stderr)
 	}
 	version = map[string]string{"e2e-a": "e2e-b", "e2e-b": "e2e-a"}[version]
@@ -291,10 +324,12 @@ func TestUpgradeWithoutAGap(t *testing.T) {
 			t.Errorf("load on %s through 11 upgrades and a deploy: %s", name, r)
 		}
 	}
-	n, longest, failed := probe.stop()
-	t.Logf("%d new connections, the longest waited %s for its answer", n, longest.Round(100*time.Microsecond))
-	if len(failed) > 0 {
-		t.Errorf("new connections failed: %q", failed)
+	for name, p := range map[string]*connProbe{"api's port": probe, "the shared HTTPS port": tlsProbe} {
+		n, longest, failed := p.stop()
+		t.Logf("%d new connections to %s, the longest waited %s for its answer", n, name, longest.Round(100*time.Microsecond))
+		if len(failed) > 0 || n < 50 {
+			t.Errorf("%d new connections to %s, failed: %q", n, name, failed)
+		}
 	}
 }
 
@@ -311,7 +346,7 @@ func BenchmarkUpgrade(b *testing.B) {
 	h.mustSprout("deploy", testenv.Bundle(b, ""), "--app", testenv.Name("bench"), "--label", "v1", "--port", fmt.Sprint(port), "--health-path", "/healthz")
 
 	version := "bench-a"
-	probe := startConnProbe(port)
+	probe := startConnProbe(port, nil)
 	b.ResetTimer()
 	start := time.Now()
 	for range b.N {
@@ -323,7 +358,7 @@ func BenchmarkUpgrade(b *testing.B) {
 	n, longest, failed := probe.stop()
 
 	// The same probe, as long, with no upgrade: what the host gives anyway.
-	idle := startConnProbe(port)
+	idle := startConnProbe(port, nil)
 	time.Sleep(took)
 	_, idleLongest, _ := idle.stop()
 
