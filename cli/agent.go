@@ -171,7 +171,7 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) (err error) {
 		loops.loops = append(loops.loops, func(ctx context.Context) { ag.RunEnvironment(ctx, env, host) })
 	}
 	loops.start()
-	up := &upgrader{ag: ag, st: st, hs: hs, loops: loops, log: log.With("component", "upgrade"), handedOver: make(chan struct{})}
+	up := &upgrader{ag: ag, st: st, hs: hs, loops: loops, log: log.With("component", "upgrade"), handedOver: make(chan struct{}), stopping: make(chan struct{})}
 	apiServer := api.NewServer(ag, Version, log.With("component", "api"))
 	apiServer.SetCertificates(cm)
 	apiServer.SetUpgrader(up)
@@ -219,6 +219,7 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) (err error) {
 		return nil
 	case <-ctx.Done():
 	}
+	close(up.stopping)
 	log.Info("shutting down: apps keep running; the proxy stops until the agent starts again")
 	// Operations in flight (a CLI deploy, a manifest's rollout) get to
 	// finish, so that a swap is also recorded, within a bound under the

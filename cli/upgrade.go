@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -69,6 +70,10 @@ func runAgentUpgrade(cmd *cobra.Command, c *cli, o *upgradeOptions) error {
 	}
 	p := newPrinter(c.out)
 	last, err := client.Upgrade(cmd.Context(), o.noWait, o.timeout, p.on)
+	var se *api.StatusError
+	if errors.As(err, &se) && (se.Code == http.StatusNotFound || se.Code == http.StatusMethodNotAllowed) {
+		return fmt.Errorf("agent upgrade: this agent (sprout %s, pid %d) cannot upgrade itself in place: restart it to run the new binary (systemctl restart sprout-agent)", before.Version, before.PID)
+	}
 	if err != nil {
 		return fmt.Errorf("agent upgrade: %w", err)
 	}
@@ -96,6 +101,9 @@ type upgrader struct {
 	mu         sync.Mutex // one upgrade at a time
 	successor  atomic.Pointer[handover.Successor]
 	handedOver chan struct{}
+	// stopping is closed when the agent stops: a successor starting
+	// then is killed, so that it does not outlive the service.
+	stopping chan struct{}
 }
 
 var _ api.Upgrader = (*upgrader)(nil)
@@ -126,7 +134,7 @@ func (u *upgrader) Upgrade(ctx context.Context, noWait bool, timeout time.Durati
 		return api.AgentInfo{}, fmt.Errorf("close the state file: %w", err)
 	}
 	p.Step("start")
-	succ, err := u.hs.Start(handover.StartOptions{Path: exe, Args: os.Args[1:], Version: Version, Timeout: timeout, Progress: p.Line})
+	succ, err := u.hs.Start(handover.StartOptions{Path: exe, Args: os.Args[1:], Version: Version, Timeout: timeout, Progress: p.Line, Stop: u.stopping})
 	if err != nil {
 		return api.AgentInfo{}, u.undo(err, resume)
 	}

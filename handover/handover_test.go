@@ -336,3 +336,21 @@ func TestFirstProcessIsReady(t *testing.T) {
 		t.Error("a first process has a predecessor")
 	}
 }
+
+// TestStoppedWhileStarting: a successor that is not ready when this
+// process stops is killed.
+func TestStoppedWhileStarting(t *testing.T) {
+	s, _ := Inherit()
+	ln, _ := s.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	t.Setenv(childMode, "hang")
+	t.Setenv("HANDOVER_TEST_ADDRS", "tcp!127.0.0.1:0")
+	exe, _ := os.Executable()
+	stop := make(chan struct{})
+	time.AfterFunc(200*time.Millisecond, func() { close(stop) })
+	start := time.Now()
+	_, err := s.Start(StartOptions{Path: exe, Timeout: time.Minute, Stop: stop})
+	if err == nil || !strings.Contains(err.Error(), "stopped before it was ready: this agent is stopping") || time.Since(start) > 10*time.Second {
+		t.Errorf("Start = %v after %s", err, time.Since(start))
+	}
+}

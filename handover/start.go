@@ -34,6 +34,9 @@ type StartOptions struct {
 	Timeout time.Duration
 	// Progress, when set, hears what happens.
 	Progress func(line string)
+	// Stop, when closed before the successor is ready, kills it: this
+	// process is stopping.
+	Stop <-chan struct{}
 }
 
 // Start starts a successor with every listener of s and this process's
@@ -121,6 +124,10 @@ func (s *Set) Start(opts StartOptions) (*Successor, error) {
 		cmd.Process.Kill()
 		<-exited
 		return nil, fmt.Errorf("%s was not ready within %s, and was stopped", name, opts.Timeout)
+	case <-opts.Stop:
+		cmd.Process.Kill()
+		<-exited
+		return nil, fmt.Errorf("%s was stopped before it was ready: this agent is stopping", name)
 	}
 }
 
