@@ -417,18 +417,23 @@ func TestCurlHTTP2(t *testing.T) {
 	}
 }
 
-// TestSwapOverHTTPSDropsNothing swaps an app served over HTTPS (HTTP/2)
-// while a non-retrying client hammers it, and counts every failure.
+// TestSwapOverHTTPSDropsNothing swaps an app served over HTTPS, HTTP/2
+// (net/http) and HTTP/1.1 (the fast path over TLS), while a non-retrying
+// client hammers it, and counts every failure.
 func TestSwapOverHTTPSDropsNothing(t *testing.T) {
 	const swaps = 50
-	certs := newTestCerts(t, "web.example.com")
-	s := newShared(t, Options{}, certs)
-	s.domains(t, "web", nil, Domains{Names: []string{"web.example.com"}})
-	r := swapUnderLoad(t, s.p, swaps, loadgen.Options{URL: "https://" + s.httpsIP + "/", Host: "web.example.com", Workers: 8,
-		TLS: &tls.Config{RootCAs: certs.pool(), ServerName: "web.example.com"}})
-	t.Logf("%d swaps over HTTPS: %s", swaps, r)
-	if r.Failed != 0 || r.OK < 4*swaps {
-		t.Fatalf("%d swaps over HTTPS: %s", swaps, r)
+	for _, proto := range []string{"h2", "http/1.1"} {
+		t.Run(proto, func(t *testing.T) {
+			certs := newTestCerts(t, "web.example.com")
+			s := newShared(t, Options{}, certs)
+			s.domains(t, "web", nil, Domains{Names: []string{"web.example.com"}})
+			r := swapUnderLoad(t, s.p, swaps, loadgen.Options{URL: "https://" + s.httpsIP + "/", Host: "web.example.com", Workers: 8,
+				TLS: &tls.Config{RootCAs: certs.pool(), ServerName: "web.example.com"}, HTTP1: proto != "h2"})
+			t.Logf("%d swaps over HTTPS (%s): %s", swaps, proto, r)
+			if r.Failed != 0 || r.OK < 4*swaps {
+				t.Fatalf("%d swaps over HTTPS (%s): %s", swaps, proto, r)
+			}
+		})
 	}
 }
 
