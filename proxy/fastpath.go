@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -333,8 +334,8 @@ type fastConn struct {
 
 // serveConn runs the fast path on c, a plain connection or a TLS one
 // whose handshake is done, until the client closes it, it must close, or
-// a request must go to the fallback server.
-func (l *listener) serveConn(c net.Conn) {
+// a request must go to the fallback server. busy is c's flag in l.conns.
+func (l *listener) serveConn(c net.Conn, busy *atomic.Bool) {
 	fc := &fastConn{conn: c}
 	fc.head.remote = c.RemoteAddr().String()
 	fc.head.clientIP, _, _ = net.SplitHostPort(fc.head.remote)
@@ -382,12 +383,12 @@ func (l *listener) serveConn(c net.Conn) {
 			return
 		}
 		c.SetReadDeadline(time.Time{})
-		l.conns.Store(c, true) // active
+		busy.Store(true)
 		fc.br.Discard(n)
 		fc.body = io.LimitedReader{R: fc.br, N: fc.head.length}
 		fc.head.body = &fc.body
 		keep := l.dispatch(context.Background(), &fc.head.request, fc)
-		l.conns.Store(c, false) // idle
+		busy.Store(false)
 		if fc.body.N > 0 {
 			// A body not read to its end leaves the connection
 			// mid-request, and the client perhaps still sending it.

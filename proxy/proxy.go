@@ -168,7 +168,9 @@ type listener struct {
 	handoff *handoff
 	server  *http.Server
 	// conns maps each fast-path connection (and each TLS connection
-	// still in its handshake) to whether a request is in flight on it.
+	// still in its handshake) to its busy flag: set while a request is
+	// in flight on it. The flag is the connection's own, stored once,
+	// so that marking a request costs no map write.
 	conns   sync.Map
 	closing atomic.Bool
 }
@@ -195,8 +197,9 @@ func (l *listener) acceptLoop(log *slog.Logger) {
 			}
 			return
 		}
-		l.conns.Store(c, false)
-		go serve(c)
+		busy := new(atomic.Bool)
+		l.conns.Store(c, busy)
+		go serve(c, busy)
 	}
 }
 
@@ -217,7 +220,7 @@ func (l *listener) shutdown(ctx context.Context) {
 	for {
 		active := 0
 		l.conns.Range(func(k, v any) bool {
-			if v.(bool) {
+			if v.(*atomic.Bool).Load() {
 				active++
 			} else {
 				k.(net.Conn).Close()

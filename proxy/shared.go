@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -285,7 +286,7 @@ func (p *Proxy) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, er
 // (or no ALPN) on the fast path, as a plain connection, HTTP/2 by
 // net/http. An ACME TLS-ALPN-01 connection is closed: its handshake was
 // all it wanted.
-func (l *listener) handshake(c net.Conn) {
+func (l *listener) handshake(c net.Conn, busy *atomic.Bool) {
 	if l.closing.Load() {
 		l.conns.Delete(c)
 		c.Close()
@@ -310,9 +311,9 @@ func (l *listener) handshake(c net.Conn) {
 	default:
 		// The fast path tracks the connection as tc from now on: a
 		// shutdown closing it sends the client TLS's close_notify.
-		l.conns.Store(tc, false)
+		l.conns.Store(tc, busy)
 		l.conns.Delete(c)
-		l.serveConn(tc)
+		l.serveConn(tc, busy)
 	}
 }
 

@@ -437,6 +437,37 @@ func TestSwapOverHTTPSDropsNothing(t *testing.T) {
 	}
 }
 
+// TestTLSSessionsResume: a client coming back to the HTTPS port resumes
+// its session, with either protocol, instead of a full handshake.
+func TestTLSSessionsResume(t *testing.T) {
+	certs := newTestCerts(t, "web.example.com")
+	s := newShared(t, Options{}, certs)
+	s.domains(t, "web", echoProto(t, "web"), Domains{Names: []string{"web.example.com"}})
+	for _, proto := range []string{"h2", "http/1.1"} {
+		conf := &tls.Config{RootCAs: certs.pool(), ServerName: "web.example.com", NextProtos: []string{proto},
+			ClientSessionCache: tls.NewLRUClientSessionCache(1)}
+		for i, wantResumed := range []bool{false, true} {
+			c, err := tls.Dial("tcp", s.httpsIP, conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// TLS 1.3 tickets come after the handshake: a request
+			// and its answer make sure the client has read them.
+			if proto == "http/1.1" {
+				io.WriteString(c, "GET / HTTP/1.1\r\nHost: web.example.com\r\nConnection: close\r\n\r\n")
+			} else {
+				io.WriteString(c, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00") // preface, SETTINGS
+			}
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			c.Read(make([]byte, 1))
+			if got := c.ConnectionState().DidResume; got != wantResumed {
+				t.Errorf("%s, connection %d: resumed %v, want %v", proto, i+1, got, wantResumed)
+			}
+			c.Close()
+		}
+	}
+}
+
 // TestSharedPortNeedsPrivilege: an agent that may not bind a port below
 // 1024 refuses the domain with the advice (CAP_NET_BIND_SERVICE, or the
 // config key). As root, the test runs itself again as nobody.

@@ -128,11 +128,14 @@ type result struct {
 func loop(ctx context.Context, addr string, conf *tls.Config, head []byte) result {
 	r := result{errors: map[string]int{}}
 	br := bufio.NewReaderSize(nil, 4<<10)
+	end, _ := ctx.Deadline()
 	for ctx.Err() == nil {
 		t0 := time.Now()
 		st, err := once(ctx, addr, conf, head, br)
-		if ctx.Err() != nil {
-			break // cut by the end of the run: not the server's failure
+		if ctx.Err() != nil || !time.Now().Before(end) {
+			// Cut by the end of the run (whose deadline a dial may see
+			// before ctx says so): not the server's failure.
+			break
 		}
 		if err != nil {
 			if len(r.errors) < 10 || r.errors[err.Error()] > 0 {
