@@ -382,7 +382,13 @@ func (l *listener) serveConn(c net.Conn, busy *atomic.Bool) {
 		case err != nil:
 			return
 		}
-		c.SetReadDeadline(time.Time{})
+		if fc.head.length > 0 {
+			// The body is read while the request is forwarded, for as
+			// long as it takes. (Without one, nothing reads c until the
+			// next head, whose wait sets a deadline of its own: the head's
+			// may stay.)
+			c.SetReadDeadline(time.Time{})
+		}
 		busy.Store(true)
 		fc.br.Discard(n)
 		fc.body = io.LimitedReader{R: fc.br, N: fc.head.length}
