@@ -16,6 +16,7 @@ build:
 tools:
 	$(GO) build -o bin/hammer ./tools/hammer
 	$(GO) build -o bin/benchd ./tools/benchd
+	$(GO) build -o bin/handshakes ./tools/handshakes
 
 # The example's binary is built on the host: images start FROM scratch.
 example:

@@ -241,9 +241,9 @@ func TestAppsByDomain(t *testing.T) {
 }
 
 // TestSwapsOverHTTPSDropNothing deploys versions of an app served by
-// domain over HTTPS (HTTP/2) while a non-retrying client hammers it over
-// TLS, and counts every failed request; curl asks for HTTP/2, and plain
-// HTTP is redirected.
+// domain over HTTPS while non-retrying clients hammer it over TLS, with
+// HTTP/2 and with HTTP/1.1, and counts every failed request; curl asks
+// for HTTP/2, and plain HTTP is redirected.
 func TestSwapsOverHTTPSDropNothing(t *testing.T) {
 	t.Parallel()
 	const swaps = 5
@@ -257,20 +257,26 @@ func TestSwapsOverHTTPSDropNothing(t *testing.T) {
 		t.Fatalf("the certificate manager was told %v, want [%s]", got, domain)
 	}
 
-	load := loadgen.Start(loadgen.Options{URL: fmt.Sprintf("https://127.0.0.1:%d/", h.httpsPort), Host: domain, Workers: 4,
-		TLS: &tls.Config{RootCAs: certs.ca.Pool, ServerName: domain}})
-	t.Cleanup(func() { load.Stop() })
+	loads := map[string]*loadgen.Load{}
+	for proto, http1 := range map[string]bool{"HTTP/2": false, "HTTP/1.1": true} {
+		load := loadgen.Start(loadgen.Options{URL: fmt.Sprintf("https://127.0.0.1:%d/", h.httpsPort), Host: domain, Workers: 4,
+			TLS: &tls.Config{RootCAs: certs.ca.Pool, ServerName: domain}, HTTP1: http1})
+		t.Cleanup(func() { load.Stop() })
+		loads[proto] = load
+	}
 	for i := 1; i <= swaps; i++ {
 		h.mustDeploy(app, fmt.Sprintf("v%d", i), dir, nil)
 	}
-	testenv.Answered(t, load, fmt.Sprintf("v%d ", swaps), 20)
-	r := load.Stop()
-	t.Logf("%d swaps over HTTPS: %s", swaps, r)
-	if r.Failed != 0 {
-		t.Fatalf("%d requests failed during %d swaps over HTTPS: %s", r.Failed, swaps, r)
-	}
-	if len(r.Bodies) < swaps {
-		t.Errorf("only %d versions answered, want %d", len(r.Bodies), swaps+1)
+	for proto, load := range loads {
+		testenv.Answered(t, load, fmt.Sprintf("v%d ", swaps), 20)
+		r := load.Stop()
+		t.Logf("%d swaps over HTTPS, %s: %s", swaps, proto, r)
+		if r.Failed != 0 {
+			t.Fatalf("%d requests failed during %d swaps over HTTPS, %s: %s", r.Failed, swaps, proto, r)
+		}
+		if len(r.Bodies) < swaps {
+			t.Errorf("%s: only %d versions answered, want %d", proto, len(r.Bodies), swaps+1)
+		}
 	}
 
 	curl, err := exec.LookPath("curl")

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -74,10 +75,15 @@ func (h *handoff) give(c net.Conn) {
 // head, sets one ahead (the idle timeout, then ReadHeaderTimeout once the
 // next request's first bytes are in) to wait for the next head, and one in
 // the past to stop a background read.
+//
+// Over TLS, net/http sees a handedConn, not the *tls.Conn it wraps, and
+// would take its requests for plain ones: state carries the connection's
+// TLS state to them (handedTLS).
 type handedConn struct {
 	net.Conn
-	r   io.Reader
-	app string
+	r     io.Reader
+	app   string
+	state *tls.ConnectionState
 
 	mu sync.Mutex
 	// waiting is set while the read deadline is ahead: net/http waits for
@@ -92,7 +98,32 @@ type handedConn struct {
 
 func newHandedConn(c net.Conn, buffered []byte, app string, headBy time.Time) *handedConn {
 	r := io.MultiReader(bytes.NewReader(append([]byte(nil), buffered...)), c)
-	return &handedConn{Conn: c, r: r, app: app, waiting: true, headBy: headBy}
+	hc := &handedConn{Conn: c, r: r, app: app, waiting: true, headBy: headBy}
+	if tc, ok := c.(*tls.Conn); ok {
+		st := tc.ConnectionState()
+		hc.state = &st
+	}
+	return hc
+}
+
+// tlsStateKey keys a handed TLS connection's state in its requests'
+// contexts.
+type tlsStateKey struct{}
+
+// handedTLS is net/http's ConnContext: it keeps the TLS state of a TLS
+// connection the fast path handed over in the context of its requests,
+// for ServeHTTP to set it as their TLS (X-Forwarded-Proto, HSTS).
+func handedTLS(ctx context.Context, c net.Conn) context.Context {
+	if hc, ok := c.(*handedConn); ok && hc.state != nil {
+		return context.WithValue(ctx, tlsStateKey{}, hc.state)
+	}
+	return ctx
+}
+
+// handedTLSState returns what handedTLS kept in ctx, or nil.
+func handedTLSState(ctx context.Context) *tls.ConnectionState {
+	st, _ := ctx.Value(tlsStateKey{}).(*tls.ConnectionState)
+	return st
 }
 
 func (c *handedConn) Read(b []byte) (int, error) {
@@ -207,7 +238,7 @@ func parseHead(b []byte, h *fastHead) error {
 		}
 	}
 	h.method, h.uri = string(line[:sp1]), string(uri)
-	h.host, h.length, h.closeAfter, h.xff, h.fields = "", 0, false, h.xff[:0], h.fields[:0]
+	h.host, h.hsts, h.length, h.closeAfter, h.xff, h.fields = "", "", 0, false, h.xff[:0], h.fields[:0]
 	seenLength := false
 	var named [][]byte
 	for len(rest) > 0 {
@@ -304,12 +335,16 @@ type fastConn struct {
 	headBy time.Time
 }
 
-// serveConn runs the fast path on c until the client closes it, it must
-// close, or a request must go to the fallback server.
+// serveConn runs the fast path on c, a plain connection or a TLS one
+// whose handshake is done, until the client closes it, it must close, or
+// a request must go to the fallback server. st is c's state in l.conns.
 func (l *listener) serveConn(c net.Conn, st *connState) {
 	fc := &fastConn{conn: c, closing: &l.closing}
 	fc.head.remote = c.RemoteAddr().String()
 	fc.head.clientIP, _, _ = net.SplitHostPort(fc.head.remote)
+	if tc, ok := c.(*tls.Conn); ok {
+		fc.head.https, fc.head.sni = true, tc.ConnectionState().ServerName
+	}
 	fc.br = bufioReaders.Get().(*bufio.Reader)
 	fc.br.Reset(c)
 	fc.bw = bufioWriters.Get().(*bufio.Writer)
@@ -347,7 +382,13 @@ func (l *listener) serveConn(c net.Conn, st *connState) {
 		case err != nil:
 			return
 		}
-		c.SetReadDeadline(time.Time{})
+		if fc.head.length > 0 {
+			// The body is read while the request is forwarded, for as
+			// long as it takes. (Without one, nothing reads c until the
+			// next head, whose wait sets a deadline of its own: the head's
+			// may stay.)
+			c.SetReadDeadline(time.Time{})
+		}
 		st.busy()
 		fc.br.Discard(n)
 		fc.body = io.LimitedReader{R: fc.br, N: fc.head.length}

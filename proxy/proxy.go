@@ -9,6 +9,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -154,8 +155,8 @@ type Proxy struct {
 }
 
 // listener is one public port: the fast path accepts its connections and
-// hands the unusual ones to server (on the HTTPS port, every connection
-// goes to server once its TLS handshake is done).
+// hands the unusual ones to server (on the HTTPS port, once the TLS
+// handshake is done, HTTP/2 connections go to server at once).
 type listener struct {
 	p    *Proxy
 	port int
@@ -166,8 +167,9 @@ type listener struct {
 	// of whose domains its Host names, else to the owner, else to
 	// Options.DefaultApp, else gets 404.
 	shared atomic.Bool
-	// tls marks the shared HTTPS port.
+	// tls marks the shared HTTPS port; tlsConf is its configuration.
 	tls     bool
+	tlsConf *tls.Config
 	ln      net.Listener
 	handoff *handoff
 	server  *httpdrain.Server
@@ -328,9 +330,12 @@ func (p *Proxy) dropService(app string) *Service {
 }
 
 // newListener serves ln: an app's own port (owner), or a shared port
-// (shared), the HTTPS one when tls is set. p.mu is held.
-func (p *Proxy) newListener(port int, ln net.Listener, owner *Service, shared, tls bool) *listener {
-	l := &listener{p: p, port: port, tls: tls, ln: ln, handoff: newHandoff(ln.Addr())}
+// (shared), the HTTPS one when isTLS is set. p.mu is held.
+func (p *Proxy) newListener(port int, ln net.Listener, owner *Service, shared, isTLS bool) *listener {
+	l := &listener{p: p, port: port, tls: isTLS, ln: ln, handoff: newHandoff(ln.Addr())}
+	if isTLS {
+		l.tlsConf = p.tlsConfig()
+	}
 	l.shared.Store(shared)
 	errorLog := p.errorLog
 	if owner != nil {
@@ -348,6 +353,7 @@ func (p *Proxy) newListener(port int, ln net.Listener, owner *Service, shared, t
 		// had read ahead, at most 4 KiB.)
 		MaxHeaderBytes: p.opts.MaxHeaderBytes - 4096,
 		ErrorLog:       errorLog,
+		ConnContext:    handedTLS,
 	})
 	p.ports[port] = l
 	go l.server.Serve(l.handoff)

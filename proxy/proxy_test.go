@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -566,11 +567,21 @@ func TestRawConnections(t *testing.T) {
 }
 
 // TestRequestHeads sends request heads from the internet, well-formed or
-// not, over a raw connection to the proxy in front of an app, and checks
-// the status lines the client gets, what the app saw, and whether the
-// connection is closed after them (nothing more is answered) or still
+// not, over a raw connection to the proxy in front of an app, plain on an
+// app's own port and over TLS (HTTP/1.1) on the shared HTTPS port, and
+// checks the status lines the client gets, what the app saw, and whether
+// the connection is closed after them (nothing more is answered) or still
 // serves requests.
 func TestRequestHeads(t *testing.T) {
+	for _, scheme := range []string{"http", "https"} {
+		t.Run(scheme, func(t *testing.T) {
+			t.Parallel()
+			testRequestHeads(t, scheme)
+		})
+	}
+}
+
+func testRequestHeads(t *testing.T, scheme string) {
 	const headerTimeout = time.Second
 	app := backend(t, "", func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
@@ -580,9 +591,32 @@ func TestRequestHeads(t *testing.T) {
 	})
 	// The idle timeout is long: a connection closed sooner was closed by
 	// the header timeout.
-	p, url := startProxy(t, Options{HeaderTimeout: headerTimeout, IdleTimeout: time.Minute, MaxBodyBytes: 1 << 20}, nil)
-	p.Swap("web", []string{addrOf(app)})
-	addr := strings.TrimPrefix(url, "http://")
+	opts := Options{HeaderTimeout: headerTimeout, IdleTimeout: time.Minute, MaxBodyBytes: 1 << 20}
+	var dial func() (net.Conn, error)
+	// hsts is what the app's answers must carry.
+	hsts, other := "", "https"
+	if scheme == "http" {
+		p, url := startProxy(t, opts, nil)
+		p.Swap("web", []string{addrOf(app)})
+		dial = func() (net.Conn, error) { return dialBuffered("tcp", strings.TrimPrefix(url, "http://")) }
+	} else {
+		certs := newTestCerts(t, "x")
+		s := newShared(t, opts, certs)
+		s.domains(t, "web", app, Domains{Names: []string{"x"}, HSTSMaxAge: 600})
+		hsts, other = "max-age=600", "http"
+		dial = func() (net.Conn, error) {
+			c, err := dialBuffered("tcp", s.httpsIP)
+			if err != nil {
+				return nil, err
+			}
+			tc := tls.Client(c, &tls.Config{RootCAs: certs.pool(), ServerName: "x", NextProtos: []string{"http/1.1"}})
+			if err := tc.Handshake(); err != nil {
+				c.Close()
+				return nil, err
+			}
+			return tc, nil
+		}
+	}
 
 	// head returns a GET's head of exactly size bytes.
 	head := func(size int) string {
@@ -591,6 +625,7 @@ func TestRequestHeads(t *testing.T) {
 	}
 	const get = "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 	big := head(12 << 10)
+	proto := "X-Forwarded-Proto: " + scheme + "\r\n"
 	cases := []struct {
 		name string
 		send []part
@@ -601,12 +636,14 @@ func TestRequestHeads(t *testing.T) {
 		appSees, appMisses []string
 		closed             bool
 	}{
-		{name: "plain", send: []part{{0, get}}, want: []string{"HTTP/1.1 200 OK"}},
+		{name: "plain", send: []part{{0, get}}, want: []string{"HTTP/1.1 200 OK"}, appSees: []string{proto}},
+		{name: "pipelined", send: []part{{0, get + "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc" + get}},
+			want: []string{"HTTP/1.1 200 OK", "HTTP/1.1 200 OK", "HTTP/1.1 200 OK"}},
 		// Kept as they were.
 		{name: "hop-by-hop fields named in Connection", send: []part{{0, "GET / HTTP/1.1\r\nHost: x\r\nConnection: X-Private\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\n\r\n"}},
 			want: []string{"HTTP/1.1 200 OK"}, appMisses: []string{"X-Private", "Keep-Alive"}},
-		{name: "the client's X-Forwarded-Proto", send: []part{{0, "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: https\r\n\r\n"}},
-			want: []string{"HTTP/1.1 200 OK"}, appSees: []string{"X-Forwarded-Proto: http\r\n"}, appMisses: []string{"https"}},
+		{name: "the client's X-Forwarded-Proto", send: []part{{0, "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: " + other + "\r\n\r\n"}},
+			want: []string{"HTTP/1.1 200 OK"}, appSees: []string{proto}, appMisses: []string{"X-Forwarded-Proto: " + other + "\r\n"}},
 		{name: "obs-fold", send: []part{{0, "GET / HTTP/1.1\r\nHost: x\r\nX-Fold: a\r\n b\r\n\r\n"}},
 			want: []string{"HTTP/1.1 200 OK"}, appSees: []string{"X-Fold: a b\r\n"}},
 		{name: "conflicting Content-Lengths", send: []part{{0, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"}},
@@ -616,7 +653,7 @@ func TestRequestHeads(t *testing.T) {
 		// pipelined request after it is not answered (RFC 9112, 6.1).
 		{name: "Content-Length and chunked", send: []part{{0, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" + get}},
 			want: []string{"HTTP/1.1 200 OK"}, appSees: []string{"\r\n\r\nabc"}, closed: true},
-		{name: "bare LF", send: []part{{0, "GET / HTTP/1.1\nHost: x\n\n"}}, want: []string{"HTTP/1.1 200 OK"}},
+		{name: "bare LF", send: []part{{0, "GET / HTTP/1.1\nHost: x\n\n"}}, want: []string{"HTTP/1.1 200 OK"}, appSees: []string{proto}},
 		{name: "bare LF ending a CRLF head", send: []part{{0, "GET / HTTP/1.1\r\nHost: x\r\n\n"}}, want: []string{"HTTP/1.1 200 OK"}},
 		// proxy.max_header_bytes, at its default.
 		{name: "head at the bound", send: []part{{0, head(DefaultMaxHeaderBytes)}}, want: []string{"HTTP/1.1 200 OK"}},
@@ -648,15 +685,11 @@ func TestRequestHeads(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			c, err := net.Dial("tcp", addr)
+			c, err := dial()
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			// Loopback's buffers would take a 4 MiB head whole: with a
-			// modest send buffer, the client is still sending when the
-			// proxy answers, as over the internet.
-			c.(*net.TCPConn).SetWriteBuffer(64 << 10)
 			c.SetDeadline(time.Now().Add(10 * time.Second))
 			for _, p := range tc.send {
 				time.Sleep(p.after)
@@ -674,6 +707,9 @@ func TestRequestHeads(t *testing.T) {
 				resp.Body.Close()
 				if got := resp.Proto + " " + resp.Status; got != want {
 					t.Fatalf("response %d: %q, want %q (%s)", i+1, got, want, body)
+				}
+				if got := resp.Header.Get("Strict-Transport-Security"); resp.StatusCode == 200 && got != hsts {
+					t.Errorf("response %d: Strict-Transport-Security %q, want %q", i+1, got, hsts)
 				}
 				if i > 0 {
 					continue
@@ -705,6 +741,18 @@ func TestRequestHeads(t *testing.T) {
 			}
 		})
 	}
+}
+
+// dialBuffered connects to addr with a modest send buffer. Loopback's
+// buffers would take a 4 MiB head whole: with this, the client is still
+// sending when the proxy answers, as over the internet.
+func dialBuffered(network, addr string) (net.Conn, error) {
+	c, err := net.Dial(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	c.(*net.TCPConn).SetWriteBuffer(64 << 10)
+	return c, nil
 }
 
 // part is a piece of what a test client sends, after a pause.

@@ -18,10 +18,10 @@ import (
 // HTTP and HTTPS ports (Options.HTTPPort and HTTPSPort) instead of a port
 // of its own: each request goes to the app whose domain its Host names
 // (siteTable). The HTTPS port opens only with Options.Certificates, which
-// chooses each connection's certificate by SNI; it serves HTTP/2 and
-// HTTP/1.1 through net/http once the handshake is done here, so that a
-// faster path for HTTP/1.1 over TLS can take its connections later, as
-// the fast path does for plain ones. The shared ports open when the first
+// chooses each connection's certificate by SNI. The handshake is done
+// here; then a connection that chose HTTP/1.1 goes through the fast path
+// as a plain one does (and to net/http for anything unusual), and one that
+// chose HTTP/2 to net/http. The shared ports open when the first
 // app gets domains (or the default app comes) and close when the last
 // one goes, so that an agent without domains opens nothing more.
 
@@ -261,7 +261,10 @@ func (p *Proxy) openShared(port int, key string) (net.Listener, error) {
 }
 
 // tlsConfig is the shared HTTPS port's: TLS 1.2 at least, Go's default
-// cipher suites, HTTP/2 first, and ACME's TLS-ALPN-01 challenge.
+// cipher suites, HTTP/2 first, and ACME's TLS-ALPN-01 challenge. Each
+// listener makes one and keeps it: its session ticket keys live there,
+// so that a client coming back resumes its session (an abbreviated
+// handshake) instead of a full one.
 func (p *Proxy) tlsConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS12,
@@ -282,28 +285,39 @@ func (p *Proxy) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, er
 }
 
 // handshake runs the TLS handshake of a connection to the shared HTTPS
-// port, within the header timeout, and hands the connection to net/http
-// (which speaks HTTP/2 or HTTP/1.1, as negotiated). An ACME TLS-ALPN-01
-// connection is closed: its handshake was all it wanted.
+// port, within the header timeout, and serves it as negotiated: HTTP/1.1
+// (or no ALPN) on the fast path, as a plain connection, HTTP/2 by
+// net/http. An ACME TLS-ALPN-01 connection is closed: its handshake was
+// all it wanted.
 func (l *listener) handshake(c net.Conn, st *connState) {
-	defer l.conns.Delete(c)
 	// A connection accepted as the listener closes (an upgrade's old
-	// agent) is served all the same: net/http answers its requests with
+	// agent) is served all the same: its requests are answered with
 	// "Connection: close".
 	st.busy()
-	tc := tls.Server(c, l.p.tlsConfig())
+	tc := tls.Server(c, l.tlsConf)
 	c.SetDeadline(time.Now().Add(l.p.opts.HeaderTimeout))
 	if err := tc.Handshake(); err != nil {
+		l.conns.Delete(c)
 		l.p.errorLog.Printf("TLS handshake from %s: %v", c.RemoteAddr(), err)
 		c.Close()
 		return
 	}
 	c.SetDeadline(time.Time{})
-	if tc.ConnectionState().NegotiatedProtocol == ACMETLS1 {
+	switch tc.ConnectionState().NegotiatedProtocol {
+	case ACMETLS1:
+		l.conns.Delete(c)
 		tc.Close()
-		return
+	case "h2":
+		l.conns.Delete(c)
+		l.handoff.give(tc)
+	default:
+		// The fast path tracks the connection as tc from now on: a
+		// shutdown closing it sends the client TLS's close_notify.
+		l.conns.Store(tc, st)
+		l.conns.Delete(c)
+		st.idle()
+		l.serveConn(tc, st)
 	}
-	l.handoff.give(tc)
 }
 
 // route chooses the app of a request by its host: the owner of an own
@@ -370,9 +384,12 @@ func (p *Proxy) reply(req *request, c client, status int, fields, msg string) {
 }
 
 // ServeHTTP forwards one request read by net/http: the fast path's
-// handovers, and every request of the HTTPS port. ACME HTTP-01 challenges
-// of the shared HTTP port are answered first.
+// handovers (over TLS too), and the HTTPS port's HTTP/2 requests. ACME
+// HTTP-01 challenges of the shared HTTP port are answered first.
 func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.TLS == nil {
+		r.TLS = handedTLSState(r.Context())
+	}
 	if certs := l.p.opts.Certificates; certs != nil && !l.tls && l.shared.Load() && strings.HasPrefix(r.URL.Path, acmeChallengePrefix) && certs.HandleHTTPChallenge(w, r) {
 		return
 	}
@@ -383,5 +400,5 @@ func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // for Options.Certificates to answer it: an ACME HTTP-01 challenge on the
 // shared HTTP port.
 func (l *listener) challenge(uri string) bool {
-	return l.p.opts.Certificates != nil && strings.HasPrefix(uri, acmeChallengePrefix) && l.shared.Load()
+	return l.p.opts.Certificates != nil && !l.tls && strings.HasPrefix(uri, acmeChallengePrefix) && l.shared.Load()
 }

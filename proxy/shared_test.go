@@ -417,18 +417,54 @@ func TestCurlHTTP2(t *testing.T) {
 	}
 }
 
-// TestSwapOverHTTPSDropsNothing swaps an app served over HTTPS (HTTP/2)
-// while a non-retrying client hammers it, and counts every failure.
+// TestSwapOverHTTPSDropsNothing swaps an app served over HTTPS, HTTP/2
+// (net/http) and HTTP/1.1 (the fast path over TLS), while a non-retrying
+// client hammers it, and counts every failure.
 func TestSwapOverHTTPSDropsNothing(t *testing.T) {
 	const swaps = 50
+	for _, proto := range []string{"h2", "http/1.1"} {
+		t.Run(proto, func(t *testing.T) {
+			certs := newTestCerts(t, "web.example.com")
+			s := newShared(t, Options{}, certs)
+			s.domains(t, "web", nil, Domains{Names: []string{"web.example.com"}})
+			r := swapUnderLoad(t, s.p, swaps, loadgen.Options{URL: "https://" + s.httpsIP + "/", Host: "web.example.com", Workers: 8,
+				TLS: &tls.Config{RootCAs: certs.pool(), ServerName: "web.example.com"}, HTTP1: proto != "h2"})
+			t.Logf("%d swaps over HTTPS (%s): %s", swaps, proto, r)
+			if r.Failed != 0 || r.OK < 4*swaps {
+				t.Fatalf("%d swaps over HTTPS (%s): %s", swaps, proto, r)
+			}
+		})
+	}
+}
+
+// TestTLSSessionsResume: a client coming back to the HTTPS port resumes
+// its session, with either protocol, instead of a full handshake.
+func TestTLSSessionsResume(t *testing.T) {
 	certs := newTestCerts(t, "web.example.com")
 	s := newShared(t, Options{}, certs)
-	s.domains(t, "web", nil, Domains{Names: []string{"web.example.com"}})
-	r := swapUnderLoad(t, s.p, swaps, loadgen.Options{URL: "https://" + s.httpsIP + "/", Host: "web.example.com", Workers: 8,
-		TLS: &tls.Config{RootCAs: certs.pool(), ServerName: "web.example.com"}})
-	t.Logf("%d swaps over HTTPS: %s", swaps, r)
-	if r.Failed != 0 || r.OK < 4*swaps {
-		t.Fatalf("%d swaps over HTTPS: %s", swaps, r)
+	s.domains(t, "web", echoProto(t, "web"), Domains{Names: []string{"web.example.com"}})
+	for _, proto := range []string{"h2", "http/1.1"} {
+		conf := &tls.Config{RootCAs: certs.pool(), ServerName: "web.example.com", NextProtos: []string{proto},
+			ClientSessionCache: tls.NewLRUClientSessionCache(1)}
+		for i, wantResumed := range []bool{false, true} {
+			c, err := tls.Dial("tcp", s.httpsIP, conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// TLS 1.3 tickets come after the handshake: a request
+			// and its answer make sure the client has read them.
+			if proto == "http/1.1" {
+				io.WriteString(c, "GET / HTTP/1.1\r\nHost: web.example.com\r\nConnection: close\r\n\r\n")
+			} else {
+				io.WriteString(c, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00") // preface, SETTINGS
+			}
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			c.Read(make([]byte, 1))
+			if got := c.ConnectionState().DidResume; got != wantResumed {
+				t.Errorf("%s, connection %d: resumed %v, want %v", proto, i+1, got, wantResumed)
+			}
+			c.Close()
+		}
 	}
 }
 

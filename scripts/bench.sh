@@ -5,7 +5,11 @@
 #  1. throughput and p99 latency of the same container (tools/benchd, 100-byte
 #     answers) reached directly, through Sprout's proxy, and through nginx
 #     (Debian's, upstream keep-alive 64), in interleaved rounds of
-#     `wrk -t2 -c64`, with the proxies' CPU time per request;
+#     `wrk -t2 -c64`, with the proxies' CPU time per request; then over TLS
+#     with the same certificate in both: keep-alive requests (wrk), full
+#     handshakes (tools/handshakes: a new connection and a full handshake
+#     per request) and resumed ones (wrk with Connection: close, which
+#     resumes its TLS session on every reconnect);
 #  2. the agent's idle RSS with one app;
 #  3. redeploys of an already-built image, CLI start to serving;
 #  4. failed requests of a non-retrying client during consecutive swaps.
@@ -13,9 +17,9 @@
 # Everything runs on loopback and the Docker bridge, bounded in time.
 # Knobs: BENCH_ROUNDS (5), BENCH_SECONDS (8), BENCH_SWAPS (20), and
 # BENCH_BASELINE, the path of another sprout binary (an earlier build, say)
-# whose proxy joins the throughput rounds as "baseline", with its own agent
-# and its own container of the same image, so that a change is compared
-# with what came before in the same run.
+# whose proxy joins the throughput rounds (plain and TLS) as "baseline",
+# with its own agent and its own containers of the same image, so that a
+# change is compared with what came before in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,7 +63,7 @@ cleanup() {
   wait "$agent_pid" 2>/dev/null || true
   ids=$(docker ps -aq --filter label=io.sprout.app=bench)
   # shellcheck disable=SC2046,SC2086 # lists of container ids, split on purpose
-  ids=$(echo $ids $(docker ps -aq --filter label=io.sprout.app=bench-base) $(docker ps -aq --filter label=io.sprout.app=bench4) $(docker ps -aq --filter label=io.sprout.app=benchtls))
+  ids=$(echo $ids $(docker ps -aq --filter label=io.sprout.app=bench-base) $(docker ps -aq --filter label=io.sprout.app=bench4) $(docker ps -aq --filter label=io.sprout.app=benchtls) $(docker ps -aq --filter label=io.sprout.app=benchtls-base))
   [ -n "$ids" ] && docker rm -f $ids >/dev/null
   true
 }
@@ -73,7 +77,8 @@ backend=$("$sprout" status --app bench --json | grep -A1 '"targets"' | grep -oE 
 base_port=18082
 if [ -n "${BENCH_BASELINE:-}" ]; then
   mkdir -p "$work/base"
-  SPROUT_DATA_DIR="$work/base/data" SPROUT_SOCKET="$work/base/sprout.sock" SPROUT_METRICS_ADDRESS=127.0.0.1:0 "$BENCH_BASELINE" agent --log-level warn >"$work/base/agent.log" 2>&1 &
+  SPROUT_DATA_DIR="$work/base/data" SPROUT_SOCKET="$work/base/sprout.sock" SPROUT_METRICS_ADDRESS=127.0.0.1:0 \
+    SPROUT_PROXY_HTTP_PORT=18091 SPROUT_PROXY_HTTPS_PORT=18445 "$BENCH_BASELINE" agent --log-level warn >"$work/base/agent.log" 2>&1 &
   base_pid=$!
   for _ in $(seq 1 50); do [ -S "$work/base/sprout.sock" ] && break; sleep 0.1; done
   SPROUT_DATA_DIR="$work/base/data" SPROUT_SOCKET="$work/base/sprout.sock" "$BENCH_BASELINE" deploy "$work/benchd" --app bench-base --label r0 --port "$base_port" --health-path / >"$work/base/deploy.txt"
@@ -122,12 +127,13 @@ cpu_ticks() {
 }
 hz=$(getconf CLK_TCK)
 
-# run NAME URL PIDS: one wrk run; appends "rps p99_ms cpu_us_per_req" to $work/NAME.txt
+# run NAME URL PIDS [WRK ARGS...]: one wrk run; appends "rps p99_ms
+# cpu_us_per_req" to $work/NAME.txt
 run() {
   local name=$1 url=$2 pids=$3 before after out rps p99 reqs cpu
+  shift 3
   before=$(cpu_ticks $pids)
-  # shellcheck disable=SC2086 # WRK_ARGS are words
-  out=$(wrk -t2 -c64 -d"${secs}s" --latency ${WRK_ARGS:-} "$url")
+  out=$(wrk -t2 -c64 -d"${secs}s" --latency "$@" "$url")
   after=$(cpu_ticks $pids)
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -190,8 +196,16 @@ if [ "$have_nginx" = 1 ]; then
   "$sprout" certs add --domain localhost --cert "$work/tls/cert.pem" --key "$work/tls/key.pem" >/dev/null
   "$sprout" deploy "$work/benchd" --app benchtls --label r0 --domain localhost --health-path / >"$work/deploy-tls.txt"
   tls_backend=$("$sprout" status --app benchtls --json | grep -A1 '"targets"' | grep -oE '[0-9.]+:[0-9]+' | head -1)
+  if [ -n "${base_pid:-}" ]; then
+    base_env=(SPROUT_DATA_DIR="$work/base/data" SPROUT_SOCKET="$work/base/sprout.sock")
+    env "${base_env[@]}" "$BENCH_BASELINE" certs add --domain localhost --cert "$work/tls/cert.pem" --key "$work/tls/key.pem" >/dev/null
+    env "${base_env[@]}" "$BENCH_BASELINE" deploy "$work/benchd" --app benchtls-base --label r0 --domain localhost --health-path / >"$work/base/deploy-tls.txt"
+  fi
   nginx_tls_port=18444
   mkdir -p "$work/nginx-tls/logs"
+  # nginx's session defaults are kept (ssl_session_cache none,
+  # ssl_session_tickets on: TLS 1.3 resumes by ticket); the full-handshake
+  # rows are full for both servers because their client keeps no session.
   cat >"$work/nginx-tls/nginx.conf" <<EOF
 worker_processes auto;
 pid $work/nginx-tls/nginx.pid;
@@ -219,21 +233,53 @@ EOF
   nginx -p "$work/nginx-tls" -c "$work/nginx-tls/nginx.conf" -g 'daemon off;' &
   nginx_tls_pid=$!
   sleep 0.5
-  # Keep-alive requests over TLS, and full handshakes (a new connection
-  # per request: wrk keeps no TLS session between connections).
+  # run_hs NAME URL PIDS: one run of tools/handshakes (32 workers);
+  # appends "handshakes/s p99_ms cpu_us_per_handshake" to $work/NAME.txt
+  run_hs() {
+    local name=$1 url=$2 pids=$3 before after out
+    before=$(cpu_ticks $pids)
+    out=$(bin/handshakes -url "$url" -cacert "$work/tls/ca.pem" -workers 32 -duration "${secs}s") || echo "  $name: $out" >&2
+    after=$(cpu_ticks $pids)
+    awk -v t=$((after - before)) -v hz="$hz" -v name="$name" '
+      NR == 1 { n = $1 }
+      /^Handshakes\/sec/ { rate = $2 }
+      /^Latency p99/ { p99 = $3 }
+      /^Errors/ && $2 > 0 { print "  " name ": " $2 " errors" > "/dev/stderr" }
+      /^  / { print "  " name ": " $0 > "/dev/stderr" }
+      END { printf "%s %s %.1f\n", rate, p99, t / hz * 1e6 / n }' <<<"$out" >>"$work/$name.txt"
+  }
+  tls_targets="sprout nginx"
+  [ -n "${base_pid:-}" ] && tls_targets="sprout baseline nginx"
+  tls_url() { case $1 in sprout) echo "https://localhost:$https_port/" ;; baseline) echo "https://localhost:18445/" ;; nginx) echo "https://localhost:$nginx_tls_port/" ;; esac; }
+  tls_pid() { case $1 in sprout) echo "$agent_pid" ;; baseline) echo "$base_pid" ;; nginx) echo "$nginx_tls_pid" ;; esac; }
+  # Keep-alive requests over TLS (wrk), full handshakes (tools/handshakes),
+  # and resumed ones (wrk reconnecting: it resumes its session each time).
   for r in $(seq 1 "$rounds"); do
-    run sprout-tls "https://localhost:$https_port/" "$agent_pid"
-    run nginx-tls "https://localhost:$nginx_tls_port/" "$nginx_tls_pid"
-    WRK_ARGS="-H Connection:close" run sprout-hs "https://localhost:$https_port/" "$agent_pid"
-    WRK_ARGS="-H Connection:close" run nginx-hs "https://localhost:$nginx_tls_port/" "$nginx_tls_pid"
+    for t in $tls_targets; do
+      run "$t-tls" "$(tls_url $t)" "$(tls_pid $t)"
+      run_hs "$t-full" "$(tls_url $t)" "$(tls_pid $t)"
+      # "Connection: close" with its space: wrk drops a -H header that
+      # has none after its colon (and would keep its connections).
+      run "$t-resumed" "$(tls_url $t)" "$(tls_pid $t)" -H "Connection: close"
+    done
     echo "  round $r done"
   done
-  printf '\n%-10s %12s %12s %18s\n' target "req/s" "p99 ms" "proxy CPU µs/req"
-  for t in sprout-tls nginx-tls sprout-hs nginx-hs; do
-    printf '%-10s %12.0f %12.2f %18s\n' "$t" "$(col $t 1)" "$(col $t 2)" "$(awk '{print $3}' "$work/$t.txt" | sort -n | sed -n "$(( (rounds+1)/2 ))p")"
+  printf '\n%-16s %12s %12s %18s\n' target "req/s" "p99 ms" "proxy CPU µs/req"
+  for kind in tls full resumed; do
+    for t in $tls_targets; do
+      printf '%-16s %12.0f %12.2f %18s\n' "$t-$kind" "$(col "$t-$kind" 1)" "$(col "$t-$kind" 2)" "$(awk '{print $3}' "$work/$t-$kind.txt" | sort -n | sed -n "$(( (rounds+1)/2 ))p")"
+    done
   done
-  awk -v s="$(col sprout-tls 1)" -v n="$(col nginx-tls 1)" 'BEGIN { printf "sprout / nginx keep-alive req/s over TLS: %.2f (target: >= 1.00)\n", s/n }'
-  awk -v s="$(col sprout-hs 1)" -v n="$(col nginx-hs 1)" 'BEGIN { printf "sprout / nginx full TLS handshakes/s:     %.2f (target: >= 1.00)\n", s/n }'
+  # ratio A B WHAT [NOTE]: the median req/s of A over B's.
+  ratio() { awk -v s="$(col "$1" 1)" -v n="$(col "$2" 1)" -v what="$3" -v note="${4:-}" 'BEGIN { printf "%-46s %.2f%s\n", what, s/n, note }'; }
+  ratio sprout-tls nginx-tls "sprout / nginx keep-alive req/s over TLS:" " (target: >= 1.00)"
+  ratio sprout-full nginx-full "sprout / nginx full TLS handshakes/s:" " (target: >= 1.00)"
+  ratio sprout-resumed nginx-resumed "sprout / nginx resumed TLS handshakes/s:"
+  if [ -n "${base_pid:-}" ]; then
+    ratio sprout-tls baseline-tls "sprout / baseline keep-alive req/s over TLS:"
+    ratio sprout-full baseline-full "sprout / baseline full TLS handshakes/s:"
+    ratio sprout-resumed baseline-resumed "sprout / baseline resumed TLS handshakes/s:"
+  fi
   kill "$nginx_tls_pid" 2>/dev/null || true
   nginx_tls_pid=
 fi

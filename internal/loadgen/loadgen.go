@@ -26,8 +26,10 @@ type Options struct {
 	// Host, when set, is sent as the Host header.
 	Host string
 	// TLS, when set, is the client's TLS configuration for an https://
-	// URL; HTTP/2 is then used when the server offers it.
+	// URL; HTTP/2 is then used when the server offers it, unless HTTP1.
 	TLS *tls.Config
+	// HTTP1 keeps an https:// load on HTTP/1.1 (no ALPN).
+	HTTP1 bool
 }
 
 // Result counts what happened.
@@ -154,7 +156,7 @@ func (l *Load) run(ctx context.Context, opts Options) {
 			tr := &http.Transport{MaxIdleConnsPerHost: 1, DisableCompression: true, Proxy: nil}
 			if opts.TLS != nil {
 				// Each its own: the transport adds HTTP/2 to it.
-				tr.TLSClientConfig, tr.ForceAttemptHTTP2 = opts.TLS.Clone(), true
+				tr.TLSClientConfig, tr.ForceAttemptHTTP2 = opts.TLS.Clone(), !opts.HTTP1
 			}
 			defer tr.CloseIdleConnections()
 			client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
