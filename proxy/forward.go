@@ -683,6 +683,13 @@ func (s *Service) serve(ctx context.Context, req *request, c client) (keep bool)
 		resp.fields = append(resp.fields, "\r\n"...)
 	}
 	written, err = c.respond(req, resp, uc)
+	if err == nil && resp.raw == nil && !resp.noBody && resp.length >= 0 && written < resp.length {
+		// The app's connection ended inside the body it announced (it
+		// crashed): io.Copy takes that end for the body's. The client
+		// has an answer cut short; its connection must end now, not wait
+		// for the rest until the idle timeout.
+		err = fmt.Errorf("the app's response ended after %d of %d bytes: %w", written, resp.length, io.ErrUnexpectedEOF)
+	}
 	if resp.raw != nil {
 		resp.raw.Body.Close()
 	}
