@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"runtime/debug"
 	"slices"
 	"time"
 )
@@ -139,6 +140,12 @@ func (a *Agent) unregister(r *runningRollout) {
 	a.ops = slices.DeleteFunc(a.ops, func(x *runningRollout) bool { return x == r })
 	if a.rollouts[r.info.App] == r {
 		delete(a.rollouts, r.info.App)
+	}
+	if len(a.ops) == 0 {
+		// The agent goes idle: the memory the operation used (the
+		// bundle, the build's output, logs) goes back to the system
+		// now, not over the runtime scavenger's minutes.
+		go debug.FreeOSMemory()
 	}
 }
 

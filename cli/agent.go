@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"time"
@@ -195,6 +196,7 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) (err error) {
 		ready = append(ready, "took_over_from_pid", from.PID, "took_over_from_version", from.Version)
 	}
 	log.Info("agent ready", ready...)
+	debug.FreeOSMemory() // what starting took (restore, TLS, config) is garbage now
 
 	select {
 	case err := <-served:
