@@ -83,7 +83,22 @@ func (d *Docker) Close() error { return d.c.Close() }
 // Build builds the image for the context in dir, tags it and returns its
 // ID. The engine's output is written to out as it comes. The Dockerfile's
 // .dockerignore is honoured.
+//
+// A build whose cached step's image vanished under it (removed by the
+// pruning of an old version, of this app or another, that shares the
+// layer) is built once more: the engine reports it as "unable to find
+// image", and the second build no longer finds that cache entry.
 func (d *Docker) Build(ctx context.Context, dir, tag string, labels map[string]string, out io.Writer) (string, error) {
+	id, err := d.build(ctx, dir, tag, labels, out)
+	if err != nil && ctx.Err() == nil && strings.Contains(err.Error(), "unable to find image") {
+		fmt.Fprintf(out, "the engine lost a cached image during the build (%v); building again\n", err)
+		id, err = d.build(ctx, dir, tag, labels, out)
+	}
+	return id, err
+}
+
+// build is one build of Build.
+func (d *Docker) build(ctx context.Context, dir, tag string, labels map[string]string, out io.Writer) (string, error) {
 	skip, err := dockerignore(dir)
 	if err != nil {
 		return "", err
