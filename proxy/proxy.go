@@ -254,27 +254,9 @@ func (l *listener) shutdown(ctx context.Context) {
 // drainConns waits until the fast path has no connection left, closing
 // those idle for closeIdleAfter, or, when ctx ends, all of them.
 func (l *listener) drainConns(ctx context.Context) {
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		open := 0
-		now := time.Now()
-		l.conns.Range(func(k, v any) bool {
-			open++
-			if c := k.(net.Conn); v.(*connState).idleFor(now) >= closeIdleAfter && !httpdrain.Unread(c) {
-				c.Close()
-			}
-			return true
-		})
-		if open == 0 {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			l.conns.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
-			return
-		case <-tick.C:
-		}
+	idleFor := func(st any, now time.Time) time.Duration { return st.(*connState).idleFor(now) }
+	if httpdrain.WaitIdle(ctx, &l.conns, closeIdleAfter, idleFor) != nil {
+		l.conns.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
 	}
 }
 

@@ -390,7 +390,7 @@ func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.TLS == nil {
 		r.TLS = handedTLSState(r.Context())
 	}
-	if certs := l.p.opts.Certificates; certs != nil && !l.tls && l.shared.Load() && strings.HasPrefix(r.URL.Path, acmeChallengePrefix) && certs.HandleHTTPChallenge(w, r) {
+	if l.challenge(r.URL.Path) && l.p.opts.Certificates.HandleHTTPChallenge(w, r) {
 		return
 	}
 	serveHTTP(w, r, l.p.opts.MaxBodyBytes, l.dispatch)

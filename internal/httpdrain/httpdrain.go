@@ -118,26 +118,42 @@ func (s *Server) Drain(ctx context.Context, idleAfter time.Duration) {
 	}
 	// Once Serve returned, every connection it accepted is known.
 	s.serving.Wait()
+	idleFor := func(v any, now time.Time) time.Duration {
+		cs := v.(*connState)
+		if http.ConnState(cs.state.Load()) == http.StateActive {
+			return 0
+		}
+		return now.Sub(time.Unix(0, cs.since.Load()))
+	}
+	if WaitIdle(ctx, &s.conns, idleAfter, idleFor) != nil {
+		s.Server.Close()
+	}
+}
+
+// WaitIdle waits until conns (net.Conn → state) is empty, closing every
+// connection that idleFor says has been idle for idleAfter and that has no
+// unread bytes. It returns ctx's error when ctx ends first, leaving the
+// rest to the caller. The drain of an HTTP server and of the proxy's fast
+// path share it.
+func WaitIdle(ctx context.Context, conns *sync.Map, idleAfter time.Duration, idleFor func(state any, now time.Time) time.Duration) error {
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		open := 0
-		now := time.Now().UnixNano()
-		s.conns.Range(func(k, v any) bool {
+		now := time.Now()
+		conns.Range(func(k, v any) bool {
 			open++
-			cs := v.(*connState)
-			if c := k.(net.Conn); http.ConnState(cs.state.Load()) != http.StateActive && time.Duration(now-cs.since.Load()) >= idleAfter && !Unread(c) {
+			if c := k.(net.Conn); idleFor(v, now) >= idleAfter && !Unread(c) {
 				c.Close()
 			}
 			return true
 		})
 		if open == 0 {
-			return
+			return nil
 		}
 		select {
 		case <-ctx.Done():
-			s.Server.Close()
-			return
+			return ctx.Err()
 		case <-tick.C:
 		}
 	}
