@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -279,16 +278,8 @@ func TestSwapsOverHTTPSDropNothing(t *testing.T) {
 		}
 	}
 
-	curl, err := exec.LookPath("curl")
-	if err != nil {
-		testenv.Missing(t, "curl is not installed", "apt-get install curl")
-	}
-	out, err := exec.Command(curl, "--http2", "-sS", "-D", "-", "--cacert", certs.ca.File(t),
-		"--resolve", fmt.Sprintf("%s:%d:127.0.0.1", domain, h.httpsPort), fmt.Sprintf("https://%s:%d/", domain, h.httpsPort)).CombinedOutput()
-	if err != nil {
-		t.Fatalf("curl: %v\n%s", err, out)
-	}
-	if s := string(out); !strings.HasPrefix(s, "HTTP/2 200") || !strings.Contains(s, "strict-transport-security: max-age=600") || !strings.HasSuffix(s, fmt.Sprintf("v%d ", swaps)) {
+	out := testenv.CurlHTTP2(t, certs.ca.File(t), domain, h.httpsPort, "-D", "-")
+	if s := out; !strings.HasPrefix(s, "HTTP/2 200") || !strings.Contains(s, "strict-transport-security: max-age=600") || !strings.HasSuffix(s, fmt.Sprintf("v%d ", swaps)) {
 		t.Errorf("curl --http2 got:\n%s", s)
 	}
 	code, _ := h.hostGet(t, domain)

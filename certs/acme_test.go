@@ -376,7 +376,7 @@ func TestDomainDroppedAndWantedAgainKeepsItsCertificate(t *testing.T) {
 // validated through the proxy.
 func TestNoObtainWhileTheProxyDoesNotListen(t *testing.T) {
 	t.Parallel() // each with its own Pebble
-	httpPort, tlsPort := freePort(t), freePort(t)
+	httpPort, tlsPort := testenv.FreePort(t), testenv.FreePort(t)
 	p := testenv.StartPebble(t, testenv.PebbleOptions{HTTPPort: httpPort, TLSPort: tlsPort})
 	domain := "later.sprout.test"
 	p.Host(t, domain, "127.0.0.1")

@@ -125,14 +125,3 @@ func (l *lazyCerts) HandleHTTPChallenge(w http.ResponseWriter, r *http.Request) 
 	return l.m.Load().HandleHTTPChallenge(w, r)
 }
 func (l *lazyCerts) Covers(host string) bool { return l.m.Load().Covers(host) }
-
-// freePort is a loopback port nothing listens on (as the test found it).
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}

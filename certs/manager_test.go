@@ -20,7 +20,7 @@ func offlineACME(t *testing.T) *Manager {
 	log, _ := testLogger()
 	m, err := New(Options{
 		DataDir: t.TempDir(), Email: "ops@sprout.test", Directory: "https://127.0.0.1:1/directory",
-		ListenHost: "127.0.0.1", HTTPPort: freePort(t), TLSPort: freePort(t), FirstRetry: time.Hour,
+		ListenHost: "127.0.0.1", HTTPPort: testenv.FreePort(t), TLSPort: testenv.FreePort(t), FirstRetry: time.Hour,
 	}, log)
 	if err != nil {
 		t.Fatal(err)

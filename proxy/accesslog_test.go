@@ -59,9 +59,9 @@ func FuzzAppendJSONString(f *testing.F) {
 	f.Fuzz(checkJSONString)
 }
 
-// checkJSONString: the output is one JSON string that decodes to what
-// encoding/json's encoding of s decodes to (invalid UTF-8 replaced), and
-// carries no raw line break.
+// checkJSONString: the output is encoding/json's own, byte for byte (HTML
+// characters and U+2028/9 escaped, invalid UTF-8 replaced), and carries no
+// raw line break.
 func checkJSONString(t *testing.T, s string) {
 	out := appendJSONString(nil, s)
 	var got, want string
@@ -72,6 +72,9 @@ func checkJSONString(t *testing.T, s string) {
 	json.Unmarshal(ref, &want)
 	if got != want {
 		t.Fatalf("%q -> %s decodes to %q; encoding/json's %s to %q", s, out, got, ref, want)
+	}
+	if !bytes.Equal(out, ref) {
+		t.Fatalf("%q -> %s; encoding/json writes %s", s, out, ref)
 	}
 	if bytes.ContainsAny(out, "\n\r") {
 		t.Fatalf("%q -> %s has a raw line break", s, out)

@@ -43,7 +43,7 @@ need() {
 }
 need wrk wrk || { echo "bench needs wrk (apt-get install wrk)" >&2; exit 1; }
 have_nginx=1
-need nginx nginx-light || { echo "nginx not installed: comparing with the app directly only" >&2; have_nginx=0; }
+need nginx nginx-light && need openssl openssl || { echo "nginx (or openssl, for the TLS rounds' certificate) not installed: comparing with the app directly only" >&2; have_nginx=0; }
 
 rm -rf "$work"
 mkdir -p "$work/benchd"

@@ -4,7 +4,8 @@
 # scrapes the agent with it), postgresql (the Flask example stores its
 # records in it), shellcheck (scripts/user-data.sh is checked with it),
 # docker-registry (Dockerrun Image.Update pulls from it) and OpenSSH's
-# server and client (the CLI reaches an agent through ssh, --host).
+# server and client (the CLI reaches an agent through ssh, --host), and curl
+# (asked for HTTP/2 against the HTTPS port).
 # Idempotent; as another user it says what to do.
 set -euo pipefail
 
@@ -16,6 +17,7 @@ command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then
