@@ -20,7 +20,6 @@ var ErrAborted = errors.New("aborted by `sprout abort`")
 // Abort cancels its context, so that the step it is at fails and its
 // journal is replayed, unless the rollout already stands.
 type runningRollout struct {
-	op     string // deploy, rollback, setenv or scale
 	cancel context.CancelCauseFunc
 	done   chan struct{} // closed once the rollout lets go of the lock
 	// watcher hears when the rollout queues and when it begins.
@@ -38,10 +37,10 @@ func (r *runningRollout) abort(app string) error {
 	defer r.mu.Unlock()
 	if r.standing {
 		fix := fmt.Sprintf("`sprout rollback --app %s` serves the previous version again once it has", app)
-		if r.op == "scale" {
+		if r.info.Kind == "scale" {
 			fix = fmt.Sprintf("`sprout scale --app %s N` changes the count again once it has", app)
 		}
-		return fmt.Errorf("%w: too late to abort the %s of %s: its new instances serve every request and it is finishing; %s", ErrConflict, r.op, app, fix)
+		return fmt.Errorf("%w: too late to abort the %s of %s: its new instances serve every request and it is finishing; %s", ErrConflict, r.info.Kind, app, fix)
 	}
 	r.aborted = true
 	r.cancel(ErrAborted)
@@ -106,8 +105,8 @@ func (a *Agent) Abort(ctx context.Context, app string) (Aborted, error) {
 	var err error
 	if r != nil {
 		if err = r.abort(app); err == nil {
-			out.Running = r.op
-			a.event(app, "", "abort", "abort of the running %s requested%s", r.op, byWhom(by))
+			out.Running = r.info.Kind
+			a.event(app, "", "abort", "abort of the running %s requested%s", r.info.Kind, byWhom(by))
 		} else if len(queued) > 0 {
 			err = fmt.Errorf("%w; the operations queued behind it are cancelled: %s", err, out.cancelledText())
 		}

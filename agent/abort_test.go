@@ -19,7 +19,7 @@ import (
 func TestAbortBeforeAndAfterTheRolloutStands(t *testing.T) {
 	for _, op := range []string{"deploy", "scale"} {
 		ctx, cancel := context.WithCancelCause(context.Background())
-		r := &runningRollout{op: op, cancel: cancel}
+		r := &runningRollout{info: Operation{Kind: op}, cancel: cancel}
 		a := &Agent{rollouts: map[string]*runningRollout{"web": r}}
 		if err := r.abort("web"); err != nil {
 			t.Fatalf("abort of a %s in flight: %v", op, err)
@@ -34,7 +34,7 @@ func TestAbortBeforeAndAfterTheRolloutStands(t *testing.T) {
 
 	for op, fix := range map[string]string{"deploy": "`sprout rollback --app web`", "scale": "`sprout scale --app web N`"} {
 		ctx, cancel := context.WithCancelCause(context.Background())
-		r := &runningRollout{op: op, cancel: cancel}
+		r := &runningRollout{info: Operation{Kind: op}, cancel: cancel}
 		a := &Agent{rollouts: map[string]*runningRollout{"web": r}}
 		if err := a.stand("web"); err != nil {
 			t.Fatalf("the %s cannot stand: %v", op, err)

@@ -124,7 +124,7 @@ func (a *Agent) InFlightOf(app string) []Operation {
 
 // register records a rollout from the moment it asks for its app's lock.
 func (a *Agent) register(ctx context.Context, l rolloutLock, cancel context.CancelCauseFunc, p Progress) *runningRollout {
-	r := &runningRollout{op: l.kind, cancel: cancel, done: make(chan struct{}),
+	r := &runningRollout{cancel: cancel, done: make(chan struct{}),
 		info: Operation{App: l.app, Kind: l.kind, Label: l.label, StartedAt: time.Now(), By: startedBy(ctx)}}
 	r.watcher, _ = p.(OperationWatcher)
 	a.mu.Lock()

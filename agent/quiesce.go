@@ -83,7 +83,7 @@ func (a *Agent) runningLocked() []string {
 // held.
 func (a *Agent) opOfLocked(app string) string {
 	if r, ok := a.rollouts[app]; ok {
-		return strings.TrimSpace(fmt.Sprintf("the %s of %s %s", r.op, app, r.info.Label))
+		return strings.TrimSpace(fmt.Sprintf("the %s of %s %s", r.info.Kind, app, r.info.Label))
 	}
 	if a.busy[app] > 0 {
 		return "an operation on " + app

@@ -109,7 +109,7 @@ func (f *following) on(m api.Message) {
 	if m.Step != "" {
 		f.step = m.Step
 	}
-	warn := f.detach && !f.warnedOld && f.client.AgentProtocol() < api.ProtocolOutlives
+	warn := f.detach && !f.warnedOld && f.oldAgent()
 	f.warnedOld = f.warnedOld || warn
 	f.mu.Unlock()
 	if f.detach && f.isAccepted() {
