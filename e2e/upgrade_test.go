@@ -278,9 +278,14 @@ func TestUpgradeWithoutAGap(t *testing.T) {
 	if after := h.info(t); after.PID != before.PID || after.Version != before.Version {
 		t.Errorf("after the failed upgrade the agent is %+v, want %+v", after, before)
 	}
-	if !strings.Contains(h.log.String(), "broken build: cannot start") {
-		t.Error("the failed binary's output is not in the agent's log")
-	}
+	// The successor writes to the agent's own stderr, a pipe this test
+	// copies into h.log as it reads it: wait for the copy.
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(h.log.String(), "broken build: cannot start") {
+			return errors.New("the failed binary's output is not in the agent's log")
+		}
+		return nil
+	})
 
 	// An upgrade asked for during a deploy: refused with --no-wait,
 	// otherwise it waits; the deploy (after the failed upgrade above:
