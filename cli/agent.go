@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	goruntime "runtime"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -68,6 +69,9 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) (err error) {
 		h = slog.NewTextHandler(logOut, opts)
 	}
 	log := slog.New(h)
+	if cfg.CPUs > 0 {
+		goruntime.GOMAXPROCS(cfg.CPUs)
+	}
 
 	// Started by an upgrade, the agent takes over its predecessor's
 	// listeners, and tells it why when it cannot (the predecessor then
@@ -191,7 +195,7 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) (err error) {
 	sigCtx, stopSignals := context.WithCancel(context.Background())
 	defer stopSignals()
 	go up.onSignals(sigCtx)
-	ready := []any{"id", ag.ID(), "socket", cfg.Socket, "socket_group", cfg.SocketGroup, "data_dir", cfg.Agent.DataDir, "version", Version, "pid", os.Getpid()}
+	ready := []any{"id", ag.ID(), "socket", cfg.Socket, "socket_group", cfg.SocketGroup, "data_dir", cfg.Agent.DataDir, "version", Version, "pid", os.Getpid(), "cpus", goruntime.GOMAXPROCS(0), "host_cpus", goruntime.NumCPU()}
 	if from, ok := hs.From(); ok {
 		ready = append(ready, "took_over_from_pid", from.PID, "took_over_from_version", from.Version)
 	}

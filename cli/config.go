@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,6 +39,7 @@ var defaults = map[string]any{
 	"pid_file":                          "",
 	"log_level":                         "info",
 	"log_format":                        "json",
+	"cpus":                              "auto",
 	"metrics.address":                   "127.0.0.1:9273",
 	"proxy.bind_address":                "",
 	"proxy.max_body_bytes":              "100MiB",
@@ -143,8 +145,12 @@ type AgentConfig struct {
 	MetricsAddress string
 	LogLevel       slog.Level
 	LogFormat      string
-	Agent          agent.Config
-	Proxy          proxy.Options
+	// CPUs is how many CPUs the agent's Go code runs on at once
+	// (GOMAXPROCS); 0 leaves the runtime's choice (GOMAXPROCS is set in
+	// the environment).
+	CPUs  int
+	Agent agent.Config
+	Proxy proxy.Options
 	// TLS says where the proxy's certificates come from (package certs).
 	TLS certs.Options
 }
@@ -311,6 +317,26 @@ func (r *configReader) absPaths(key string) []string {
 	return out
 }
 
+// cpus reads how many CPUs the agent runs on: a number, or auto, half of
+// those the host (or its cgroup's limit) gives, at least 1. Sprout's proxy
+// shares the host with the apps it serves; on a host of 2 CPUs, one
+// thread of Go code forwards more requests than two, for less CPU each
+// (two spend it waking each other: README, Performance). A GOMAXPROCS
+// set in the environment wins over auto (0: the runtime's own choice).
+func (r *configReader) cpus(key string, fromEnv bool, available int) int {
+	if s := r.str(key); s != "auto" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 1024 {
+			r.fail(key, "%q must be auto or a whole number from 1 to 1024", s)
+		}
+		return n
+	}
+	if fromEnv {
+		return 0
+	}
+	return max(1, available/2)
+}
+
 func (r *configReader) boolean(key string) bool {
 	s := r.str(key)
 	b, err := strconv.ParseBool(s)
@@ -339,6 +365,7 @@ func LoadAgentConfig(flags *pflag.FlagSet) (*AgentConfig, error) {
 	if c.LogFormat != "json" && c.LogFormat != "text" {
 		r.fail("log_format", "%q must be json or text", c.LogFormat)
 	}
+	c.CPUs = r.cpus("cpus", os.Getenv("GOMAXPROCS") != "", runtime.GOMAXPROCS(0))
 	c.Proxy = proxy.Options{
 		BindAddress:     r.str("proxy.bind_address"),
 		MaxBodyBytes:    r.size("proxy.max_body_bytes"),

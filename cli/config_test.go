@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
 )
 
 func flagsFor(t *testing.T, args ...string) *pflag.FlagSet {
@@ -67,6 +68,8 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"tls:\n  acme:\n    ca_root: agent.yaml\n", "", "tls.acme.ca_root: agent.yaml holds no PEM certificate"},
 		{"tls:\n  storage: /var/lib/certs\n", "", "tls.storage: \"/var/lib/certs\" is not an S3 prefix"},
 		{"tls:\n  acmee:\n    email: ops@example.com\n", "", `unknown key "tls.acmee.email"`},
+		{"cpus: half\n", "", `cpus: "half" must be auto or a whole number from 1 to 1024`},
+		{"", "SPROUT_CPUS=0", `cpus: "0" must be auto or a whole number from 1 to 1024`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.want, func(t *testing.T) {
@@ -87,6 +90,30 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 	// The documented example is valid.
 	if _, err := LoadAgentConfig(flagsFor(t, "--config", "../configs/agent.yaml")); err != nil {
 		t.Errorf("configs/agent.yaml: %v", err)
+	}
+}
+
+// TestConfigCPUs: auto is half the CPUs the runtime sees, at least one,
+// unless GOMAXPROCS is set in the environment; a number is taken as it is.
+func TestConfigCPUs(t *testing.T) {
+	r := &configReader{v: viper.New()}
+	r.v.SetDefault("cpus", "auto")
+	for _, c := range []struct {
+		available int
+		fromEnv   bool
+		want      int
+	}{{1, false, 1}, {2, false, 1}, {3, false, 1}, {4, false, 2}, {16, false, 8}, {16, true, 0}} {
+		if got := r.cpus("cpus", c.fromEnv, c.available); got != c.want {
+			t.Errorf("auto with %d CPUs (GOMAXPROCS set: %v) = %d, want %d", c.available, c.fromEnv, got, c.want)
+		}
+	}
+	r.v.Set("cpus", "3")
+	if got := r.cpus("cpus", true, 16); got != 3 || r.err != nil {
+		t.Errorf("cpus: 3 = %d, %v", got, r.err)
+	}
+	t.Setenv("SPROUT_CPUS", "2")
+	if cfg, err := LoadAgentConfig(flagsFor(t)); err != nil || cfg.CPUs != 2 {
+		t.Errorf("SPROUT_CPUS=2: %d, %v", cfg.CPUs, err)
 	}
 }
 

@@ -237,10 +237,11 @@ func parseHead(b []byte, h *fastHead) error {
 			return errFallback
 		}
 	}
-	h.method, h.uri = string(line[:sp1]), string(uri)
+	h.method, h.uri = knownMethod(line[:sp1]), string(uri)
 	h.host, h.hsts, h.length, h.closeAfter, h.xff, h.fields = "", "", 0, false, h.xff[:0], h.fields[:0]
 	seenLength := false
 	var named [][]byte
+	var buf [64]byte
 	for len(rest) > 0 {
 		line, rest, ok = bytes.Cut(rest, []byte("\r\n"))
 		if !ok || len(line) == 0 {
@@ -254,8 +255,8 @@ func parseHead(b []byte, h *fastHead) error {
 		if !validField(name, value) {
 			return errFallback
 		}
-		lower := lowerASCII(name)
-		switch lower {
+		lower := lowerASCII(&buf, name)
+		switch string(lower) {
 		case "host":
 			if h.host != "" {
 				return errFallback
@@ -285,7 +286,7 @@ func parseHead(b []byte, h *fastHead) error {
 			}
 			h.xff = append(h.xff, value...)
 		}
-		if requestDrop.lower[lower] {
+		if requestDrop.lower[string(lower)] {
 			continue
 		}
 		h.fields = append(h.fields, name...)
@@ -304,20 +305,34 @@ func parseHead(b []byte, h *fastHead) error {
 	return nil
 }
 
-func lowerASCII(b []byte) string {
+// lowerASCII returns b in lower case: in buf when it fits (header names
+// do), so that comparing and looking it up allocates nothing.
+func lowerASCII(buf *[64]byte, b []byte) []byte {
+	out := buf[:0]
+	if len(b) > len(buf) {
+		out = make([]byte, 0, len(b))
+	}
 	for _, c := range b {
 		if 'A' <= c && c <= 'Z' {
-			out := make([]byte, len(b))
-			for i, c := range b {
-				if 'A' <= c && c <= 'Z' {
-					c += 32
-				}
-				out[i] = c
-			}
-			return string(out)
+			c += 32
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// knownMethods are the methods parseHead gives without allocating.
+var knownMethods = []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodPatch, http.MethodOptions}
+
+// knownMethod returns m as a string, without allocating for the usual
+// methods.
+func knownMethod(m []byte) string {
+	for _, k := range knownMethods {
+		if string(m) == k {
+			return k
 		}
 	}
-	return string(b)
+	return string(m)
 }
 
 // fastConn serves one client connection.
@@ -333,6 +348,25 @@ type fastConn struct {
 	// headBy is when the head being read must be in, once its wait is
 	// the header timeout's; zero otherwise.
 	headBy time.Time
+	// deadline is the read deadline set on conn, zero for none.
+	deadline time.Time
+}
+
+// readBy moves the connection's read deadline (moveDeadline).
+func (fc *fastConn) readBy(t time.Time, slack time.Duration) {
+	moveDeadline(fc.conn, &fc.deadline, t, slack)
+}
+
+// moveDeadline sets c's read deadline to t (zero: none), *set being the
+// one set now, unless that one is at most slack before t: moving a
+// deadline costs on every request, and a timeout of minutes may well end a
+// second early.
+func moveDeadline(c net.Conn, set *time.Time, t time.Time, slack time.Duration) {
+	if d := *set; t.IsZero() && d.IsZero() || !t.IsZero() && !d.IsZero() && !d.After(t) && t.Sub(d) <= slack {
+		return
+	}
+	*set = t
+	c.SetReadDeadline(t)
 }
 
 // serveConn runs the fast path on c, a plain connection or a TLS one
@@ -360,8 +394,9 @@ func (l *listener) serveConn(c net.Conn, st *connState) {
 		fc.bw.Reset(nil)
 		bufioWriters.Put(fc.bw)
 	}()
+	now := time.Now()
 	for first := true; ; first = false {
-		n, err := fc.readHead(&l.p.opts, first)
+		n, err := fc.readHead(&l.p.opts, first, now)
 		if err == nil && l.challenge(fc.head.uri) {
 			err = errFallback // Options.Certificates answers it, through net/http
 		}
@@ -370,7 +405,7 @@ func (l *listener) serveConn(c net.Conn, st *connState) {
 			// Hand the connection, unread bytes first, to net/http.
 			buffered, _ := fc.br.Peek(fc.br.Buffered())
 			hc := newHandedConn(c, buffered, l.app(), fc.headBy)
-			c.SetReadDeadline(time.Time{})
+			fc.readBy(time.Time{}, 0)
 			handedOff = true
 			l.handoff.give(hc)
 			return
@@ -387,14 +422,15 @@ func (l *listener) serveConn(c net.Conn, st *connState) {
 			// long as it takes. (Without one, nothing reads c until the
 			// next head, whose wait sets a deadline of its own: the head's
 			// may stay.)
-			c.SetReadDeadline(time.Time{})
+			fc.readBy(time.Time{}, 0)
 		}
 		st.busy()
 		fc.br.Discard(n)
 		fc.body = io.LimitedReader{R: fc.br, N: fc.head.length}
 		fc.head.body = &fc.body
 		keep := l.dispatch(context.Background(), &fc.head.request, fc)
-		st.idle()
+		now = time.Now()
+		st.idleAt(now)
 		if fc.body.N > 0 {
 			// A body not read to its end leaves the connection
 			// mid-request, and the client perhaps still sending it.
@@ -412,8 +448,9 @@ func (l *listener) serveConn(c net.Conn, st *connState) {
 // a request's first byte is bounded by the idle timeout, or, for the
 // connection's first request, by the header timeout; from that byte on,
 // the header timeout bounds the rest of the head. The common head comes
-// whole in one read: then no further deadline is set.
-func (fc *fastConn) readHead(opts *Options, first bool) (int, error) {
+// whole in one read: then no further deadline is set. now is about the
+// current time.
+func (fc *fastConn) readHead(opts *Options, first bool, now time.Time) (int, error) {
 	wait := opts.IdleTimeout
 	if first {
 		wait = opts.HeaderTimeout
@@ -423,8 +460,8 @@ func (fc *fastConn) readHead(opts *Options, first bool) (int, error) {
 		// done with this connection.
 		wait = min(wait, closeIdleAfter)
 	}
-	deadline := time.Now().Add(wait)
-	fc.conn.SetReadDeadline(deadline)
+	deadline := now.Add(wait)
+	fc.readBy(deadline, wait/64)
 	fc.headBy = time.Time{}
 	if _, err := fc.br.Peek(1); err != nil {
 		return 0, err
@@ -437,7 +474,7 @@ func (fc *fastConn) readHead(opts *Options, first bool) (int, error) {
 			fc.headBy = deadline // counted from the connection's start
 		} else {
 			fc.headBy = time.Now().Add(opts.HeaderTimeout)
-			fc.conn.SetReadDeadline(fc.headBy)
+			fc.readBy(fc.headBy, 0)
 		}
 		var err error
 		if b, err = peekHeadBytes(fc.br); err != nil {

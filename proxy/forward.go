@@ -48,6 +48,10 @@ type request struct {
 	// upgrade is the protocol the client asks to switch to (websocket),
 	// or "".
 	upgrade string
+	// start is when Service.serve took the request. Clock reads cost on
+	// every request: the steps of one take their time from it or from its
+	// end where a few milliseconds do not matter.
+	start time.Time
 }
 
 // response is a response head read from the app, and its body.
@@ -346,8 +350,11 @@ var errSwitched = errors.New("the app switched protocols without being asked")
 // skipped, except 101 for an upgrade.
 func readResponse(uc *upConn, req *request, timeout time.Duration) (*response, error) {
 	if timeout > 0 {
-		uc.conn.SetReadDeadline(time.Now().Add(timeout))
-		defer uc.conn.SetReadDeadline(time.Time{})
+		sent := req.start
+		if req.length != 0 || sent.IsZero() {
+			sent = time.Now() // a body may have taken long to send
+		}
+		uc.readBy(sent.Add(timeout), timeout/64)
 	}
 	r := &uc.resp
 	r.raw, r.stream = nil, false
@@ -357,11 +364,18 @@ func readResponse(uc *upConn, req *request, timeout time.Duration) (*response, e
 			return nil, err
 		}
 		if ok {
+			if int64(uc.br.Buffered()) < r.length {
+				// The body's reads are not the head's: no deadline for
+				// them. (One in the buffer whole, the common case,
+				// leaves it for the next request to move or keep.)
+				uc.readBy(time.Time{}, 0)
+			}
 			r.lr = io.LimitedReader{R: uc.br, N: r.length}
 			r.body, r.noBody = &r.lr, false
 			return r, nil
 		}
 	}
+	defer uc.readBy(time.Time{}, 0)
 	uc.req.Method = req.method
 	for {
 		resp, err := http.ReadResponse(uc.br, &uc.req)
@@ -405,6 +419,7 @@ func parseResponse(br *bufio.Reader, r *response) (bool, error) {
 		return false, nil
 	}
 	r.status, r.statusLine, r.fields, r.length, r.close = code, append(r.statusLine[:0], line[9:]...), r.fields[:0], -1, false
+	var buf [64]byte
 	for {
 		line, rest, _ = bytes.Cut(rest, []byte("\r\n"))
 		if len(line) == 0 {
@@ -418,7 +433,7 @@ func parseResponse(br *bufio.Reader, r *response) (bool, error) {
 		if !validField(name, value) {
 			return false, nil
 		}
-		switch lower := lowerASCII(name); lower {
+		switch lower := lowerASCII(&buf, name); string(lower) {
 		case "transfer-encoding":
 			return false, nil
 		case "content-length":
@@ -440,7 +455,7 @@ func parseResponse(br *bufio.Reader, r *response) (bool, error) {
 			r.close = r.close || closeConn
 			continue
 		default:
-			if responseDrop.lower[lower] {
+			if responseDrop.lower[string(lower)] {
 				continue
 			}
 		}
@@ -562,7 +577,7 @@ func (e *dialError) Unwrap() error { return e.err }
 // reused says which.
 func (t *Target) exchange(req *request, timeout time.Duration, fresh bool) (uc *upConn, resp *response, reused bool, err error) {
 	if !fresh {
-		uc = t.pool.get()
+		uc = t.pool.get(req.start)
 	}
 	reused = uc != nil
 	if uc == nil {
@@ -628,11 +643,15 @@ func copyBody(dst io.Writer, src io.Reader, chunk bool, flush func() error) (int
 // forwarding path. It returns whether the client's connection may carry
 // another request.
 func (s *Service) serve(ctx context.Context, req *request, c client) (keep bool) {
-	start := time.Now()
+	req.start = time.Now()
 	status, written := 0, int64(0)
 	var p picked
+	var end time.Time
 	defer func() {
-		took := time.Since(start)
+		if end.IsZero() {
+			end = time.Now()
+		}
+		took := end.Sub(req.start)
 		if p.t != nil {
 			s.obs.Done(p.version, req.method, status, took, written)
 		}
@@ -641,7 +660,7 @@ func (s *Service) serve(ctx context.Context, req *request, c client) (keep bool)
 			if p.t != nil {
 				target = p.t.addr
 			}
-			s.logRequest(req, status, written, target, took)
+			s.logRequest(req, status, written, target, end)
 		}
 	}()
 	if s.opts.MaxBodyBytes > 0 && req.length > s.opts.MaxBodyBytes {
@@ -697,7 +716,8 @@ func (s *Service) serve(ctx context.Context, req *request, c client) (keep bool)
 		uc.close()
 		return false
 	}
-	p.t.releaseConn(uc, err == nil && !resp.close)
+	end = time.Now()
+	p.t.releaseConn(uc, err == nil && !resp.close, end)
 	return err == nil
 }
 
@@ -771,14 +791,19 @@ func replyFields(status int) string {
 }
 
 // logRequest writes one access-log line.
-func (s *Service) logRequest(req *request, status int, bytes int64, target string, took time.Duration) {
-	accessLog(s.opts.AccessLogOutput, s.log, s.app, req, status, bytes, target, took)
+func (s *Service) logRequest(req *request, status int, bytes int64, target string, end time.Time) {
+	accessLog(s.opts.AccessLogOutput, s.log, s.app, req, status, bytes, target, end)
 }
 
-// accessLog writes one access-log line: built by hand and written to out
-// in one call when that is set (the agent's JSON log), through log at
-// Info otherwise (its text format).
-func accessLog(out io.Writer, log *slog.Logger, app string, req *request, status int, bytes int64, target string, took time.Duration) {
+// accessLog writes one access-log line for a request that ended at end:
+// built by hand and written to out in one call when that is set (the
+// agent's JSON log), through log at Info otherwise (its text format). A
+// request never served (req.start unset) took 0.
+func accessLog(out io.Writer, log *slog.Logger, app string, req *request, status int, bytes int64, target string, end time.Time) {
+	var took time.Duration
+	if !req.start.IsZero() {
+		took = end.Sub(req.start)
+	}
 	path := req.uri
 	if i := strings.IndexByte(path, '?'); i >= 0 {
 		path = path[:i] // queries may carry secrets and unbounded values
@@ -786,7 +811,7 @@ func accessLog(out io.Writer, log *slog.Logger, app string, req *request, status
 	if out != nil {
 		l := accessLine{app: app, method: req.method, path: path, host: req.host, remote: req.remote, upstream: target, status: status, bytes: bytes, took: took}
 		bp := linePool.Get().(*[]byte)
-		*bp = l.appendTo((*bp)[:0], time.Now())
+		*bp = l.appendTo((*bp)[:0], end)
 		out.Write(*bp)
 		if cap(*bp) <= 4<<10 {
 			linePool.Put(bp)

@@ -187,7 +187,10 @@ type connState struct {
 }
 
 func (st *connState) busy() { st.idleSince.Store(0) }
-func (st *connState) idle() { st.idleSince.Store(time.Now().UnixNano()) }
+func (st *connState) idle() { st.idleAt(time.Now()) }
+
+// idleAt marks the connection idle since now.
+func (st *connState) idleAt(now time.Time) { st.idleSince.Store(now.UnixNano()) }
 func (st *connState) idleFor(now time.Time) time.Duration {
 	since := st.idleSince.Load()
 	if since == 0 {

@@ -15,6 +15,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -168,6 +169,107 @@ func TestErrorMapping(t *testing.T) {
 		}
 	})
 }
+
+// TestUpstreamDeadlineMoves: the upstream timeout is not moved on every
+// request when the one set is about right (moveDeadline), yet each
+// request's head still gets the whole timeout, and a body, however slow,
+// none. All on one pooled connection to the app.
+func TestUpstreamDeadlineMoves(t *testing.T) {
+	const timeout = 400 * time.Millisecond
+	conns := map[string]bool{}
+	var mu sync.Mutex
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		conns[r.RemoteAddr] = true
+		mu.Unlock()
+		switch r.URL.Path {
+		case "/slow": // within the timeout, counted from this request
+			time.Sleep(timeout * 3 / 4)
+		case "/trickle": // a body that takes longer than the timeout
+			w.Header().Set("Content-Length", "10")
+			w.Write([]byte("hello"))
+			w.(http.Flusher).Flush()
+			time.Sleep(timeout * 3 / 2)
+			w.Write([]byte("world"))
+			return
+		}
+		w.Write([]byte("ok"))
+	}))
+	t.Cleanup(app.Close)
+	p, url := startProxy(t, Options{UpstreamTimeout: timeout}, nil)
+	p.Swap("web", []string{addrOf(app)})
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+	t.Cleanup(client.CloseIdleConnections)
+	fetch := func(path string) (int, string) {
+		t.Helper()
+		resp, err := client.Get(url + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		return resp.StatusCode, string(b)
+	}
+	if code, body := fetch("/"); code != 200 || body != "ok" {
+		t.Fatalf("/: %d %q", code, body)
+	}
+	// The first request's deadline would end during this one's wait.
+	time.Sleep(timeout / 2)
+	if code, body := fetch("/slow"); code != 200 || body != "ok" {
+		t.Errorf("a head within the timeout of its own request: %d %q", code, body)
+	}
+	if code, body := fetch("/trickle"); code != 200 || body != "helloworld" {
+		t.Errorf("a body slower than the timeout: %d %q", code, body)
+	}
+	if code, body := fetch("/"); code != 200 || body != "ok" {
+		t.Errorf("after the slow body: %d %q", code, body)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(conns) != 1 {
+		t.Errorf("the requests came on %d connections to the app, want 1 (reused)", len(conns))
+	}
+}
+
+// TestMoveDeadline: a deadline is set when none is, when it must come
+// sooner, or later by more than the slack; cleared only when one is set.
+func TestMoveDeadline(t *testing.T) {
+	base := time.Unix(1000, 0)
+	for _, c := range []struct {
+		name     string
+		set, to  time.Time
+		slack    time.Duration
+		wantCall bool
+	}{
+		{"none set", time.Time{}, base, time.Second, true},
+		{"later within the slack", base, base.Add(time.Second), time.Second, false},
+		{"later past the slack", base, base.Add(time.Second + 1), time.Second, true},
+		{"sooner", base, base.Add(-time.Millisecond), time.Second, true},
+		{"the same", base, base, 0, false},
+		{"cleared", base, time.Time{}, time.Second, true},
+		{"cleared, none set", time.Time{}, time.Time{}, time.Second, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dc := &deadlineConn{}
+			set := c.set
+			moveDeadline(dc, &set, c.to, c.slack)
+			if dc.calls == 1 != c.wantCall || c.wantCall && (!dc.last.Equal(c.to) || !set.Equal(c.to)) || !c.wantCall && !set.Equal(c.set) {
+				t.Errorf("calls %d (want one: %v), set %v, conn's %v", dc.calls, c.wantCall, set, dc.last)
+			}
+		})
+	}
+}
+
+type deadlineConn struct {
+	net.Conn
+	calls int
+	last  time.Time
+}
+
+func (c *deadlineConn) SetReadDeadline(t time.Time) error { c.calls++; c.last = t; return nil }
 
 func TestAccessLogIsStructured(t *testing.T) {
 	var buf testenv.SyncBuffer

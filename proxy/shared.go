@@ -379,7 +379,7 @@ func (l *listener) dispatch(ctx context.Context, req *request, c client) bool {
 func (p *Proxy) reply(req *request, c client, status int, fields, msg string) {
 	c.reply(status, fields, errorBody("", status, msg))
 	if p.opts.AccessLog {
-		accessLog(p.opts.AccessLogOutput, p.log, "", req, status, 0, "", 0)
+		accessLog(p.opts.AccessLogOutput, p.log, "", req, status, 0, "", time.Now())
 	}
 }
 

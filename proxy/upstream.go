@@ -26,8 +26,10 @@ type upConn struct {
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	idleAt time.Time
-	resp   response     // the response being read, reused
-	req    http.Request // for http.ReadResponse, reused
+	// deadline is the read deadline set on conn, zero for none.
+	deadline time.Time
+	resp     response     // the response being read, reused
+	req      http.Request // for http.ReadResponse, reused
 }
 
 // maxIdlePerTarget bounds the idle connections kept to one target.
@@ -45,13 +47,20 @@ type upPool struct {
 	idle []*upConn
 }
 
-func (p *upPool) get() *upConn {
+// readBy moves uc's read deadline (moveDeadline).
+func (uc *upConn) readBy(t time.Time, slack time.Duration) {
+	moveDeadline(uc.conn, &uc.deadline, t, slack)
+}
+
+// get takes an idle connection that is still open, if there is one; now
+// is about the current time.
+func (p *upPool) get(now time.Time) *upConn {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for n := len(p.idle); n > 0; n = len(p.idle) {
 		uc := p.idle[n-1]
 		p.idle = p.idle[:n-1]
-		idle := time.Since(uc.idleAt)
+		idle := now.Sub(uc.idleAt)
 		// Under load a connection comes back within a few milliseconds,
 		// too soon for any keep-alive timeout: skip the peek's syscall.
 		if idle < freshFor || idle < idleTimeout && alive(uc) {
@@ -62,8 +71,9 @@ func (p *upPool) get() *upConn {
 	return nil
 }
 
-func (p *upPool) put(uc *upConn) {
-	uc.idleAt = time.Now()
+// put keeps uc, idle since now.
+func (p *upPool) put(uc *upConn, now time.Time) {
+	uc.idleAt = now
 	p.mu.Lock()
 	if len(p.idle) < maxIdlePerTarget {
 		p.idle = append(p.idle, uc)
@@ -129,9 +139,9 @@ func (uc *upConn) close() {
 
 // releaseConn returns an upstream connection to the target's pool when it
 // can carry another request, and closes it otherwise.
-func (t *Target) releaseConn(uc *upConn, reuse bool) {
+func (t *Target) releaseConn(uc *upConn, reuse bool, now time.Time) {
 	if reuse {
-		t.pool.put(uc)
+		t.pool.put(uc, now)
 	} else {
 		uc.close()
 	}

@@ -84,28 +84,40 @@ if [ -n "${BENCH_BASELINE:-}" ]; then
   SPROUT_DATA_DIR="$work/base/data" SPROUT_SOCKET="$work/base/sprout.sock" "$BENCH_BASELINE" deploy "$work/benchd" --app bench-base --label r0 --port "$base_port" --health-path / >"$work/base/deploy.txt"
 fi
 
-if [ "$have_nginx" = 1 ]; then
-  mkdir -p "$work/nginx/logs"
-  cat >"$work/nginx/nginx.conf" <<EOF
+# nginx_conf DIR BACKEND LISTEN [SERVER LINES]: an nginx configuration
+# in DIR that proxies to BACKEND with upstream keep-alive and an access
+# log, and sends the app the same request Sprout's proxy sends (Host and
+# X-Forwarded-For, -Host and -Proto), so both make the app do the same
+# work.
+nginx_conf() {
+  mkdir -p "$1/logs"
+  cat >"$1/nginx.conf" <<EOF
 worker_processes auto;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log warn;
+pid $1/nginx.pid;
+error_log $1/logs/error.log warn;
 events { worker_connections 4096; }
 http {
-  access_log $work/nginx/logs/access.log;
-  upstream app { server $backend; keepalive 64; }
+  access_log $1/logs/access.log;
+  upstream app { server $2; keepalive 64; }
   server {
-    listen 127.0.0.1:$nginx_port;
+    listen $3;
+    ${4:-}
     location / {
       proxy_pass http://app;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_set_header Host \$host;
+      proxy_set_header Host \$http_host;
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Host \$http_host;
+      proxy_set_header X-Forwarded-Proto \$scheme;
     }
   }
 }
 EOF
+}
+
+if [ "$have_nginx" = 1 ]; then
+  nginx_conf "$work/nginx" "$backend" "127.0.0.1:$nginx_port"
   nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
   nginx_pid=$!
   sleep 0.5
@@ -202,34 +214,11 @@ if [ "$have_nginx" = 1 ]; then
     env "${base_env[@]}" "$BENCH_BASELINE" deploy "$work/benchd" --app benchtls-base --label r0 --domain localhost --health-path / >"$work/base/deploy-tls.txt"
   fi
   nginx_tls_port=18444
-  mkdir -p "$work/nginx-tls/logs"
   # nginx's session defaults are kept (ssl_session_cache none,
   # ssl_session_tickets on: TLS 1.3 resumes by ticket); the full-handshake
   # rows are full for both servers because their client keeps no session.
-  cat >"$work/nginx-tls/nginx.conf" <<EOF
-worker_processes auto;
-pid $work/nginx-tls/nginx.pid;
-error_log $work/nginx-tls/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log $work/nginx-tls/logs/access.log;
-  upstream app { server $tls_backend; keepalive 64; }
-  server {
-    listen 127.0.0.1:$nginx_tls_port ssl;
-    ssl_certificate $work/tls/cert.pem;
-    ssl_certificate_key $work/tls/key.pem;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto https;
-    }
-  }
-}
-EOF
+  nginx_conf "$work/nginx-tls" "$tls_backend" "127.0.0.1:$nginx_tls_port ssl" \
+    "ssl_certificate $work/tls/cert.pem; ssl_certificate_key $work/tls/key.pem; ssl_protocols TLSv1.2 TLSv1.3;"
   nginx -p "$work/nginx-tls" -c "$work/nginx-tls/nginx.conf" -g 'daemon off;' &
   nginx_tls_pid=$!
   sleep 0.5
