@@ -69,7 +69,9 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) (err error) {
 		h = slog.NewTextHandler(logOut, opts)
 	}
 	log := slog.New(h)
-	if cfg.CPUs > 0 {
+	if cfg.CPUs > 0 && cfg.CPUs != goruntime.GOMAXPROCS(0) {
+		// Setting it stops the runtime's following a cgroup's changing
+		// CPU limit: only when it differs.
 		goruntime.GOMAXPROCS(cfg.CPUs)
 	}
 

@@ -238,7 +238,7 @@ func parseHead(b []byte, h *fastHead) error {
 		}
 	}
 	h.method, h.uri = knownMethod(line[:sp1]), string(uri)
-	h.host, h.hsts, h.length, h.closeAfter, h.xff, h.fields = "", "", 0, false, h.xff[:0], h.fields[:0]
+	h.host, h.hsts, h.length, h.closeAfter, h.xff, h.fields, h.start = "", "", 0, false, h.xff[:0], h.fields[:0], time.Time{}
 	seenLength := false
 	var named [][]byte
 	var buf [64]byte

@@ -48,9 +48,10 @@ type request struct {
 	// upgrade is the protocol the client asks to switch to (websocket),
 	// or "".
 	upgrade string
-	// start is when Service.serve took the request. Clock reads cost on
-	// every request: the steps of one take their time from it or from its
-	// end where a few milliseconds do not matter.
+	// start is when Service.serve took the request, zero for one the
+	// proxy answers itself. Clock reads cost on every request: its
+	// duration and its access-log line take their times from its start
+	// and its end.
 	start time.Time
 }
 
@@ -345,13 +346,14 @@ func (e *bodyError) Unwrap() error { return e.err }
 // errSwitched is an app switching protocols that was not asked to.
 var errSwitched = errors.New("the app switched protocols without being asked")
 
-// readResponse reads the app's response head on uc: by the fast parser
-// when it is simple, by net/http's otherwise. Interim responses are
-// skipped, except 101 for an upgrade.
-func readResponse(uc *upConn, req *request, timeout time.Duration) (*response, error) {
+// readResponse reads the app's response head on uc, within timeout of
+// when req was sent (tried: when this try began, for a request without a
+// body): by the fast parser when it is simple, by net/http's otherwise.
+// Interim responses are skipped, except 101 for an upgrade.
+func readResponse(uc *upConn, req *request, timeout time.Duration, tried time.Time) (*response, error) {
 	if timeout > 0 {
-		sent := req.start
-		if req.length != 0 || sent.IsZero() {
+		sent := tried
+		if req.length != 0 {
 			sent = time.Now() // a body may have taken long to send
 		}
 		uc.readBy(sent.Add(timeout), timeout/64)
@@ -576,8 +578,11 @@ func (e *dialError) Unwrap() error { return e.err }
 // connection when there is one (and fresh is not set), else on a new one.
 // reused says which.
 func (t *Target) exchange(req *request, timeout time.Duration, fresh bool) (uc *upConn, resp *response, reused bool, err error) {
+	// One clock reading per try: a pick may have waited for a first
+	// version, and a try before this one for a dial.
+	now := time.Now()
 	if !fresh {
-		uc = t.pool.get(req.start)
+		uc = t.pool.get(now)
 	}
 	reused = uc != nil
 	if uc == nil {
@@ -587,7 +592,7 @@ func (t *Target) exchange(req *request, timeout time.Duration, fresh bool) (uc *
 	}
 	err = writeRequest(uc.bw, req)
 	if err == nil {
-		resp, err = readResponse(uc, req, timeout)
+		resp, err = readResponse(uc, req, timeout, now)
 	}
 	if err != nil {
 		uc.close()

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -118,6 +119,30 @@ func TestFirstVersionIsWaitedFor(t *testing.T) {
 		if r := <-res; r.code != 200 || r.body != "v1" {
 			t.Errorf("a request sent before the first version got %d %q, want v1's answer", r.code, r.body)
 		}
+	}
+}
+
+// TestUpstreamTimeoutStartsAtTheApp: the wait for a first version is not
+// taken from the app's time to answer (UpstreamTimeout counts from when
+// the request is sent to it).
+func TestUpstreamTimeoutStartsAtTheApp(t *testing.T) {
+	const timeout = 400 * time.Millisecond
+	p, url := startProxy(t, Options{StartWait: 10 * time.Second, UpstreamTimeout: timeout}, nil)
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(timeout * 3 / 4)
+		w.Write([]byte("v1"))
+	}))
+	t.Cleanup(app.Close)
+	res := make(chan string, 1)
+	go func() {
+		code, body, _ := get(t, url, nil)
+		res <- fmt.Sprintf("%d %s", code, body)
+	}()
+	waitFor(t, func() bool { return waiting(p, "web") == 1 }, "the request waiting for a version")
+	time.Sleep(timeout / 2) // a wait that, with the app's, is longer than the timeout
+	p.Swap("web", []string{addrOf(app)})
+	if got := <-res; got != "200 v1" {
+		t.Errorf("got %q, want v1's answer: the app answered within the timeout of being asked", got)
 	}
 }
 

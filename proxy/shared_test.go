@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -150,6 +151,45 @@ func TestAppsShareAPortByDomain(t *testing.T) {
 
 // TestUnknownHostGoesToDefaultApp: proxy.default_app answers the hosts no
 // domain claims, on the shared port, besides its own port.
+// TestOwnRepliesTakeNoTime: the proxy's own 404 on a keep-alive
+// connection that has carried a request is logged as taking no time, not
+// the time since that request began.
+func TestOwnRepliesTakeNoTime(t *testing.T) {
+	var log testenv.SyncBuffer
+	s := newShared(t, Options{AccessLog: true, AccessLogOutput: &log}, nil)
+	s.domains(t, "a", backend(t, "a", nil), Domains{Names: []string{"a.example.com"}})
+	c, err := net.Dial("tcp", s.httpURL[len("http://"):])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	ask := func(host string, want int) {
+		t.Helper()
+		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", host)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Fatalf("%s: %d, want %d", host, resp.StatusCode, want)
+		}
+	}
+	ask("a.example.com", 200)
+	time.Sleep(300 * time.Millisecond) // the time a stale start would count
+	ask("unknown.org", 404)
+	var line struct {
+		Status     int     `json:"status"`
+		DurationMS float64 `json:"duration_ms"`
+	}
+	lines := strings.Split(strings.TrimSpace(log.String()), "\n")
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &line); err != nil || line.Status != 404 || line.DurationMS != 0 {
+		t.Errorf("the 404's line %q: %+v, %v; want status 404 and duration_ms 0", lines[len(lines)-1], line, err)
+	}
+}
+
 func TestUnknownHostGoesToDefaultApp(t *testing.T) {
 	s := newShared(t, Options{DefaultApp: "main"}, nil)
 	own := testenv.FreePort(t)

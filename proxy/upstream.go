@@ -66,7 +66,7 @@ func (p *upPool) get(now time.Time) *upConn {
 		if idle < freshFor || idle < idleTimeout && alive(uc) {
 			return uc
 		}
-		uc.conn.Close()
+		uc.close()
 	}
 	return nil
 }
@@ -92,6 +92,9 @@ func alive(uc *upConn) bool {
 	if uc.br.Buffered() > 0 {
 		return false // an idle connection has nothing to say
 	}
+	// The last response's head deadline may still be set (and past): the
+	// peek below would fail on it.
+	uc.readBy(time.Time{}, 0)
 	tc, ok := uc.conn.(*trackedConn)
 	if !ok {
 		return true
