@@ -81,6 +81,11 @@ type lockBody struct {
 	Owner string `json:"owner"`
 	// TTL is how long the lock holds after each write (a Go duration).
 	TTL string `json:"ttl"`
+	// Expires is the writer's clock plus TTL: agents before TTL judge a
+	// lock by it alone (read as zero, a lock without it looks stale to
+	// them), so it is still written while hosts of one environment are
+	// upgraded one by one. Never read.
+	Expires time.Time `json:"expires"`
 	// Nonce makes every write's content, and so its ETag, unique.
 	Nonce string `json:"nonce"`
 }
@@ -88,13 +93,10 @@ type lockBody struct {
 // stale tells whether a lock last written age ago (by S3's clock) was
 // left by a holder that stopped refreshing it: older than its TTL, or
 // than this storage's when it says none.
-func (s *S3Storage) stale(body []byte, age time.Duration) bool {
+func (s *S3Storage) stale(cur lockBody, age time.Duration) bool {
 	ttl := s.LockTTL
-	var cur lockBody
-	if json.Unmarshal(body, &cur) == nil {
-		if d, err := time.ParseDuration(cur.TTL); err == nil && d > 0 {
-			ttl = d
-		}
+	if d, err := time.ParseDuration(cur.TTL); err == nil && d > 0 {
+		ttl = d
 	}
 	return age > ttl+lockClockResolution
 }
@@ -268,11 +270,11 @@ func (s *S3Storage) TryLock(ctx context.Context, name string) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("read lock %s: %w", name, err)
 	}
-	if !s.stale(body, age) {
+	var cur lockBody
+	json.Unmarshal(body, &cur) // an unreadable lock is judged by this storage's TTL
+	if !s.stale(cur, age) {
 		return false, nil
 	}
-	var cur lockBody
-	json.Unmarshal(body, &cur)
 	newETag, err := s.objects.PutIfMatch(ctx, obj, s.lockBody(), "application/json", etag)
 	switch {
 	case err == nil:
@@ -286,7 +288,7 @@ func (s *S3Storage) TryLock(ctx context.Context, name string) (bool, error) {
 }
 
 func (s *S3Storage) lockBody() []byte {
-	b, _ := json.Marshal(lockBody{Owner: s.owner, TTL: s.LockTTL.String(), Nonce: randomHex(8)})
+	b, _ := json.Marshal(lockBody{Owner: s.owner, TTL: s.LockTTL.String(), Expires: time.Now().Add(s.LockTTL), Nonce: randomHex(8)})
 	return b
 }
 

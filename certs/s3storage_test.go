@@ -364,3 +364,16 @@ func TestSharedS3StorageObtainsOnce(t *testing.T) {
 		t.Error("the issuance lock was left behind")
 	}
 }
+
+// TestLockBodyKeepsOlderAgentsOff: an agent from before the TTL field judges
+// a lock by its expires alone; a lock written now must not look stale to it
+// (it would take it over and ask the CA too).
+func TestLockBodyKeepsOlderAgentsOff(t *testing.T) {
+	s := &S3Storage{owner: "host-a", LockTTL: time.Minute}
+	var older struct {
+		Expires time.Time `json:"expires"`
+	}
+	if err := json.Unmarshal(s.lockBody(), &older); err != nil || !time.Now().Add(50*time.Second).Before(older.Expires) {
+		t.Errorf("lock body %s: an older agent reads expires %v (%v), want about a minute ahead", s.lockBody(), older.Expires, err)
+	}
+}

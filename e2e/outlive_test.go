@@ -85,7 +85,7 @@ func TestDeployOutlivesItsSSHSession(t *testing.T) {
 	sshd := testenv.SSHServer(t)
 	pub := publicDir(t)
 	bin := filepath.Join(pub, "bin")
-	copyExecutable(t, testenv.SproutBinary(t), filepath.Join(bin, "sprout"))
+	install(t, testenv.SproutBinary(t), filepath.Join(bin, "sprout"))
 	a := startAgent(t, "SPROUT_SOCKET="+filepath.Join(pub, "sprout.sock"))
 	key := sshd.Key(t, sessionEnv("PATH", bin+":/usr/bin:/bin"), sessionEnv("SPROUT_SOCKET", a.socket))
 	remote := a.over(sshd, key)

@@ -29,7 +29,7 @@ func TestSSH(t *testing.T) {
 	sshd := testenv.SSHServer(t)
 	pub := publicDir(t)
 	bin := filepath.Join(pub, "bin")
-	copyExecutable(t, testenv.SproutBinary(t), filepath.Join(bin, "sprout"))
+	install(t, testenv.SproutBinary(t), filepath.Join(bin, "sprout"))
 	group := testenv.PrimaryGroup(t).Name
 	a := startAgent(t, "SPROUT_SOCKET="+filepath.Join(pub, "sprout.sock"), "SPROUT_SOCKET_GROUP="+group)
 
@@ -321,20 +321,6 @@ func publicDir(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return dir
-}
-
-func copyExecutable(t *testing.T, from, to string) {
-	t.Helper()
-	b, err := os.ReadFile(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(to, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // fakeAgent serves, on a unix socket, an agent that speaks API version

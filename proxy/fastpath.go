@@ -140,6 +140,10 @@ func (c *handedConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// NetConn returns the connection handed over (httpdrain.Unread looks at
+// its socket).
+func (c *handedConn) NetConn() net.Conn { return c.Conn }
+
 func (c *handedConn) SetReadDeadline(t time.Time) error {
 	c.mu.Lock()
 	ahead := !t.IsZero() && t.After(time.Now())
@@ -237,8 +241,11 @@ func parseHead(b []byte, h *fastHead) error {
 			return errFallback
 		}
 	}
-	h.method, h.uri = knownMethod(line[:sp1]), string(uri)
-	h.host, h.hsts, h.length, h.closeAfter, h.xff, h.fields, h.start = "", "", 0, false, h.xff[:0], h.fields[:0], time.Time{}
+	// Every field is the request's own but those of its connection, so
+	// none can outlive it (its start, its HSTS).
+	h.request = request{remote: h.remote, clientIP: h.clientIP, https: h.https, sni: h.sni, xff: h.xff[:0], fields: h.fields[:0],
+		method: knownMethod(line[:sp1]), uri: string(uri)}
+	h.closeAfter = false
 	seenLength := false
 	var named [][]byte
 	var buf [64]byte
@@ -350,6 +357,9 @@ type fastConn struct {
 	headBy time.Time
 	// deadline is the read deadline set on conn, zero for none.
 	deadline time.Time
+	// st is the connection's state for a shutdown: busy from a
+	// request's first byte until its answer.
+	st *connState
 }
 
 // readBy moves the connection's read deadline (moveDeadline).
@@ -373,7 +383,7 @@ func moveDeadline(c net.Conn, set *time.Time, t time.Time, slack time.Duration) 
 // whose handshake is done, until the client closes it, it must close, or
 // a request must go to the fallback server. st is c's state in l.conns.
 func (l *listener) serveConn(c net.Conn, st *connState) {
-	fc := &fastConn{conn: c, closing: &l.closing}
+	fc := &fastConn{conn: c, closing: &l.closing, st: st}
 	fc.head.remote = c.RemoteAddr().String()
 	fc.head.clientIP, _, _ = net.SplitHostPort(fc.head.remote)
 	if tc, ok := c.(*tls.Conn); ok {
@@ -424,7 +434,6 @@ func (l *listener) serveConn(c net.Conn, st *connState) {
 			// may stay.)
 			fc.readBy(time.Time{}, 0)
 		}
-		st.busy()
 		fc.br.Discard(n)
 		fc.body = io.LimitedReader{R: fc.br, N: fc.head.length}
 		fc.head.body = &fc.body
@@ -466,6 +475,9 @@ func (fc *fastConn) readHead(opts *Options, first bool, now time.Time) (int, err
 	if _, err := fc.br.Peek(1); err != nil {
 		return 0, err
 	}
+	// A request began: the bytes are out of the socket, so a shutdown
+	// must see the connection busy from now on, not idle.
+	fc.st.busy()
 	b, _ := fc.br.Peek(fc.br.Buffered())
 	if n := headEnd(b); n >= 0 {
 		b = b[:n]

@@ -362,6 +362,25 @@ func TestShutdownFailsNoRequest(t *testing.T) {
 // the connection closes; it does not wait for a version that will not
 // come (StartWait is for a first deploy).
 func TestRemovedAppAnswersAtOnce(t *testing.T) {
+	t.Run("waiting for a first version", func(t *testing.T) {
+		p, url := startProxy(t, Options{StartWait: 10 * time.Second}, nil)
+		res := make(chan int, 1)
+		go func() {
+			code, _, _ := get(t, url, nil)
+			res <- code
+		}()
+		waitFor(t, func() bool { return waiting(p, "web") == 1 }, "the request waiting for a version")
+		p.Remove("web", 5*time.Second)
+		select {
+		case code := <-res:
+			if code != 503 {
+				t.Errorf("a request waiting when its app was removed got %d, want 503", code)
+			}
+		case <-time.After(3 * time.Second):
+			t.Error("a request waiting when its app was removed still waits (StartWait is 10 s)")
+		}
+	})
+
 	p, url := startProxy(t, Options{StartWait: 10 * time.Second}, nil)
 	p.Swap("web", []string{addrOf(backend(t, "v1", nil))})
 	c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))

@@ -507,7 +507,7 @@ func (s *Service) retire(grace time.Duration) {
 		return
 	}
 	s.removed.Store(true)
-	r := s.routes.Swap(&routes{})
+	r := s.install(&routes{}) // requests waiting for a first version see the removal now
 	if r == nil || len(r.all) == 0 {
 		return
 	}

@@ -46,12 +46,13 @@ func newService(app string, opts Options, logger *slog.Logger) *Service {
 	return s
 }
 
-// install routes the service to next and wakes the requests waiting for
-// a version.
-func (s *Service) install(next *routes) {
-	s.routes.Store(next)
+// install routes the service to next, wakes the requests waiting for a
+// version, and returns the set it replaced.
+func (s *Service) install(next *routes) *routes {
+	prev := s.routes.Swap(next)
 	ch := make(chan struct{})
 	close(*s.swapped.Swap(&ch))
+	return prev
 }
 
 // pick returns a target for a new request (routes.pick says which),

@@ -308,8 +308,10 @@ func (l *listener) handshake(c net.Conn, st *connState) {
 		l.conns.Delete(c)
 		tc.Close()
 	case "h2":
-		l.conns.Delete(c)
+		// Given first: a drain that saw no connection here might close
+		// the handoff before it has this one.
 		l.handoff.give(tc)
+		l.conns.Delete(c)
 	default:
 		// The fast path tracks the connection as tc from now on: a
 		// shutdown closing it sends the client TLS's close_notify.

@@ -149,8 +149,6 @@ func TestAppsShareAPortByDomain(t *testing.T) {
 	}
 }
 
-// TestUnknownHostGoesToDefaultApp: proxy.default_app answers the hosts no
-// domain claims, on the shared port, besides its own port.
 // TestOwnRepliesTakeNoTime: the proxy's own 404 on a keep-alive
 // connection that has carried a request is logged as taking no time, not
 // the time since that request began.
@@ -190,6 +188,8 @@ func TestOwnRepliesTakeNoTime(t *testing.T) {
 	}
 }
 
+// TestUnknownHostGoesToDefaultApp: proxy.default_app answers the hosts no
+// domain claims, on the shared port, besides its own port.
 func TestUnknownHostGoesToDefaultApp(t *testing.T) {
 	s := newShared(t, Options{DefaultApp: "main"}, nil)
 	own := testenv.FreePort(t)
@@ -499,7 +499,7 @@ func TestTLSSessionsResume(t *testing.T) {
 
 // TestSharedPortNeedsPrivilege: an agent that may not bind a port below
 // 1024 refuses the domain with the advice (CAP_NET_BIND_SERVICE, or the
-// config key). As root, the test runs itself again as nobody.
+// config key).
 func TestSharedPortNeedsPrivilege(t *testing.T) {
 	// The kernel's refusal, as an unprivileged bind of port 81 gets it
 	// (whatever this host's net.ipv4.ip_unprivileged_port_start and user).

@@ -163,6 +163,14 @@ func WaitIdle(ctx context.Context, conns *sync.Map, idleAfter time.Duration, idl
 // yet: a connection that looks idle, but only because the goroutine
 // serving it has not run since its request came, must not be closed.
 func Unread(c net.Conn) bool {
+	// A TLS connection, or one a fast path handed over, wraps the socket.
+	for {
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		c = u.NetConn()
+	}
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return false
