@@ -91,13 +91,6 @@ func (a *Agent) opOfLocked(app string) string {
 	return ""
 }
 
-// quiescing tells whether Quiesce holds the agent.
-func (a *Agent) quiescing() bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.quiesced
-}
-
 // quietLocked returns the channel Quiesce closes; a.mu is held.
 func (a *Agent) quietLocked() chan struct{} {
 	if a.quiet == nil {

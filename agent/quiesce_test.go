@@ -90,10 +90,15 @@ func TestQuiesceWaitsForOperations(t *testing.T) {
 	if r.err != nil {
 		t.Fatal(r.err)
 	}
-	if _, ok := a.tryLock("web"); ok {
+	// An app whose lock Quiesce does not hold (one created since) is
+	// refused all the same.
+	if _, ok := a.tryLock("created-since"); ok {
 		t.Error("the monitor got an app's lock while quiesced")
 	}
-	if !a.quiescing() {
+	a.mu.Lock()
+	quiesced := a.quiesced
+	a.mu.Unlock()
+	if !quiesced {
 		t.Error("not quiescing")
 	}
 	if _, err := a.Quiesce(ctx, true, nopProgress{}); !errors.Is(err, ErrBusy) {

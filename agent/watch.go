@@ -64,12 +64,6 @@ func (a *Agent) everyServing(ctx context.Context, interval time.Duration, name s
 			if !ok {
 				continue
 			}
-			if a.quiescing() {
-				// An upgrade hands the agent over: the new process
-				// watches from now on.
-				unlock()
-				continue
-			}
 			fn(ctx, app)
 			unlock()
 		}
@@ -77,8 +71,14 @@ func (a *Agent) everyServing(ctx context.Context, interval time.Duration, name s
 }
 
 // tryLock takes an app's lock only if it is free.
+// While an upgrade hands the agent over (Quiesce), none is free: the new
+// process watches and monitors from then on.
 func (a *Agent) tryLock(app string) (func(), bool) {
 	a.mu.Lock()
+	if a.quiesced {
+		a.mu.Unlock()
+		return nil, false
+	}
 	ch, ok := a.locks[app]
 	if !ok {
 		ch = make(chan struct{}, 1)

@@ -69,6 +69,8 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) (err error) {
 		h = slog.NewTextHandler(logOut, opts)
 	}
 	log := slog.New(h)
+	signals, stopNotify := notifySignals()
+	defer stopNotify()
 	if cfg.CPUs > 0 && cfg.CPUs != goruntime.GOMAXPROCS(0) {
 		// Setting it stops the runtime's following a cgroup's changing
 		// CPU limit: only when it differs.
@@ -189,6 +191,7 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) (err error) {
 		ln.Close()
 		return err
 	}
+	debug.FreeOSMemory() // what starting took (restore, TLS, config) is garbage now, before a predecessor hands over its traffic
 	// From here the listeners accept; a predecessor stops accepting on
 	// hearing it.
 	if err := hs.Ready(Version); err != nil {
@@ -196,13 +199,12 @@ func runAgent(ctx context.Context, c *cli, cfg *AgentConfig) (err error) {
 	}
 	sigCtx, stopSignals := context.WithCancel(context.Background())
 	defer stopSignals()
-	go up.onSignals(sigCtx)
+	go up.onSignals(sigCtx, signals)
 	ready := []any{"id", ag.ID(), "socket", cfg.Socket, "socket_group", cfg.SocketGroup, "data_dir", cfg.Agent.DataDir, "version", Version, "pid", os.Getpid(), "cpus", goruntime.GOMAXPROCS(0), "host_cpus", goruntime.NumCPU()}
 	if from, ok := hs.From(); ok {
 		ready = append(ready, "took_over_from_pid", from.PID, "took_over_from_version", from.Version)
 	}
 	log.Info("agent ready", ready...)
-	debug.FreeOSMemory() // what starting took (restore, TLS, config) is garbage now
 
 	select {
 	case err := <-served:

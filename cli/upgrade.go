@@ -44,8 +44,8 @@ refused or dropped, and the apps' containers keep running.
 If the new binary fails to start or is not ready within --timeout, the old
 agent keeps serving and the command says why. An upgrade asked for during a
 deploy (or another operation) waits for it to finish; with --no-wait it is
-refused instead. Operations asked for during the hand-over (a few seconds)
-are refused; run them again.
+refused instead. Operations queued behind the one in flight, and those asked
+for during the hand-over (a few seconds), are refused; run them again.
 
 'systemctl reload sprout-agent' (SIGHUP to the agent) does the same.`,
 		Example: `  install -m 0755 sprout-new /usr/local/bin/sprout.new && mv /usr/local/bin/sprout.new /usr/local/bin/sprout
@@ -180,11 +180,9 @@ func executable() (string, error) {
 
 // onSignals makes SIGHUP an upgrade (systemctl reload), logged; once this
 // agent handed over, SIGHUP and SIGTERM go to the new process, which
-// systemd may not know yet as the service's main process.
-func (u *upgrader) onSignals(ctx context.Context) {
-	sig := make(chan os.Signal, 4)
-	signal.Notify(sig, syscall.SIGHUP, syscall.SIGTERM)
-	defer signal.Stop(sig)
+// systemd may not know yet as the service's main process. sig is
+// notifySignals' channel.
+func (u *upgrader) onSignals(ctx context.Context, sig <-chan os.Signal) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -206,6 +204,17 @@ func (u *upgrader) onSignals(ctx context.Context) {
 			}()
 		}
 	}
+}
+
+// notifySignals catches SIGHUP and SIGTERM for onSignals from the
+// agent's first moment: until a signal is caught, Go's default for SIGHUP
+// is to exit, and a reload during start (or just as an upgrade hands over
+// to this process, whose predecessor passes signals on) would kill the
+// agent. Those that come before onSignals runs wait in the channel.
+func notifySignals() (<-chan os.Signal, func()) {
+	sig := make(chan os.Signal, 4)
+	signal.Notify(sig, syscall.SIGHUP, syscall.SIGTERM)
+	return sig, func() { signal.Stop(sig) }
 }
 
 // logProgress reports an upgrade that nobody watches to the log.

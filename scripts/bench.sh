@@ -227,7 +227,10 @@ if [ "$have_nginx" = 1 ]; then
   run_hs() {
     local name=$1 url=$2 pids=$3 before after out
     before=$(cpu_ticks $pids)
-    out=$(bin/handshakes -url "$url" -cacert "$work/tls/ca.pem" -workers 32 -duration "${secs}s") || echo "  $name: $out" >&2
+    if ! out=$(bin/handshakes -url "$url" -cacert "$work/tls/ca.pem" -workers 32 -duration "${secs}s"); then
+      echo "  $name: handshakes failed: $out" >&2
+      return 1
+    fi
     after=$(cpu_ticks $pids)
     awk -v t=$((after - before)) -v hz="$hz" -v name="$name" '
       NR == 1 { n = $1 }
@@ -235,7 +238,7 @@ if [ "$have_nginx" = 1 ]; then
       /^Latency p99/ { p99 = $3 }
       /^Errors/ && $2 > 0 { print "  " name ": " $2 " errors" > "/dev/stderr" }
       /^  / { print "  " name ": " $0 > "/dev/stderr" }
-      END { printf "%s %s %.1f\n", rate, p99, t / hz * 1e6 / n }' <<<"$out" >>"$work/$name.txt"
+      END { if (n > 0) printf "%s %s %.1f\n", rate, p99, t / hz * 1e6 / n }' <<<"$out" >>"$work/$name.txt"
   }
   tls_targets="sprout nginx"
   [ -n "${base_pid:-}" ] && tls_targets="sprout baseline nginx"

@@ -307,12 +307,49 @@ const maxSmall = 1 << 20
 // GetIfChanged reads a small object unless its ETag is still etag; then
 // it returns changed false.
 func (s *S3) GetIfChanged(ctx context.Context, obj Object, etag string) (body []byte, newETag string, changed bool, err error) {
-	if err := s.ready(obj); err != nil {
-		return nil, "", false, err
-	}
 	in := &s3.GetObjectInput{Bucket: &obj.Bucket, Key: &obj.Key}
 	if etag != "" {
 		in.IfNoneMatch = aws.String(`"` + etag + `"`)
+	}
+	body, out, err := s.getSmall(ctx, obj, in)
+	if errors.Is(err, errNotModified) {
+		return nil, etag, false, nil
+	}
+	if err != nil {
+		return nil, "", false, err
+	}
+	return body, strings.Trim(aws.ToString(out.ETag), `"`), true, nil
+}
+
+// GetWithAge reads a small object with its ETag and its age: how long
+// ago it was last written, by the store's own clock (its Date header
+// against the object's Last-Modified), so that hosts whose clocks
+// disagree judge it alike. Both times have a resolution of one second;
+// a store that sends no Last-Modified gives an age of 0.
+func (s *S3) GetWithAge(ctx context.Context, obj Object) (body []byte, etag string, age time.Duration, err error) {
+	body, out, err := s.getSmall(ctx, obj, &s3.GetObjectInput{Bucket: &obj.Bucket, Key: &obj.Key})
+	if err != nil {
+		return nil, "", 0, err
+	}
+	now, ok := awsmiddleware.GetServerTime(out.ResultMetadata)
+	if !ok {
+		now = time.Now() // a store that sends no Date: this host's clock
+	}
+	if out.LastModified != nil {
+		age = max(now.Sub(*out.LastModified), 0)
+	}
+	return body, strings.Trim(aws.ToString(out.ETag), `"`), age, nil
+}
+
+// errNotModified is getSmall's answer to a conditional get of an object
+// that did not change (304).
+var errNotModified = errors.New("not modified")
+
+// getSmall gets a small object (at most maxSmall bytes: a manifest, a
+// rollout, a lock) and reads its body.
+func (s *S3) getSmall(ctx context.Context, obj Object, in *s3.GetObjectInput) ([]byte, *s3.GetObjectOutput, error) {
+	if err := s.ready(obj); err != nil {
+		return nil, nil, err
 	}
 	// No response checksum: a 304 may carry the object's checksum header
 	// with no body (the loopback S3's does), and the SDK then logs a
@@ -324,52 +361,19 @@ func (s *S3) GetIfChanged(ctx context.Context, obj Object, etag string) (body []
 	if err != nil {
 		var re *smithyhttp.ResponseError
 		if errors.As(err, &re) && re.HTTPStatusCode() == http.StatusNotModified {
-			return nil, etag, false, nil
+			return nil, nil, errNotModified
 		}
-		return nil, "", false, s.explain(obj, err)
+		return nil, nil, s.explain(obj, err)
 	}
 	defer out.Body.Close()
-	body, err = io.ReadAll(io.LimitReader(out.Body, maxSmall+1))
+	body, err := io.ReadAll(io.LimitReader(out.Body, maxSmall+1))
 	if err != nil {
-		return nil, "", false, fmt.Errorf("%s: reading the object: %w", obj, err)
+		return nil, nil, fmt.Errorf("%s: reading the object: %w", obj, err)
 	}
 	if len(body) > maxSmall {
-		return nil, "", false, fmt.Errorf("%w: %s is larger than %d bytes; a manifest is small JSON", ErrTooLarge, obj, maxSmall)
+		return nil, nil, fmt.Errorf("%w: %s is larger than %d bytes; a manifest, a rollout or a lock is small JSON", ErrTooLarge, obj, maxSmall)
 	}
-	return body, strings.Trim(aws.ToString(out.ETag), `"`), true, nil
-}
-
-// GetWithAge reads a small object with its ETag and its age: how long
-// ago it was last written, by the store's own clock (its Date header
-// against the object's Last-Modified), so that hosts whose clocks
-// disagree judge it alike. Both times have a resolution of one second;
-// a store that sends no Last-Modified gives an age of 0.
-func (s *S3) GetWithAge(ctx context.Context, obj Object) (body []byte, etag string, age time.Duration, err error) {
-	if err := s.ready(obj); err != nil {
-		return nil, "", 0, err
-	}
-	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &obj.Bucket, Key: &obj.Key}, func(o *s3.Options) {
-		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
-	})
-	if err != nil {
-		return nil, "", 0, s.explain(obj, err)
-	}
-	defer out.Body.Close()
-	body, err = io.ReadAll(io.LimitReader(out.Body, maxSmall+1))
-	if err != nil {
-		return nil, "", 0, fmt.Errorf("%s: reading the object: %w", obj, err)
-	}
-	if len(body) > maxSmall {
-		return nil, "", 0, fmt.Errorf("%w: %s is larger than %d bytes", ErrTooLarge, obj, maxSmall)
-	}
-	now, ok := awsmiddleware.GetServerTime(out.ResultMetadata)
-	if !ok {
-		now = time.Now() // a store that sends no Date: this host's clock
-	}
-	if out.LastModified != nil {
-		age = max(now.Sub(*out.LastModified), 0)
-	}
-	return body, strings.Trim(aws.ToString(out.ETag), `"`), age, nil
+	return body, out, nil
 }
 
 func (s *S3) ready(obj Object) error {
